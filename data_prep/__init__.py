@@ -1,0 +1,1 @@
+"""Corpus preparation: ingestion, tokenizer training, indexed datasets, entropy scoring, position selection."""

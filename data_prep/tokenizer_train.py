@@ -1,0 +1,54 @@
+"""Train the sentencepiece tokenizer on the prepared corpus.
+
+Settings chosen so the tokenizer is lossless (the RPT reward compares exact bytes): identity normalisation,
+no dummy prefix, whitespace kept as is, byte fallback for anything outside the vocabulary, digits split into
+single tokens (arithmetic is then learnable digit by digit), and the think markers as atomic symbols.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import sentencepiece as spm
+
+from rpt.rundir import atomic_path
+
+log = logging.getLogger(__name__)
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int, model_type: str) -> Path:
+    """Train on ``texts`` and write ``out_dir/tokenizer.model`` atomically; returns its path."""
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"data.tokenizer_type must be bpe or unigram, got {model_type!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "tokenizer.model"
+    with atomic_path(target) as tmp:
+        prefix = str(tmp) + "_sp"
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_prefix=prefix,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            split_by_whitespace=True,
+            max_sentence_length=1 << 20,
+            user_defined_symbols=[THINK_OPEN, THINK_CLOSE, "\n"],
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            hard_vocab_limit=False,
+            num_threads=2,
+            minloglevel=2,
+        )
+        Path(prefix + ".model").replace(tmp)
+        Path(prefix + ".vocab").replace(out_dir / "tokenizer.vocab")
+    log.info("trained %s tokenizer, vocab %d -> %s", model_type, vocab_size, target)
+    return target

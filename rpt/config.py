@@ -1,0 +1,206 @@
+"""Structured config schema for every stage (Hydra + OmegaConf dataclasses).
+
+The YAML files under ``conf/`` only choose group entries and override values; the types, defaults and the
+one-line meaning of every field live here. Because the composed config is built on these dataclasses, a
+misspelled or mistyped override (``pretrain.stpes=3``, ``model.hidden_size=big``) is an error naming the key,
+never a silently ignored default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"  # run name; artifacts go to <root>/<name>/
+    root: str = "runs"  # parent directory of all run directories
+    seed: int = 1234  # global seed (python, numpy, torch, megatron RNG tracker)
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on GPU, float32 on CPU) | float32 | bfloat16
+    tensor_parallel: int = 1  # megatron tensor-model-parallel size
+    pipeline_parallel: int = 1  # megatron pipeline-model-parallel size (1 only for now)
+    log_level: str = "INFO"  # python logging level for library code
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # label used in logs and reports
+    num_layers: int = 4  # transformer layers
+    hidden_size: int = 128  # model width
+    ffn_hidden_size: int = 384  # SwiGLU inner width
+    num_attention_heads: int = 4  # query heads
+    num_query_groups: int = 2  # key/value heads (grouped-query attention)
+    norm_epsilon: float = 1e-6  # RMSNorm epsilon
+    qkv_bias: bool = True  # bias on the QKV projection (Qwen2 style)
+    tie_embeddings: bool = True  # share input embedding and output projection
+    rotary_base: int = 10000  # RoPE base frequency
+    max_position_embeddings: int = 512  # longest sequence the model is built for
+    init_std: float = 0.02  # std of the normal weight init
+    vocab_size: Optional[int] = None  # None: take the tokenizer's vocabulary size
+
+
+@dataclass
+class DataConfig:
+    source: str = "demo"  # demo | path to .jsonl/.json/.parquet/.txt file(s) (glob ok) | hub dataset name
+    text_field: str = "text"  # field holding document text for jsonl/parquet/hub sources
+    hub_config: Optional[str] = None  # hub dataset config name
+    hub_split: str = "train"  # hub dataset split
+    streaming: bool = False  # stream the source instead of loading it into memory
+    max_docs: Optional[int] = None  # cap on documents read from a user source
+    max_doc_chars: int = 200000  # longer documents are counted as bad and skipped
+    rpt_fraction: float = 0.5  # user sources: share of documents routed to the RPT split (rest pretrain)
+    # demo corpus (reasoning-gym chain_sum problems rendered as text documents)
+    demo_task: str = "chain_sum"  # reasoning-gym generator used for the demo corpus
+    demo_min_terms: int = 2  # fewest operands per problem
+    demo_max_terms: int = 3  # most operands per problem
+    demo_digits: int = 1  # digits per operand
+    num_pretrain_docs: int = 6000  # pretraining documents (mix of worked and bare)
+    num_rpt_docs: int = 400  # documents of the RPT split (bare results, as a math corpus states them)
+    problems_per_doc: int = 4  # problems per demo document
+    worked_fraction: float = 0.5  # share of pretraining documents that carry worked <think> solutions
+    # tokenizer
+    vocab_size: int = 320  # sentencepiece vocabulary size (byte fallback adds 256 byte pieces)
+    tokenizer_type: str = "bpe"  # bpe | unigram
+    seq_length: int = 128  # tokens per training sequence
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 1200  # optimizer steps
+    micro_batch_size: int = 16  # sequences per micro-batch per data-parallel rank
+    lr: float = 3e-3  # peak learning rate
+    min_lr: float = 3e-4  # final learning rate (cosine)
+    warmup_steps: int = 50  # linear warm-up steps
+    weight_decay: float = 0.01  # AdamW weight decay
+    clip_grad: float = 1.0  # global gradient-norm clip
+    log_every: int = 20  # steps between metric logs
+    checkpoint_every: int = 200  # steps between checkpoints
+
+
+@dataclass
+class SelectConfig:
+    top_k: int = 16  # entropy over the proxy's top-k next tokens, renormalised
+    mode: str = "threshold"  # threshold | top_fraction | random
+    threshold: float = 0.5  # keep positions whose top-k entropy exceeds this (threshold mode)
+    top_fraction: float = 0.2  # keep this share of positions (top_fraction and random modes)
+    min_context_tokens: int = 4  # skip positions with a shorter prefix
+    max_context_tokens: int = 96  # context cut from the left to this many tokens
+    max_target_tokens: int = 32  # ground-truth remainder stored per position (reward boundaries)
+    max_per_doc: int = 64  # cap on selected positions per document
+    heldout_fraction: float = 0.25  # share of RPT-split documents held out for evaluation
+    difficulty_thresholds: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])  # easy/medium/hard
+    batch_size: int = 32  # sequences per scoring forward
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8  # completions per prompt (G)
+    temperature: float = 0.8  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling mass
+    max_new_tokens: int = 40  # response length cap
+    template: str = "think"  # prompt template name (key of `templates`)
+    templates: dict[str, str] = field(default_factory=lambda: {
+        "think": "{context}<think>",
+        "v0": ("Complete the given text under ### Context by predicting the next token, list multiple potential "
+               "next tokens and reason step by step. Put your final answer in \\boxed{{}}. The next token may "
+               "begin with a space; do not use \\text{{}}.\n\n### Context\n{context}<think>"),
+    })  # prompt templates; {context} is the document prefix
+
+
+@dataclass
+class AlgoConfig:
+    clip_low: float = 0.2  # PPO lower clip epsilon
+    clip_high: float = 0.28  # PPO upper clip epsilon (clip-higher)
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    norm_adv_by_std: bool = True  # GRPO: divide advantages by the group std (False = Dr.GRPO)
+    adv_eps: float = 1e-6  # std floor in advantage normalisation
+    kl_coef: float = 0.0  # KL(policy || reference) penalty (paper: 0)
+    entropy_coef: float = 0.0  # entropy bonus (paper: 0)
+    forking_rho: float = 0.0  # >0: train only on the top-rho entropy tokens of the global batch (0.2 in 80/20)
+    policy_loss: str = "ppo"  # ppo | gppo | clip_cov | kl_cov
+    gppo_beta_low: float = 1.0  # GPPO gradient scale on the low-clipped branch
+    gppo_beta_high: float = 1.0  # GPPO gradient scale on the high-clipped branch
+    clip_cov_ratio: float = 2e-4  # Clip-Cov: share of tokens whose gradient is detached
+    clip_cov_low: float = 1.0  # Clip-Cov: covariance window lower bound
+    clip_cov_high: float = 5.0  # Clip-Cov: covariance window upper bound
+    kl_cov_ratio: float = 2e-3  # KL-Cov: share of top-covariance tokens penalised
+    kl_cov_coef: float = 1.0  # KL-Cov: penalty coefficient
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
+    dynamic_sampling_tol: float = 1e-6  # tolerance for "all equal"
+    max_refills: int = 2  # extra rollout batches per step when refilling
+
+
+@dataclass
+class TrainLoopConfig:
+    steps: int = 60  # RL steps (one rollout batch + one update each)
+    prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
+    micro_batch_size: int = 64  # sequences per forward/backward micro-batch
+    ppo_epochs: int = 1  # passes over each rollout batch
+    lr: float = 5e-4  # peak learning rate
+    min_lr: float = 5e-4  # final learning rate
+    warmup_steps: int = 5  # linear warm-up steps
+    weight_decay: float = 0.01  # AdamW weight decay
+    clip_grad: float = 1.0  # global gradient-norm clip
+    checkpoint_every: int = 20  # steps between checkpoints
+    init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | path)
+
+
+@dataclass
+class RLTaskConfig:
+    task: str = "chain_sum"  # reasoning-gym task for downstream RL
+    task_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_terms": 3, "max_terms": 3,
+                                                                  "min_digits": 1, "max_digits": 1})  # generator args
+    train_size: int = 2000  # training questions
+    test_size: int = 200  # held-out questions
+    template: str = "{expression} = <think>"  # prompt; fields of the entry's metadata, plus {question}
+    train_on: list[str] = field(default_factory=lambda: ["pretrain", "rpt"])  # checkpoints fine-tuned by `rl`
+
+
+@dataclass
+class EvalConfig:
+    max_positions: int = 300  # held-out positions evaluated (per bucket cap applies after)
+    samples: int = 4  # samples per position for the averaged accuracy (besides greedy)
+    max_new_tokens: int = 40  # response cap when reasoning
+    temperature: float = 0.8  # sampling temperature for the averaged accuracy
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "rpt"  # W&B project
+    wandb_entity: Optional[str] = None  # W&B entity (team); None = default
+    progress: bool = True  # show progress bars
+
+
+@dataclass
+class RootConfig:
+    stage: str = "pipeline"  # which stage runs (set by the `rpt <stage>` command)
+    stages: list[str] = field(default_factory=lambda: ["prep", "pretrain", "select", "rpt", "rl", "eval", "report"])  # pipeline order
+    force: bool = False  # re-run a stage even if its finished marker exists
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rpt: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    rl: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(steps=40, init_from="pretrain"))
+    rl_task: RLTaskConfig = field(default_factory=RLTaskConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def register() -> None:
+    """Register the schema so ``conf/config.yaml`` and the group files can extend it."""
+    cs = ConfigStore.instance()
+    cs.store(name="rpt_schema", node=RootConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="rollout", name="rollout_schema", node=RolloutConfig)
+    cs.store(group="algo", name="algo_schema", node=AlgoConfig)
+    cs.store(group="logging", name="logging_schema", node=LoggingConfig)

@@ -1,0 +1,103 @@
+"""Process runtime for a stage: device and dtype choice, torch.distributed + megatron parallel state, seeding.
+
+Works for any world size: under ``torchrun`` the usual RANK/WORLD_SIZE/MASTER_* variables are read; a plain
+``python``/``rpt`` call becomes a world of one. gloo on CPU, nccl on GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from rpt.model import cpu_compat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    rank: int
+    world_size: int
+    dp_rank: int
+    dp_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_device(run_cfg) -> torch.device:
+    if run_cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if run_cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is available (use run.device=cpu)")
+    if run_cfg.device not in ("cpu", "cuda"):
+        raise ValueError(f"run.device must be auto, cpu or cuda, got {run_cfg.device!r}")
+    return torch.device(run_cfg.device)
+
+
+def resolve_dtype(run_cfg, device: torch.device) -> torch.dtype:
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if run_cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if run_cfg.dtype not in names:
+        raise ValueError(f"run.dtype must be auto, float32 or bfloat16, got {run_cfg.dtype!r}")
+    return names[run_cfg.dtype]
+
+
+def init(run_cfg) -> Runtime:
+    """Initialise torch.distributed and megatron parallel state (idempotent within a process)."""
+    from megatron.core import parallel_state
+
+    device = resolve_device(run_cfg)
+    if device.type == "cpu":
+        cpu_compat.install()
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=run_cfg.tensor_parallel,
+            pipeline_model_parallel_size=run_cfg.pipeline_parallel,
+        )
+    cpu_compat.seed_all(run_cfg.seed)
+    rt = Runtime(
+        device=device if device.type == "cpu" else torch.device("cuda", torch.cuda.current_device()),
+        dtype=resolve_dtype(run_cfg, device),
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        dp_size=parallel_state.get_data_parallel_world_size(),
+    )
+    log.info("runtime: %s %s, world %d (dp %d, tp %d)", rt.device, rt.dtype, rt.world_size, rt.dp_size,
+             run_cfg.tensor_parallel)
+    return rt
+
+
+def shutdown() -> None:
+    """Tear down megatron parallel state and the process group (lets one process run several stages)."""
+    from megatron.core import parallel_state
+
+    with contextlib.suppress(Exception):
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,101 @@
+"""Checkpoints that resume exactly: megatron dist_checkpointing for model + optimizer, plus a small state file.
+
+Layout: ``checkpoints/<stage>/step_000123/`` holds the distributed checkpoint (reshardable across TP/DP layouts)
+and ``state.pt`` (step, scheduler, RNG states of python/numpy/torch/megatron, data cursor, W&B run id, any extra
+JSON-able values). ``checkpoints/<stage>/latest`` names the newest complete step and is written last, atomically.
+The optimizer state is the non-distributed one (the distributed optimizer's checkpoints do not load on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, tensor_parallel
+
+from rpt.rundir import write_text
+
+log = logging.getLogger(__name__)
+
+
+def capture_rng() -> dict:
+    state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [state[0], torch.from_numpy(state[1].copy()), *state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "megatron": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def restore_rng(rng: dict) -> None:
+    py = rng["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = rng["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(rng["megatron"])
+
+
+def latest_step_dir(stage_dir: Path) -> Optional[Path]:
+    pointer = Path(stage_dir) / "latest"
+    if not pointer.exists():
+        return None
+    return Path(stage_dir) / pointer.read_text().strip()
+
+
+def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int = 2) -> Path:
+    """Save everything needed to resume after ``step`` completed steps."""
+    stage_dir = Path(stage_dir)
+    step_dir = stage_dir / f"step_{step:06d}"
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if rank0:
+        if step_dir.exists():
+            shutil.rmtree(step_dir)
+        step_dir.mkdir(parents=True)
+    if dist.is_initialized():
+        dist.barrier()
+    model_sd = trainable.model.module.sharded_state_dict()
+    sharded = {"model": model_sd, "optimizer": trainable.optimizer.sharded_state_dict(model_sd)}
+    dist_checkpointing.save(sharded, str(step_dir))
+    if rank0:
+        state = {"step": step, "scheduler": trainable.scheduler.state_dict(), "rng": capture_rng(),
+                 "extra": extra}
+        torch.save(state, step_dir / "state.pt")
+        write_text(stage_dir / "latest", step_dir.name)
+        old = sorted(p for p in stage_dir.glob("step_*") if p != step_dir)
+        for p in old[:-max(keep - 1, 0)] if keep > 1 else old:
+            shutil.rmtree(p, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+    log.info("saved checkpoint %s", step_dir)
+    return step_dir
+
+
+def load(step_dir: Path, trainable) -> dict:
+    """Restore model, optimizer, scheduler and RNG from ``step_dir``; returns the state (step, extra)."""
+    model_sd = trainable.model.module.sharded_state_dict()
+    sharded = {"model": model_sd, "optimizer": trainable.optimizer.sharded_state_dict(model_sd, is_loading=True)}
+    loaded = dist_checkpointing.load(sharded, str(step_dir))
+    trainable.model.module.load_state_dict(loaded["model"])
+    trainable.optimizer.load_state_dict(loaded["optimizer"])
+    state = torch.load(Path(step_dir) / "state.pt", weights_only=True)
+    trainable.scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"])
+    log.info("resumed from %s (step %d)", step_dir, state["step"])
+    return state
+
+
+def load_model_weights(step_dir: Path, model) -> None:
+    """Load only the model weights (a GPTModel, unwrapped) from a checkpoint, e.g. to start a later stage."""
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(step_dir))
+    model.load_state_dict(loaded["model"])

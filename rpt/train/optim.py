@@ -1,0 +1,63 @@
+"""Trainable model bundle: megatron DDP + megatron optimizer (Adam, fp32 main params) + LR/WD scheduler.
+
+Pretrain, RPT and RL all train through this one bundle, so data parallelism, gradient clipping, mixed precision
+on GPU and checkpoint layout are identical across stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from rpt.model.build import build_model
+
+
+@dataclass
+class Trainable:
+    model: DistributedDataParallel  # call it like the GPTModel; `.module` is the GPTModel
+    optimizer: object  # megatron MegatronOptimizer
+    scheduler: OptimizerParamScheduler
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def step(self) -> tuple[bool, float]:
+        """Finish the gradient all-reduce, clip, step; returns (applied, grad_norm)."""
+        self.model.finish_grad_sync()
+        applied, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        return bool(applied), float(grad_norm or 0.0)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int) -> Trainable:
+    gpt = build_model(model_cfg, vocab_size, rt.dtype)
+    ddp = DistributedDataParallel(
+        gpt.config,
+        DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                      use_distributed_optimizer=False),
+        gpt,
+    )
+    bf16 = rt.dtype == torch.bfloat16
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=train_cfg.lr, min_lr=train_cfg.min_lr,
+                        weight_decay=train_cfg.weight_decay, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
+                        clip_grad=train_cfg.clip_grad, bf16=bf16, params_dtype=rt.dtype,
+                        use_distributed_optimizer=False),
+        [ddp],
+    )
+    warmup = min(train_cfg.warmup_steps, max(total_steps - 1, 0))
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if warmup else train_cfg.lr, max_lr=train_cfg.lr, min_lr=train_cfg.min_lr,
+        lr_warmup_steps=warmup, lr_decay_steps=max(total_steps, warmup + 1), lr_decay_style="cosine",
+        start_wd=train_cfg.weight_decay, end_wd=train_cfg.weight_decay, wd_incr_steps=max(total_steps, 1),
+        wd_incr_style="constant")
+    return Trainable(ddp, optimizer, scheduler)
