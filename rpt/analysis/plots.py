@@ -1,0 +1,61 @@
+"""PNG plots for the report (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rpt.rundir import atomic_path  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def entropy_histogram(values, thresholds, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(values, bins=60, color="#4878a8")
+    for thr, name in zip(thresholds, ["easy", "medium", "hard"]):
+        ax.axvline(thr, color="#c44", ls="--", lw=1)
+        ax.text(thr, ax.get_ylim()[1] * 0.92, f" {name}>{thr}", fontsize=8, color="#c44")
+    ax.set_xlabel("proxy top-16 next-token entropy (nats)")
+    ax.set_ylabel("positions")
+    ax.set_title("Entropy of the RPT split under the proxy")
+    _save(fig, path)
+
+
+def curves(series: dict[str, tuple[list, list]], ylabel: str, title: str, path: Path) -> None:
+    """One line per name: ``series[name] = (steps, values)``."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, label=name, lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def grouped_bars(groups: list[str], bars: dict[str, list[float]], ylabel: str, title: str, path: Path) -> None:
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    width = 0.8 / max(1, len(bars))
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(bars.items()):
+        ax.bar(x + i * width, values, width, label=name)
+    ax.set_xticks(x + width * (len(bars) - 1) / 2, groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,25 @@
+"""Load a model for inference or as the start of a training stage from a stage's latest checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rpt.model.build import build_model
+from rpt.train import checkpoint
+
+
+def checkpoint_dir(rd, source: str) -> Path:
+    """``source`` is a stage name (its latest checkpoint) or a checkpoint directory path."""
+    if Path(source).is_dir() and (Path(source) / "state.pt").exists():
+        return Path(source)
+    step_dir = checkpoint.latest_step_dir(rd.checkpoints(source))
+    if step_dir is None:
+        raise FileNotFoundError(f"no checkpoint for {source!r} under {rd.checkpoints(source)}")
+    return step_dir
+
+
+def load_eval_model(cfg, rt, rd, source: str, vocab_size: int):
+    model = build_model(cfg.model, cfg.model.vocab_size or vocab_size, rt.dtype)
+    checkpoint.load_model_weights(checkpoint_dir(rd, source), model)
+    model.eval()
+    return model

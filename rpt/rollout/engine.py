@@ -1,0 +1,90 @@
+"""Batched, KV-cached sampling of completions with megatron-core's ``StaticInferenceContext``.
+
+All sequences of a batch advance in lockstep: the cache is prefilled with the shortest prompt, then each step
+feeds one token per sequence, the prompt's own token while a longer prompt is still being read (teacher forcing)
+and the sampled one afterwards. Positions therefore match a plain causal forward exactly (no left padding, no
+position shift), so the trainer's recomputed log-probs are comparable with the sampler's.
+
+The log-prob of every sampled token under the sampling distribution (``logits / temperature`` after top-p) is
+kept for the train/rollout gap metric. Sampling draws from an explicit ``torch.Generator`` so a rollout is a pure
+function of (weights, prompts, seed): resumed runs reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.inference.contexts import StaticInferenceContext
+
+
+@dataclass
+class Rollouts:
+    tokens: torch.Tensor  # [N, T] prompt + response, right-padded with pad_id
+    prompt_lens: torch.Tensor  # [N]
+    response_mask: torch.Tensor  # [N, T] True where the token was generated
+    sample_logprobs: torch.Tensor  # [N, T] log-prob of generated tokens under the sampler (0 elsewhere)
+
+    @property
+    def response_lens(self) -> torch.Tensor:
+        return self.response_mask.sum(1)
+
+    def response_ids(self, i: int) -> list[int]:
+        return self.tokens[i][self.response_mask[i]].tolist()
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row; returns (tokens, their log-prob under the sampling distribution)."""
+    if temperature <= 0:
+        tok = logits.argmax(-1)
+        return tok, torch.zeros_like(tok, dtype=torch.float32)
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_lp, order = logp.sort(dim=-1, descending=True)
+        keep = sorted_lp.exp().cumsum(-1) - sorted_lp.exp() < top_p
+        sorted_lp = sorted_lp.masked_fill(~keep, float("-inf"))
+        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_lp)
+        logp = torch.log_softmax(logp, dim=-1)
+    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+             eos_id: int, pad_id: int, seed: int, device) -> Rollouts:
+    """Complete every prompt once (replicate prompts G times beforehand for G samples each)."""
+    n = len(prompts)
+    lens = torch.tensor([len(p) for p in prompts], device=device)
+    if int(lens.min()) < 1:
+        raise ValueError("generate: every prompt needs at least one token")
+    total = int(lens.max()) + max_new_tokens
+    tokens = torch.full((n, total), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = torch.tensor(p, device=device)
+    mask = torch.zeros(n, total, dtype=torch.bool, device=device)
+    sample_lp = torch.zeros(n, total, dtype=torch.float32, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    ctx = StaticInferenceContext(n, total)
+    start = int(lens.min())
+    pos = torch.arange(total, device=device).unsqueeze(0).expand(n, -1)
+    logits = model(tokens[:, :start], pos[:, :start], None, inference_context=ctx, runtime_gather_output=True)
+    ctx.sequence_len_offset = start
+    for t in range(start, total):
+        sampled, lp = _sample(logits[:, -1], temperature, top_p, generator)
+        in_prompt = t < lens
+        gen = ~in_prompt & ~done
+        tokens[:, t] = torch.where(in_prompt, tokens[:, t], torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
+        mask[:, t] = gen
+        sample_lp[:, t] = torch.where(gen, lp, torch.zeros_like(lp))
+        done |= gen & ((sampled == eos_id) | (t + 1 - lens >= max_new_tokens))
+        if bool(done.all()) or t + 1 == total:
+            break
+        ctx.enable_decode_mode()
+        logits = model(tokens[:, t:t + 1], pos[:, t:t + 1], None, inference_context=ctx, runtime_gather_output=True)
+        ctx.sequence_len_offset += 1
+    model.train(was_training)
+    width = int((mask.any(0).nonzero().max() + 1) if mask.any() else lens.max())
+    return Rollouts(tokens[:, :width].clone(), lens, mask[:, :width].clone(), sample_lp[:, :width].clone())

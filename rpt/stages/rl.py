@@ -1,0 +1,18 @@
+"""Stage `rl`: downstream RL with verifiable rewards on a reasoning-gym task, from each checkpoint in
+``rl_task.train_on`` (same seeds and budget for every one, so their results compare)."""
+
+from __future__ import annotations
+
+from rpt.tasks.reasoning_gym_task import ReasoningGymTask
+from rpt.tokenizer import Tokenizer
+from rpt.train.rl_loop import train
+
+
+def run(ctx) -> dict:
+    tok = Tokenizer.from_run(ctx.rd)
+    task = ReasoningGymTask(ctx.cfg.rl_task, tok, "train", ctx.cfg.run.seed)
+    summary = {}
+    for source in ctx.cfg.rl_task.train_on:
+        ctx.rd.require(source if source in ("pretrain", "rpt") else "prep")
+        summary[source] = train(ctx, task, f"rl_{source}", source, ctx.cfg.rl)
+    return summary

@@ -1,0 +1,34 @@
+"""Next-token reasoning tasks (RPT): a selected corpus position becomes "reason, then predict what comes next",
+verified against the corpus by the prefix-matching reward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rpt.reward.next_token import extract_answer, prefix_reward
+from rpt.rundir import read_jsonl
+from rpt.tasks.base import epoch_order, render_prompt
+
+
+class NextTokenTask:
+    def __init__(self, positions_file: Path, tokenizer, template: str):
+        self.items = read_jsonl(positions_file)
+        if not self.items:
+            raise ValueError(f"no positions in {positions_file}")
+        self.tokenizer = tokenizer
+        self.template = template
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def items_for_step(self, step: int, count: int, seed: int) -> list[dict]:
+        return [self.items[i] for i in epoch_order(len(self.items), step, count, seed)]
+
+    def prompt_ids(self, item: dict) -> list[int]:
+        return render_prompt(self.tokenizer, self.template, item["context"])
+
+    def target_bytes(self, item: dict) -> list[bytes]:
+        return [self.tokenizer.token_bytes(t) for t in item["target"]]
+
+    def reward(self, item: dict, response_text: str) -> float:
+        return prefix_reward(extract_answer(response_text), self.target_bytes(item))

@@ -1,0 +1,118 @@
+"""Turn rollouts into a training batch: trainer-side log-probs and entropies (the "old" policy), and every
+per-token quantity that must be fixed over the *global* batch before the update (aggregation weights, the
+forking-token mask, Clip-Cov / KL-Cov choices, reference log-probs).
+
+Token t of a sequence is predicted from positions < t, so all per-token tensors here are ``[N, T-1]`` aligned with
+``tokens[:, 1:]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from rpt.algo.losses import aggregation_weights
+from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
+from rpt.model.forward import full_logits, logprobs_and_entropy
+from rpt.rollout.engine import Rollouts
+
+
+@dataclass
+class RLBatch:
+    tokens: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T-1] response tokens
+    adv: torch.Tensor  # [N, 1]
+    old_logp: torch.Tensor  # [N, T-1]
+    entropy: torch.Tensor  # [N, T-1]
+    sample_logp: torch.Tensor  # [N, T-1]
+    train_mask: torch.Tensor  # [N, T-1] tokens that receive gradient (forking mask applied)
+    weights: torch.Tensor  # [N, T-1] aggregation weights (global normalisation)
+    detach_mask: torch.Tensor | None = None  # Clip-Cov
+    kl_cov_mask: torch.Tensor | None = None  # KL-Cov
+    ref_logp: torch.Tensor | None = None  # reference policy (KL penalty)
+    cov: torch.Tensor | None = None  # per-token covariance statistics
+
+    def micro_batches(self, size: int):
+        for s in range(0, self.tokens.shape[0], size):
+            yield s, min(s + size, self.tokens.shape[0])
+
+
+def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
+    width = max(p.tokens.shape[1] for p in parts)
+
+    def pad(x, value):
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    return Rollouts(torch.cat([pad(p.tokens, pad_id) for p in parts]), torch.cat([p.prompt_lens for p in parts]),
+                    torch.cat([pad(p.response_mask, False) for p in parts]),
+                    torch.cat([pad(p.sample_logprobs, 0.0) for p in parts]))
+
+
+@torch.no_grad()
+def policy_stats(model, tokens: torch.Tensor, temperature: float, micro_batch: int):
+    """Log-probs and entropies of ``tokens[:, 1:]`` under ``model`` at the sampling temperature."""
+    logps, ents = [], []
+    for s in range(0, tokens.shape[0], micro_batch):
+        chunk = tokens[s:s + micro_batch]
+        logits = full_logits(model, chunk[:, :-1]) / temperature
+        lp, ent = logprobs_and_entropy(logits, chunk[:, 1:])
+        logps.append(lp)
+        ents.append(ent)
+    return torch.cat(logps), torch.cat(ents)
+
+
+def _global_sum(x: float) -> float:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item())
+    return x
+
+
+def _global_values(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor across data-parallel ranks (for global quantiles and top-k)."""
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_data_parallel_group()
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return x
+    parts = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, x.cpu(), group=group)
+    return torch.cat(parts).to(x.device)
+
+
+def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg, micro_batch: int,
+                generator: torch.Generator, ref_model=None) -> RLBatch:
+    tokens = rollouts.tokens
+    mask = rollouts.response_mask[:, 1:]
+    old_logp, entropy = policy_stats(model, tokens, rollout_cfg.temperature, micro_batch)
+    train_mask = mask
+    if algo.forking_rho > 0:
+        threshold_src = _global_values(entropy[mask])
+        if threshold_src.numel():
+            tau = torch.quantile(threshold_src.float(), 1.0 - algo.forking_rho)
+            train_mask = mask & (entropy >= tau)
+    weights = aggregation_weights(train_mask, algo.loss_agg, _global_sum(float(train_mask.sum())),
+                                  _global_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
+    batch = RLBatch(tokens, mask, adv.view(-1, 1), old_logp, entropy, rollouts.sample_logprobs[:, 1:],
+                    train_mask, weights)
+    adv_tok = batch.adv.expand_as(old_logp)
+    batch.cov = token_covariance(old_logp, adv_tok, mask)
+    if algo.policy_loss == "clip_cov":
+        batch.detach_mask = clip_cov_mask(batch.cov, mask, algo.clip_cov_ratio, algo.clip_cov_low,
+                                          algo.clip_cov_high, generator)
+    elif algo.policy_loss == "kl_cov":
+        batch.kl_cov_mask = kl_cov_mask(batch.cov, mask, algo.kl_cov_ratio)
+    if algo.kl_coef > 0:
+        if ref_model is None:
+            raise ValueError("algo.kl_coef > 0 needs a reference model")
+        batch.ref_logp, _ = policy_stats(ref_model, tokens, rollout_cfg.temperature, micro_batch)
+    return batch
+
+
+def forking_share(entropy: torch.Tensor, mask: torch.Tensor, rho: float = 0.2) -> float:
+    """Mean entropy of the top-``rho`` tokens (the forking tokens), for logging."""
+    chosen = forking_mask(entropy, mask, rho)
+    return float(entropy[chosen].mean()) if chosen.any() else 0.0

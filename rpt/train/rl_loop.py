@@ -1,0 +1,136 @@
+"""The RL loop shared by the `rpt` and `rl` stages: rollout → reward → GRPO advantages → update, every step.
+
+Each step: this rank's share of the step's prompts is sampled G times; rewards come from the task's verifier;
+with dynamic sampling, groups whose rewards are all equal are dropped and more prompts are rolled out (up to
+``algo.max_refills`` extra batches); the policy is updated once per PPO epoch. Everything a step draws (prompts,
+sampling noise, Clip-Cov choices) is derived from (seed, step), so a run resumed from a checkpoint reproduces the
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from rpt.algo.advantages import all_equal_groups, group_advantages
+from rpt.model.loading import checkpoint_dir, load_eval_model
+from rpt.rollout.engine import generate
+from rpt.train import checkpoint
+from rpt.train.optim import build_trainable
+from rpt.train.rl_batch import build_batch, concat_rollouts, forking_share
+from rpt.train.rl_update import update
+
+log = logging.getLogger(__name__)
+
+
+def _step_seed(seed: int, step: int, *more: int) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(
+        hash((seed, step, *more)) & 0xFFFFFFFFFFFF)).item())
+
+
+def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
+    """Roll out this rank's prompts (with dynamic-sampling refills); returns rollouts, rewards and counts."""
+    cfg, rt = ctx.cfg, ctx.rt
+    G, algo = cfg.rollout.group_size, cfg.algo
+    per_rank = max(1, loop_cfg.prompts_per_step // rt.dp_size)
+    kept_parts, kept_rewards, all_equal, groups_seen, refills = [], [], 0, 0, 0
+    while True:
+        items = task.items_for_step(step * (algo.max_refills + 1) + refills, per_rank * rt.dp_size,
+                                    cfg.run.seed)[rt.dp_rank::rt.dp_size]
+        prompts = [ids for it in items for ids in [task.prompt_ids(it)] * G]
+        ro = generate(model, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
+                      tok.eos_id, tok.pad_id, _step_seed(cfg.run.seed, step, refills, rt.dp_rank), rt.device)
+        rewards = torch.tensor([task.reward(items[i // G], tok.decode(ro.response_ids(i))) for i in range(len(prompts))])
+        equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
+        all_equal += int(equal.sum())
+        groups_seen += len(items)
+        keep = ~equal if algo.dynamic_sampling else torch.ones_like(equal)
+        if keep.any():
+            seq_keep = keep.repeat_interleave(G)
+            kept_parts.append(type(ro)(ro.tokens[seq_keep], ro.prompt_lens[seq_keep], ro.response_mask[seq_keep],
+                                       ro.sample_logprobs[seq_keep]))
+            kept_rewards.append(rewards[seq_keep])
+        n_kept = sum(len(r) for r in kept_rewards) // G
+        if not algo.dynamic_sampling or n_kept >= per_rank or refills >= algo.max_refills:
+            break
+        refills += 1
+    if not kept_parts:
+        return None, None, {"all_equal_share": all_equal / max(groups_seen, 1), "refills": refills}
+    rollouts = concat_rollouts(kept_parts, tok.pad_id)
+    rewards = torch.cat(kept_rewards)
+    if algo.dynamic_sampling and len(rewards) > per_rank * G:
+        rollouts = type(rollouts)(*(x[:per_rank * G] for x in (rollouts.tokens, rollouts.prompt_lens,
+                                                                rollouts.response_mask, rollouts.sample_logprobs)))
+        rewards = rewards[:per_rank * G]
+    return rollouts, rewards, {"all_equal_share": all_equal / max(groups_seen, 1), "refills": refills}
+
+
+def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None) -> dict:
+    cfg, rt = ctx.cfg, ctx.rt
+    t0 = time.perf_counter()
+    rollouts, rewards, sample_stats = collect(ctx, trainable.model.module, task, tok, step, loop_cfg)
+    t_rollout = time.perf_counter() - t0
+    metrics = dict(sample_stats)
+    if rollouts is None:  # every group all-equal and refills exhausted: nothing to learn from this step
+        metrics.update(skipped_update=1.0, rollout_s=t_rollout)
+        return metrics
+    t1 = time.perf_counter()
+    adv = group_advantages(rewards, cfg.rollout.group_size, cfg.algo.norm_adv_by_std, cfg.algo.adv_eps)
+    gen = torch.Generator().manual_seed(_step_seed(cfg.run.seed, step, 7))
+    batch = build_batch(trainable.model, rollouts, adv.to(rt.device), cfg.algo, cfg.rollout,
+                        loop_cfg.micro_batch_size, gen, ref_model)
+    t_score = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    upd = update(trainable, batch, cfg.algo, cfg.rollout.temperature, loop_cfg.ppo_epochs,
+                 loop_cfg.micro_batch_size, rt.dp_size)
+    t_update = time.perf_counter() - t2
+    mask = batch.mask
+    n_resp = float(mask.sum())
+    response_tokens = int(rollouts.response_mask.sum()) * rt.dp_size
+    metrics.update(upd)
+    metrics.update(
+        reward_mean=float(rewards.mean()), accuracy=float((rewards > 0.5).float().mean()),
+        entropy=float(batch.entropy[mask].mean()) if n_resp else 0.0,
+        entropy_forking=forking_share(batch.entropy, mask),
+        entropy_trained=float(batch.entropy[batch.train_mask].mean()) if batch.train_mask.any() else 0.0,
+        trained_token_share=float(batch.train_mask.sum()) / max(n_resp, 1.0),
+        cov_mean=float(batch.cov[mask].mean()) if n_resp else 0.0,
+        cov_max=float(batch.cov[mask].max()) if n_resp else 0.0,
+        response_length=float(rollouts.response_lens.float().mean()),
+        train_rollout_gap=float((batch.old_logp - batch.sample_logp).abs()[mask].mean()) if n_resp else 0.0,
+        rollout_s=t_rollout, score_s=t_score, update_s=t_update, lr=trainable.lr,
+        tokens_per_s=response_tokens / (time.perf_counter() - t0), skipped_update=0.0)
+    return metrics
+
+
+def train(ctx, task, stage_name: str, init_source: str, loop_cfg) -> dict:
+    """Run (or resume) an RL stage from ``init_source``'s checkpoint; checkpoints go to ``checkpoints/<stage_name>``."""
+    cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
+    tok = task.tokenizer
+    vocab = cfg.model.vocab_size or tok.vocab_size
+    trainable = build_trainable(cfg.model, vocab, rt, loop_cfg, loop_cfg.steps)
+    ckpt_dir = rd.checkpoints(stage_name)
+    start, wandb_id = 0, None
+    if (latest := checkpoint.latest_step_dir(ckpt_dir)) is not None:
+        state = checkpoint.load(latest, trainable)
+        start, wandb_id = state["step"], state["extra"].get("wandb_id")
+    else:
+        checkpoint.load_model_weights(checkpoint_dir(rd, init_source), trainable.model.module)
+    ref_model = load_eval_model(cfg, rt, rd, init_source, vocab) if cfg.algo.kl_coef > 0 else None
+    metrics_log = ctx.metrics(wandb_id=wandb_id, resume_step=start + 1, stage=stage_name)
+    trainable.model.train()
+    history = []
+    bar = ctx.progress(range(start, loop_cfg.steps), desc=stage_name, initial=start, total=loop_cfg.steps)
+    for step in bar:
+        m = rl_step(ctx, trainable, task, tok, step, loop_cfg, ref_model)
+        metrics_log.log(step + 1, m)
+        history.append(m)
+        bar.set_postfix(reward=f"{m.get('reward_mean', 0):.3f}", H=f"{m.get('entropy', 0):.2f}")
+        if (step + 1) % loop_cfg.checkpoint_every == 0 or step + 1 == loop_cfg.steps:
+            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics_log.wandb_id})
+    metrics_log.close()
+    tail = history[-max(1, len(history) // 4):] if history else []
+    return {"steps": loop_cfg.steps, "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir)),
+            "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail))}
