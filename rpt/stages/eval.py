@@ -1,0 +1,74 @@
+"""Stage `eval`: next-token accuracy on held-out high-entropy positions by difficulty, and downstream task
+accuracy, for every checkpoint the run has.
+
+Next-token: base predicting directly, base reasoning first, RPT reasoning first (and RPT directly), each greedy
+and averaged over k samples. Buckets are nested like the paper's thresholds: "easy" = entropy > 0.5 (all held-out
+positions), "medium" > 1.0, "hard" > 1.5. Downstream: greedy and k-sample accuracy on the held-out questions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from rpt.eval.accuracy import direct_next_token, reasoning_first
+from rpt.model.loading import load_eval_model
+from rpt.rundir import write_json
+from rpt.tasks.next_token import NextTokenTask
+from rpt.tasks.reasoning_gym_task import ReasoningGymTask
+from rpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def by_bucket(items, scores, thresholds) -> dict:
+    out = {}
+    for name, thr in zip(["easy", "medium", "hard"], thresholds):
+        chosen = [s for it, s in zip(items, scores) if it["entropy"] > thr]
+        out[name] = {"accuracy": float(np.mean(chosen)) if chosen else None, "n": len(chosen)}
+    return out
+
+
+def run(ctx) -> dict:
+    cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
+    ec = cfg.eval
+    tok = Tokenizer.from_run(rd)
+    template = cfg.rollout.templates[cfg.rollout.template]
+    nt_task = NextTokenTask(rd.positions / "heldout.jsonl", tok, template)
+    rng = np.random.default_rng(cfg.run.seed)
+    pick = sorted(rng.permutation(len(nt_task))[:ec.max_positions].tolist())
+    items = [nt_task.items[i] for i in pick]
+    thresholds = cfg.select.difficulty_thresholds
+    next_token = {}
+    for source in [s for s in ("pretrain", "rpt") if rd.is_done(s)]:
+        model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
+        label = "base" if source == "pretrain" else "rpt"
+        runs = {
+            "direct": direct_next_token(model, nt_task, items, rt.device),
+            "reasoning_greedy": reasoning_first(model, nt_task, items, 1, 0.0, ec.max_new_tokens, cfg.run.seed,
+                                                rt.device),
+            f"reasoning_avg@{ec.samples}": reasoning_first(model, nt_task, items, ec.samples, ec.temperature,
+                                                           ec.max_new_tokens, cfg.run.seed, rt.device),
+        }
+        next_token[label] = {mode: by_bucket(items, scores, thresholds) for mode, scores in runs.items()}
+        log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
+    test = ReasoningGymTask(cfg.rl_task, tok, "test", cfg.run.seed)
+    test_items = [test.dataset[i] for i in range(len(test))]
+    downstream = {}
+    sources = [("base", "pretrain"), ("rpt", "rpt")] + [(f"rl_{s}", f"rl_{s}") for s in cfg.rl_task.train_on]
+    for label, source in sources:
+        if not rd.checkpoints(source).exists():
+            continue
+        model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
+        greedy = reasoning_first(model, test, test_items, 1, 0.0, ec.max_new_tokens, cfg.run.seed, rt.device)
+        sampled = reasoning_first(model, test, test_items, ec.samples, ec.temperature, ec.max_new_tokens,
+                                  cfg.run.seed, rt.device)
+        downstream[label] = {"greedy": float(np.mean(greedy)), f"avg@{ec.samples}": float(np.mean(sampled)),
+                             "n": len(test_items)}
+        log.info("eval downstream %s: %s", label, downstream[label])
+    if rt.is_main:
+        write_json(rd.eval / "next_token.json", {"positions": len(items), "thresholds": list(thresholds),
+                                                 "results": next_token})
+        write_json(rd.eval / "downstream.json", {"task": cfg.rl_task.task, "results": downstream})
+    return {"next_token_positions": len(items), "downstream_questions": len(test_items)}
