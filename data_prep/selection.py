@@ -2,7 +2,9 @@
 
 Documents are split by a hash of their id into training and held-out documents (never overlapping). Training
 positions are chosen by entropy threshold, by top fraction, or at random with the same count as the threshold
-rule would give (the baseline). Held-out positions are every position above the lowest difficulty threshold,
+rule would give (the baseline). An optional ``max_entropy`` drops near-uniform positions in every mode: where the
+proxy sees many equally likely continuations (a fresh random number, a name), no reasoning can predict the token,
+and such positions are what made entropy selection collapse on noisy corpora (PretrainZero, arXiv 2512.03442). Held-out positions are every position above the lowest difficulty threshold,
 bucketed by the highest threshold it passes (paper: 0.5 / 1.0 / 1.5 → easy / medium / hard).
 """
 
@@ -24,9 +26,12 @@ def bucket_of(entropy: float, thresholds) -> str | None:
     return passed[-1] if passed else None
 
 
-def _eligible(entropy: np.ndarray, min_context: int) -> np.ndarray:
+def _eligible(entropy: np.ndarray, min_context: int, max_entropy: float | None) -> np.ndarray:
     idx = np.arange(len(entropy))
-    return idx[(idx >= min_context) & ~np.isnan(entropy)]
+    ok = (idx >= min_context) & ~np.isnan(entropy)
+    if max_entropy is not None:
+        ok &= np.nan_to_num(entropy, nan=np.inf) <= max_entropy
+    return idx[ok]
 
 
 def _cap(positions: np.ndarray, entropy: np.ndarray, cap: int) -> np.ndarray:
@@ -37,7 +42,7 @@ def _cap(positions: np.ndarray, entropy: np.ndarray, cap: int) -> np.ndarray:
 
 def choose_training_positions(entropies: list[np.ndarray], sel_cfg, rng: np.random.Generator) -> list[np.ndarray]:
     """Per document, the token offsets selected for RPT training."""
-    eligible = [_eligible(e, sel_cfg.min_context_tokens) for e in entropies]
+    eligible = [_eligible(e, sel_cfg.min_context_tokens, sel_cfg.max_entropy) for e in entropies]
     if sel_cfg.mode in ("threshold", "random"):
         chosen = [_cap(p[e[p] > sel_cfg.threshold], e, sel_cfg.max_per_doc) for p, e in zip(eligible, entropies)]
         if sel_cfg.mode == "random":
@@ -66,6 +71,12 @@ def _random_same_count(eligible, count, cap, rng) -> list[np.ndarray]:
             per_doc[d].append(t)
             taken += 1
     return [np.array(sorted(p), dtype=np.int64) for p in per_doc]
+
+
+def heldout_positions(entropy: np.ndarray, sel_cfg) -> np.ndarray:
+    """Every eligible position above the lowest difficulty threshold."""
+    p = _eligible(entropy, sel_cfg.min_context_tokens, sel_cfg.max_entropy)
+    return p[entropy[p] > sel_cfg.difficulty_thresholds[0]]
 
 
 def position_record(doc_id: str, tokens: np.ndarray, t: int, entropy: float, sel_cfg) -> dict:

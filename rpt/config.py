@@ -56,7 +56,7 @@ class DataConfig:
     # demo corpus (reasoning-gym chain_sum problems rendered as text documents)
     demo_task: str = "chain_sum"  # reasoning-gym generator used for the demo corpus
     demo_min_terms: int = 2  # fewest operands per problem
-    demo_max_terms: int = 3  # most operands per problem
+    demo_max_terms: int = 5  # most operands per problem
     demo_digits: int = 1  # digits per operand
     num_pretrain_docs: int = 6000  # pretraining documents (mix of worked and bare)
     num_rpt_docs: int = 400  # documents of the RPT split (bare results, as a math corpus states them)
@@ -87,6 +87,7 @@ class SelectConfig:
     mode: str = "threshold"  # threshold | top_fraction | random
     threshold: float = 0.5  # keep positions whose top-k entropy exceeds this (threshold mode)
     top_fraction: float = 0.2  # keep this share of positions (top_fraction and random modes)
+    max_entropy: Optional[float] = None  # drop positions above this (near-uniform: noise no reasoning predicts)
     min_context_tokens: int = 4  # skip positions with a shorter prefix
     max_context_tokens: int = 96  # context cut from the left to this many tokens
     max_target_tokens: int = 32  # ground-truth remainder stored per position (reward boundaries)
@@ -101,7 +102,8 @@ class RolloutConfig:
     group_size: int = 8  # completions per prompt (G)
     temperature: float = 0.8  # sampling temperature
     top_p: float = 1.0  # nucleus sampling mass
-    max_new_tokens: int = 40  # response length cap
+    max_new_tokens: int = 48  # response length cap
+    stop_at_answer: bool = True  # end a response once its \\boxed{} after </think> closes
     template: str = "think"  # prompt template name (key of `templates`)
     templates: dict[str, str] = field(default_factory=lambda: {
         "think": "{context}<think>",
@@ -152,7 +154,7 @@ class TrainLoopConfig:
 @dataclass
 class RLTaskConfig:
     task: str = "chain_sum"  # reasoning-gym task for downstream RL
-    task_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_terms": 3, "max_terms": 3,
+    task_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_terms": 4, "max_terms": 5,
                                                                   "min_digits": 1, "max_digits": 1})  # generator args
     train_size: int = 2000  # training questions
     test_size: int = 200  # held-out questions
@@ -164,7 +166,7 @@ class RLTaskConfig:
 class EvalConfig:
     max_positions: int = 300  # held-out positions evaluated (per bucket cap applies after)
     samples: int = 4  # samples per position for the averaged accuracy (besides greedy)
-    max_new_tokens: int = 40  # response cap when reasoning
+    max_new_tokens: int = 48  # response cap when reasoning
     temperature: float = 0.8  # sampling temperature for the averaged accuracy
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,7 +32,7 @@ class MetricsLogger:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.wandb_id = wandb_id or wandb.util.generate_id()
+            self.wandb_id = wandb_id or secrets.token_hex(4)
             self._wandb = wandb.init(project=cfg_logging.wandb_project, entity=cfg_logging.wandb_entity,
                                      name=f"{run_dir.name}-{stage}", group=run_dir.name, job_type=stage,
                                      id=self.wandb_id, resume="allow", mode=cfg_logging.wandb_mode,

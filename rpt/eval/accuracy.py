@@ -28,7 +28,7 @@ def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[
 
 
 def reasoning_first(model, task, items, samples: int, temperature: float, max_new_tokens: int, seed: int,
-                    device, batch_size: int = 256) -> list[float]:
+                    device, stop=None, batch_size: int = 256) -> list[float]:
     """Mean reward per item over ``samples`` completions (temperature 0 → one greedy completion)."""
     tok = task.tokenizer
     n = 1 if temperature <= 0 else samples
@@ -36,7 +36,7 @@ def reasoning_first(model, task, items, samples: int, temperature: float, max_ne
     rewards = []
     for s in range(0, len(prompts), batch_size):
         ro = generate(model, prompts[s:s + batch_size], max_new_tokens, temperature, 1.0, tok.eos_id, tok.pad_id,
-                      seed + s, device)
+                      seed + s, device, stop=stop)
         rewards += [task.reward(items[(s + i) // n], tok.decode(ro.response_ids(i)))
                     for i in range(len(ro.prompt_lens))]
     return [sum(rewards[i * n:(i + 1) * n]) / n for i in range(len(items))]

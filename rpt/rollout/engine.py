@@ -51,8 +51,11 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
 
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
-             eos_id: int, pad_id: int, seed: int, device) -> Rollouts:
-    """Complete every prompt once (replicate prompts G times beforehand for G samples each)."""
+             eos_id: int, pad_id: int, seed: int, device, stop=None) -> Rollouts:
+    """Complete every prompt once (replicate prompts G times beforehand for G samples each).
+
+    ``stop`` (optional, e.g. ``BoxedAnswerStop``) ends a sequence early once its answer is complete.
+    """
     n = len(prompts)
     lens = torch.tensor([len(p) for p in prompts], device=device)
     if int(lens.min()) < 1:
@@ -65,6 +68,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     sample_lp = torch.zeros(n, total, dtype=torch.float32, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    if stop is not None:
+        stop.reset(n)
     was_training = model.training
     model.eval()
     ctx = StaticInferenceContext(n, total)
@@ -79,7 +84,14 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         tokens[:, t] = torch.where(in_prompt, tokens[:, t], torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
         mask[:, t] = gen
         sample_lp[:, t] = torch.where(gen, lp, torch.zeros_like(lp))
-        done |= gen & ((sampled == eos_id) | (t + 1 - lens >= max_new_tokens))
+        finished = (sampled == eos_id) | (t + 1 - lens >= max_new_tokens)
+        if stop is not None:
+            rows = gen.nonzero().squeeze(-1).tolist()
+            ids = sampled.tolist()
+            for i in rows:
+                if stop.update(i, ids[i]):
+                    finished[i] = True
+        done |= gen & finished
         if bool(done.all()) or t + 1 == total:
             break
         ctx.enable_decode_mode()

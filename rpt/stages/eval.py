@@ -14,6 +14,7 @@ import numpy as np
 
 from rpt.eval.accuracy import direct_next_token, reasoning_first
 from rpt.model.loading import load_eval_model
+from rpt.rollout.stopping import answer_stop
 from rpt.rundir import write_json
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tasks.reasoning_gym_task import ReasoningGymTask
@@ -40,6 +41,7 @@ def run(ctx) -> dict:
     pick = sorted(rng.permutation(len(nt_task))[:ec.max_positions].tolist())
     items = [nt_task.items[i] for i in pick]
     thresholds = cfg.select.difficulty_thresholds
+    stop = answer_stop(cfg.rollout, tok)
     next_token = {}
     for source in [s for s in ("pretrain", "rpt") if rd.is_done(s)]:
         model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
@@ -47,9 +49,9 @@ def run(ctx) -> dict:
         runs = {
             "direct": direct_next_token(model, nt_task, items, rt.device),
             "reasoning_greedy": reasoning_first(model, nt_task, items, 1, 0.0, ec.max_new_tokens, cfg.run.seed,
-                                                rt.device),
+                                                rt.device, stop),
             f"reasoning_avg@{ec.samples}": reasoning_first(model, nt_task, items, ec.samples, ec.temperature,
-                                                           ec.max_new_tokens, cfg.run.seed, rt.device),
+                                                           ec.max_new_tokens, cfg.run.seed, rt.device, stop),
         }
         next_token[label] = {mode: by_bucket(items, scores, thresholds) for mode, scores in runs.items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
@@ -61,9 +63,10 @@ def run(ctx) -> dict:
         if not rd.checkpoints(source).exists():
             continue
         model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
-        greedy = reasoning_first(model, test, test_items, 1, 0.0, ec.max_new_tokens, cfg.run.seed, rt.device)
+        greedy = reasoning_first(model, test, test_items, 1, 0.0, ec.max_new_tokens, cfg.run.seed, rt.device,
+                                 stop)
         sampled = reasoning_first(model, test, test_items, ec.samples, ec.temperature, ec.max_new_tokens,
-                                  cfg.run.seed, rt.device)
+                                  cfg.run.seed, rt.device, stop)
         downstream[label] = {"greedy": float(np.mean(greedy)), f"avg@{ec.samples}": float(np.mean(sampled)),
                              "n": len(test_items)}
         log.info("eval downstream %s: %s", label, downstream[label])

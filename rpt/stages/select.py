@@ -13,7 +13,7 @@ import numpy as np
 
 from data_prep.entropy import score_documents
 from data_prep.indexed import IndexedDocs
-from data_prep.selection import choose_training_positions, is_heldout, position_record
+from data_prep.selection import choose_training_positions, heldout_positions, is_heldout, position_record
 from rpt.analysis.plots import entropy_histogram
 from rpt.model.loading import load_eval_model
 from rpt.rundir import atomic_path, write_jsonl
@@ -43,10 +43,8 @@ def run(ctx) -> dict:
                   for i, ts in zip(train_idx, chosen) for t in ts]
     heldout_rows = []
     for i in (i for i, h in enumerate(heldout) if h):
-        e = entropies[i]
-        candidates = np.arange(sc.min_context_tokens, len(e))
-        candidates = candidates[e[candidates] > sc.difficulty_thresholds[0]]
-        heldout_rows += [position_record(corpus.doc_ids[i], docs[i], int(t), float(e[t]), sc) for t in candidates]
+        heldout_rows += [position_record(corpus.doc_ids[i], docs[i], int(t), float(entropies[i][t]), sc)
+                         for t in heldout_positions(entropies[i], sc)]
     rd.positions.mkdir(parents=True, exist_ok=True)
     with atomic_path(rd.positions / "entropy.npz") as tmp:
         with open(tmp, "wb") as f:

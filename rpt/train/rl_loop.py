@@ -17,6 +17,7 @@ import torch
 from rpt.algo.advantages import all_equal_groups, group_advantages
 from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.rollout.engine import generate
+from rpt.rollout.stopping import answer_stop
 from rpt.train import checkpoint
 from rpt.train.optim import build_trainable
 from rpt.train.rl_batch import build_batch, concat_rollouts, forking_share
@@ -41,7 +42,8 @@ def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
                                     cfg.run.seed)[rt.dp_rank::rt.dp_size]
         prompts = [ids for it in items for ids in [task.prompt_ids(it)] * G]
         ro = generate(model, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
-                      tok.eos_id, tok.pad_id, _step_seed(cfg.run.seed, step, refills, rt.dp_rank), rt.device)
+                      tok.eos_id, tok.pad_id, _step_seed(cfg.run.seed, step, refills, rt.dp_rank), rt.device,
+                      stop=answer_stop(cfg.rollout, tok))
         rewards = torch.tensor([task.reward(items[i // G], tok.decode(ro.response_ids(i))) for i in range(len(prompts))])
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
         all_equal += int(equal.sum())

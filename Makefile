@@ -1,0 +1,27 @@
+# Two commands for a fresh machine: `make demo` runs the whole RPT pipeline on the embedded corpus,
+# `make test` runs the test suite. Both create (or reuse) .venv and install the package into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean-demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU build (an unpinned torch pulls a multi-GB CUDA build)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_SILENT=true $(BIN)/rpt pipeline experiment=demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf runs/demo

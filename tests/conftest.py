@@ -1,0 +1,54 @@
+"""Shared fixtures: a real sentencepiece tokenizer trained on the demo corpus, a megatron runtime (world of 1,
+gloo), and a tiny real GPTModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo_data_cfg(**kw):
+    from rpt.config import DataConfig
+
+    cfg = DataConfig()
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    from data_prep.demo_corpus import generate_documents
+    from data_prep.tokenizer_train import train_tokenizer
+    from rpt.tokenizer import Tokenizer
+
+    docs = generate_documents(demo_data_cfg(), 300, 0.5, seed=0)
+    extra = ["unicode é 数学 ∑x² — naïve café\n", "  two  spaces\tand\ttabs\n\n", "$\\frac{a}{b} = \\sqrt{x^2}$"]
+    out = tmp_path_factory.mktemp("tok")
+    return Tokenizer(train_tokenizer(docs + extra, out, 320, "bpe"))
+
+
+@pytest.fixture(scope="session")
+def runtime():
+    from rpt import runtime as rt_mod
+
+    rt = rt_mod.init(SimpleNamespace(device="cpu", dtype="auto", seed=0, tensor_parallel=1, pipeline_parallel=1))
+    yield rt
+    rt_mod.shutdown()
+
+
+@pytest.fixture()
+def tiny_model(runtime, tokenizer):
+    from rpt.config import ModelConfig
+    from rpt.model import cpu_compat
+    from rpt.model.build import build_model
+
+    cpu_compat.seed_all(0)
+    cfg = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2)
+    model = build_model(cfg, tokenizer.vocab_size)
+    model.eval()
+    return model

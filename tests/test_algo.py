@@ -1,0 +1,123 @@
+"""GRPO advantages, every loss variant, aggregation modes and token masks against hand-computed values."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rpt.algo.advantages import all_equal_groups, group_advantages
+from rpt.algo.losses import aggregation_weights, kl_k3, policy_terms
+from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
+
+
+def algo(**kw):
+    base = dict(clip_low=0.2, clip_high=0.28, policy_loss="ppo", gppo_beta_low=1.0, gppo_beta_high=1.0,
+                kl_cov_coef=1.0)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_group_advantages_hand_values():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(r, 4, norm_by_std=True, eps=0.0)
+    # group 1: mean .25, population std sqrt(.1875)
+    s = math.sqrt(0.1875)
+    assert torch.allclose(adv[:4], torch.tensor([0.75 / s, -0.25 / s, -0.25 / s, -0.25 / s]))
+    assert torch.all(group_advantages(r, 4)[4:] == 0)  # all-equal group: no signal (eps avoids 0/0)
+    drgrpo = group_advantages(r, 4, norm_by_std=False)
+    assert torch.allclose(drgrpo[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert all_equal_groups(r, 4).tolist() == [False, True]
+    with pytest.raises(ValueError):
+        group_advantages(r, 3)
+
+
+def test_ppo_clip_higher_values():
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1, 0.9]]))
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    t = policy_terms(logp, old, adv, algo())
+    # ratio 1.5, A>0 -> clipped at 1.28: loss -1.28 ; ratio .5, A<0 -> clipped at .8: loss .8 ;
+    # ratio 1.1 unclipped: -1.1 ; ratio .9 unclipped, A<0: .9
+    assert torch.allclose(t.loss, torch.tensor([[-1.28, 0.8, -1.1, 0.9]]))
+    assert t.clipped_high.tolist() == [[True, False, False, False]]
+    assert t.clipped_low.tolist() == [[False, True, False, False]]
+
+
+def test_ppo_clipped_tokens_have_no_gradient_but_gppo_keeps_it():
+    old = torch.zeros(1, 2)
+    adv = torch.tensor([[1.0, -1.0]])
+    for variant, beta, expected in [("ppo", 1.0, [0.0, 0.0]), ("gppo", 1.0, [-1.28, 0.8]),
+                                    ("gppo", 0.25, [-1.28, 0.2])]:
+        logp = torch.log(torch.tensor([[1.5, 0.5]])).requires_grad_()
+        t = policy_terms(logp, old, adv, algo(policy_loss=variant, gppo_beta_low=beta))
+        t.loss.sum().backward()
+        # GPPO: forward equals PPO; d/dlogp of (1±eps)·δ/sg(δ)·(−A) = −A·(1±eps)·β
+        assert torch.allclose(t.loss.detach(), torch.tensor([[-1.28, 0.8]]))
+        assert torch.allclose(logp.grad, torch.tensor([expected])), (variant, logp.grad)
+
+
+def test_clip_cov_detaches_and_kl_cov_penalises():
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    chosen = torch.tensor([[True, False, False]])
+    logp = torch.log(torch.tensor([[1.1, 1.1, 0.9]])).requires_grad_()
+    t = policy_terms(logp, old, adv, algo(policy_loss="clip_cov"), detach_mask=chosen)
+    t.loss.sum().backward()
+    assert logp.grad[0, 0] == 0 and torch.isclose(logp.grad[0, 1], torch.tensor(-1.1))
+    logp2 = torch.log(torch.tensor([[1.1, 1.1, 0.9]]))
+    t2 = policy_terms(logp2, old, adv, algo(policy_loss="kl_cov"), kl_cov_mask=chosen)
+    assert torch.allclose(t2.loss, torch.tensor([[-1.1 + math.log(1.1), -1.1, 0.9]]))
+
+
+def test_unknown_loss_is_an_error():
+    with pytest.raises(ValueError, match="policy_loss"):
+        policy_terms(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), algo(policy_loss="nope"))
+
+
+def test_aggregation_modes_hand_values_and_split_invariance():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    loss = torch.tensor([[1.0, 2.0, 9.0], [3.0, 4.0, 5.0], [6.0, 9.0, 9.0]])
+    n_tok, n_seq = 6.0, 3.0
+    expected = {
+        "token-mean": (1 + 2 + 3 + 4 + 5 + 6) / 6,
+        "seq-mean-token-mean": ((1 + 2) / 2 + (3 + 4 + 5) / 3 + 6 / 1) / 3,
+        "seq-mean-token-sum-norm": ((1 + 2) + (3 + 4 + 5) + 6) / (4 * 3),
+    }
+    for mode, value in expected.items():
+        w = aggregation_weights(mask, mode, n_tok, n_seq, norm_len=4.0)
+        whole = (loss * w).sum()
+        assert torch.isclose(whole, torch.tensor(value)), mode
+        # the same loss summed over micro-batches of one row each (weights use global counts)
+        parts = sum((loss[i:i + 1] * aggregation_weights(mask[i:i + 1], mode, n_tok, n_seq, 4.0)).sum()
+                    for i in range(3))
+        assert torch.isclose(parts, whole), mode
+    with pytest.raises(ValueError):
+        aggregation_weights(mask, "mean", 1, 1, 1)
+
+
+def test_forking_mask_keeps_top_rho():
+    ent = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7], [0.2, 0.8, 0.6, 0.4, 0.0]])
+    mask = torch.ones_like(ent, dtype=torch.bool)
+    mask[1, 4] = False  # padding is never selected
+    kept = forking_mask(ent, mask, 0.2)  # 9 tokens -> top 20% quantile: 0.9 and 0.8 survive
+    assert kept.sum() == 2 and kept[0, 1] and kept[1, 1]
+
+
+def test_covariance_and_cov_masks():
+    logp = torch.tensor([[-1.0, -2.0, -3.0, 0.0]])
+    adv = torch.tensor([[1.0, 1.0, -1.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    cov = token_covariance(logp, adv, mask)
+    # means over 3 tokens: logp -2, adv 1/3
+    assert torch.allclose(cov, torch.tensor([[1 * (2 / 3), 0.0, (-1) * (-4 / 3), 0.0]]))
+    top = kl_cov_mask(cov, mask, ratio=0.34)  # floor(.34*3) = 1 -> the largest covariance
+    assert top.tolist() == [[False, False, True, False]]
+    g = torch.Generator().manual_seed(0)
+    picked = clip_cov_mask(cov, mask, ratio=0.5, low=0.5, high=2.0, generator=g)  # floor(1.5)=1 of 2 in window
+    assert int(picked.sum()) == 1 and not picked[0, 1] and not picked[0, 3]
+
+
+def test_k3_kl_is_zero_at_equal_policies_and_positive_otherwise():
+    lp = torch.tensor([-1.0, -2.0])
+    assert torch.all(kl_k3(lp, lp) == 0)
+    assert torch.all(kl_k3(lp, lp - 0.5) > 0)

@@ -1,0 +1,109 @@
+"""Every stage end to end at smoke size through the real CLI, resuming after a kill, and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# more RPT steps and a checkpoint every step, so a kill lands mid-stage with a checkpoint to resume from
+RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1"]
+TIMING_KEYS = {"rollout_s", "score_s", "update_s", "tokens_per_s", "seconds"}
+
+
+def rpt_cmd(root: Path, name: str, stage: str = "pipeline", *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "rpt.cli", stage, "experiment=smoke", f"run.root={root}", f"run.name={name}",
+            *RPT_OVERRIDES, *overrides]
+
+
+def run_ok(cmd, cwd):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def stage_rows(run_dir: Path, stage: str) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows if r["stage"] == stage]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run_ok(rpt_cmd(root, "ref"), cwd=root)
+    return root / "ref"
+
+
+def test_pipeline_writes_every_artifact(reference_run):
+    rd = reference_run
+    for stage in ["prep", "pretrain", "select", "rpt", "rl", "eval", "report"]:
+        assert (rd / "done" / f"{stage}.json").exists(), stage
+    for split in ("pretrain", "rpt"):
+        manifest = json.loads((rd / "data" / f"{split}.manifest.json").read_text())
+        assert manifest["documents"] > 0 and manifest["tokens"] > 0
+    train = (rd / "positions" / "train.jsonl").read_text().splitlines()
+    assert train and {"doc_id", "offset", "context", "target", "entropy", "bucket"} <= set(json.loads(train[0]))
+    for stage in ["pretrain", "rpt", "rl_pretrain", "rl_rpt"]:
+        assert stage_rows(rd, stage), stage
+    rpt_rows = stage_rows(rd, "rpt")
+    assert len(rpt_rows) == 8 and {"reward_mean", "entropy", "clip_frac_low", "clip_frac_high",
+                                    "response_length", "train_rollout_gap", "all_equal_share"} <= set(rpt_rows[0])
+    assert rpt_rows[0]["kl_to_old"] == 0.0  # old log-probs are recomputed with the same weights: exactly 0
+    report = (rd / "report" / "report.md").read_text()
+    assert "| base | direct |" in report and "| rpt | reasoning_greedy |" in report
+    assert "| rl_rpt |" in report and "| rl_pretrain |" in report
+    for png in ["rpt_reward.png", "rpt_entropy.png", "rl_reward.png", "entropy_hist.png"]:
+        assert (rd / "report" / png).read_bytes()[:4] == b"\x89PNG", png
+    assert (rd / "config.yaml").exists()
+
+
+def test_rerun_skips_finished_stages(reference_run):
+    markers = {p.name: p.stat().st_mtime_ns for p in (reference_run / "done").iterdir()}
+    proc = run_ok(rpt_cmd(reference_run.parent, "ref"), cwd=reference_run.parent)
+    assert proc.stderr.count("already finished") + proc.stdout.count("already finished") == 7
+    assert markers == {p.name: p.stat().st_mtime_ns for p in (reference_run / "done").iterdir()}
+
+
+def test_killed_pipeline_resumes_and_matches_uninterrupted_run(reference_run, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(rpt_cmd(tmp_path, "killed"), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "killed" / "checkpoints" / "rpt" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text().strip() >= "step_000002":
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    rd = tmp_path / "killed"
+    assert not (rd / "done" / "rpt.json").exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in (rd / "done").iterdir()}
+    assert set(finished) == {"prep.json", "pretrain.json", "select.json"}
+    run_ok(rpt_cmd(tmp_path, "killed"), cwd=tmp_path)
+    for name, mtime in finished.items():
+        assert (rd / "done" / name).stat().st_mtime_ns == mtime, f"{name} was redone"
+    # every metric of every later step equals the uninterrupted run's (timings aside)
+    assert stage_rows(rd, "rpt") == stage_rows(reference_run, "rpt")
+    assert stage_rows(rd, "rl_rpt") == stage_rows(reference_run, "rl_rpt")
+
+
+def test_misspelled_override_fails_naming_the_key(tmp_path):
+    proc = subprocess.run(rpt_cmd(tmp_path, "typo", "pretrain", "pretrain.stpes=3"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "stpes" in proc.stderr
+    assert not (tmp_path / "typo" / "done").exists()
+
+
+def test_unknown_stage_is_rejected(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rpt.cli", "pretrian"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown stage" in proc.stderr

@@ -1,0 +1,28 @@
+"""The tokenizer is lossless and exposes exact per-token bytes (the reward depends on both)."""
+
+import pytest
+
+
+@pytest.mark.parametrize("text", [
+    "4 - 1 + 7 = <think> 4 - 1 = 3 , 3 + 7 = 10 </think> \\boxed{10} 10\n",
+    "unicode é 数学 ∑x² — naïve café 🙂",
+    "   leading spaces, trailing   \n\n\ttabs\t\t and runs     of spaces ",
+    "$\\int_0^1 x^2\\,dx = \\frac{1}{3}$ and \\boxed{\\frac{1}{3}}",
+    "",
+])
+def test_round_trip_and_bytes(tokenizer, text):
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.bytes_of(ids) == text.encode("utf-8")
+
+
+def test_think_markers_are_single_tokens(tokenizer):
+    for marker in ("<think>", "</think>"):
+        assert len(tokenizer.encode(marker)) == 1
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    from rpt.tokenizer import Tokenizer
+
+    with pytest.raises(FileNotFoundError, match="tokenizer model not found"):
+        Tokenizer(tmp_path / "nope.model")
