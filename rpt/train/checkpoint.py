@@ -46,6 +46,10 @@ def restore_rng(rng: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(rng["megatron"])
 
 
+def _has_optimizer_state(optimizer) -> bool:
+    return any(bool(opt.optimizer.state) for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
 def latest_step_dir(stage_dir: Path) -> Optional[Path]:
     pointer = Path(stage_dir) / "latest"
     if not pointer.exists():
@@ -65,11 +69,14 @@ def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int
     if dist.is_initialized():
         dist.barrier()
     model_sd = trainable.model.module.sharded_state_dict()
-    sharded = {"model": model_sd, "optimizer": trainable.optimizer.sharded_state_dict(model_sd)}
+    sharded = {"model": model_sd}
+    has_optimizer_state = _has_optimizer_state(trainable.optimizer)
+    if has_optimizer_state:  # a never-stepped optimizer is saved as "fresh" (megatron drops a zero step count)
+        sharded["optimizer"] = trainable.optimizer.sharded_state_dict(model_sd)
     dist_checkpointing.save(sharded, str(step_dir))
     if rank0:
         state = {"step": step, "scheduler": trainable.scheduler.state_dict(), "rng": capture_rng(),
-                 "extra": extra}
+                 "extra": extra, "has_optimizer_state": has_optimizer_state}
         torch.save(state, step_dir / "state.pt")
         write_text(stage_dir / "latest", step_dir.name)
         old = sorted(p for p in stage_dir.glob("step_*") if p != step_dir)
@@ -83,12 +90,15 @@ def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int
 
 def load(step_dir: Path, trainable) -> dict:
     """Restore model, optimizer, scheduler and RNG from ``step_dir``; returns the state (step, extra)."""
+    state = torch.load(Path(step_dir) / "state.pt", weights_only=True)
     model_sd = trainable.model.module.sharded_state_dict()
-    sharded = {"model": model_sd, "optimizer": trainable.optimizer.sharded_state_dict(model_sd, is_loading=True)}
+    sharded = {"model": model_sd}
+    if state["has_optimizer_state"]:
+        sharded["optimizer"] = trainable.optimizer.sharded_state_dict(model_sd, is_loading=True)
     loaded = dist_checkpointing.load(sharded, str(step_dir))
     trainable.model.module.load_state_dict(loaded["model"])
-    trainable.optimizer.load_state_dict(loaded["optimizer"])
-    state = torch.load(Path(step_dir) / "state.pt", weights_only=True)
+    if state["has_optimizer_state"]:
+        trainable.optimizer.load_state_dict(loaded["optimizer"])
     trainable.scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"])
     log.info("resumed from %s (step %d)", step_dir, state["step"])

@@ -36,7 +36,7 @@ def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
     cfg, rt = ctx.cfg, ctx.rt
     G, algo = cfg.rollout.group_size, cfg.algo
     per_rank = max(1, loop_cfg.prompts_per_step // rt.dp_size)
-    kept_parts, kept_rewards, all_equal, groups_seen, refills = [], [], 0, 0, 0
+    kept_parts, kept_rewards, all_rewards, all_equal, groups_seen, refills = [], [], [], 0, 0, 0
     while True:
         items = task.items_for_step(step * (algo.max_refills + 1) + refills, per_rank * rt.dp_size,
                                     cfg.run.seed)[rt.dp_rank::rt.dp_size]
@@ -45,6 +45,7 @@ def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
                       tok.eos_id, tok.pad_id, _step_seed(cfg.run.seed, step, refills, rt.dp_rank), rt.device,
                       stop=answer_stop(cfg.rollout, tok))
         rewards = torch.tensor([task.reward(items[i // G], tok.decode(ro.response_ids(i))) for i in range(len(prompts))])
+        all_rewards.append(rewards)
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
         all_equal += int(equal.sum())
         groups_seen += len(items)
@@ -58,15 +59,27 @@ def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
         if not algo.dynamic_sampling or n_kept >= per_rank or refills >= algo.max_refills:
             break
         refills += 1
+    sampled = torch.cat(all_rewards)
+    stats = {"all_equal_share": all_equal / max(groups_seen, 1), "refills": refills,
+             "reward_mean": float(sampled.mean()), "accuracy": float((sampled > 0.5).float().mean())}
     if not kept_parts:
-        return None, None, {"all_equal_share": all_equal / max(groups_seen, 1), "refills": refills}
+        return None, None, stats
     rollouts = concat_rollouts(kept_parts, tok.pad_id)
     rewards = torch.cat(kept_rewards)
     if algo.dynamic_sampling and len(rewards) > per_rank * G:
         rollouts = type(rollouts)(*(x[:per_rank * G] for x in (rollouts.tokens, rollouts.prompt_lens,
                                                                 rollouts.response_mask, rollouts.sample_logprobs)))
         rewards = rewards[:per_rank * G]
-    return rollouts, rewards, {"all_equal_share": all_equal / max(groups_seen, 1), "refills": refills}
+    return rollouts, rewards, stats
+
+
+def _global_max(x: torch.Tensor) -> float:
+    import torch.distributed as dist
+
+    value = torch.tensor([float(x.max()) if x.numel() else 0.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value)
 
 
 def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None) -> dict:
@@ -76,7 +89,7 @@ def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None) -> d
     t_rollout = time.perf_counter() - t0
     metrics = dict(sample_stats)
     if rollouts is None:  # every group all-equal and refills exhausted: nothing to learn from this step
-        metrics.update(skipped_update=1.0, rollout_s=t_rollout)
+        metrics.update(update_applied=0.0, rollout_s=t_rollout)
         return metrics
     t1 = time.perf_counter()
     adv = group_advantages(rewards, cfg.rollout.group_size, cfg.algo.norm_adv_by_std, cfg.algo.adv_eps)
@@ -85,15 +98,20 @@ def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None) -> d
                         loop_cfg.micro_batch_size, gen, ref_model)
     t_score = time.perf_counter() - t1
     t2 = time.perf_counter()
-    upd = update(trainable, batch, cfg.algo, cfg.rollout.temperature, loop_cfg.ppo_epochs,
-                 loop_cfg.micro_batch_size, rt.dp_size)
+    if _global_max(adv.abs()) > 0.0 or cfg.algo.entropy_coef or cfg.algo.kl_coef:
+        upd = update(trainable, batch, cfg.algo, cfg.rollout.temperature, loop_cfg.ppo_epochs,
+                     loop_cfg.micro_batch_size, rt.dp_size)
+    else:
+        # no group carries a learning signal: an Adam step on zero gradients would still move the weights
+        upd = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl_to_old": 0.0, "loss": 0.0, "grad_norm": 0.0,
+               "update_applied": 0.0}
     t_update = time.perf_counter() - t2
     mask = batch.mask
     n_resp = float(mask.sum())
     response_tokens = int(rollouts.response_mask.sum()) * rt.dp_size
     metrics.update(upd)
     metrics.update(
-        reward_mean=float(rewards.mean()), accuracy=float((rewards > 0.5).float().mean()),
+        reward_trained_mean=float(rewards.mean()),
         entropy=float(batch.entropy[mask].mean()) if n_resp else 0.0,
         entropy_forking=forking_share(batch.entropy, mask),
         entropy_trained=float(batch.entropy[batch.train_mask].mean()) if batch.train_mask.any() else 0.0,
@@ -103,7 +121,7 @@ def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None) -> d
         response_length=float(rollouts.response_lens.float().mean()),
         train_rollout_gap=float((batch.old_logp - batch.sample_logp).abs()[mask].mean()) if n_resp else 0.0,
         rollout_s=t_rollout, score_s=t_score, update_s=t_update, lr=trainable.lr,
-        tokens_per_s=response_tokens / (time.perf_counter() - t0), skipped_update=0.0)
+        tokens_per_s=response_tokens / (time.perf_counter() - t0))
     return metrics
 
 
