@@ -2,7 +2,7 @@
 
 The corpus is built the way a reasoning model's pre-training mix is, so that reasoning *can* help next-token
 prediction: some documents carry worked solutions in the think format
-(``4 - 1 + 7 = <think> 4 - 1 = 3 , 3 + 7 = 10 </think> \\boxed{10} 10``), others state results bare
+(``4 - 1 + 7 = <think> 3 + 7 = 10 </think> \\boxed{10} 10``), others state results bare
 (``4 - 1 + 7 = 10``). A model that predicts the bare result directly must add several numbers in one step; one
 that first writes the worked steps only needs the two-term facts it has seen many times. The RPT split holds
 bare documents only, like the math corpus of the paper.
@@ -38,8 +38,14 @@ def evaluate_steps(expression: str) -> list[tuple[int, str, int, int]]:
 
 
 def worked_solution(expression: str) -> str:
-    """The think-format solution body, e.g. `` 4 - 1 = 3 , 3 + 7 = 10 ``."""
-    return " , ".join(f"{a} {op} {b} = {r}" for a, op, b, r in evaluate_steps(expression))
+    """The think-format solution body: the expression rewritten with its first two terms reduced, until one
+    number is left (``4 - 1 + 7`` → ``3 + 7 = 10``). Each step is one two-term fact plus copying the rest of
+    the previous line, which even a tiny model learns."""
+    parts = expression.split()
+    lines = []
+    for i, (*_, result) in enumerate(evaluate_steps(expression)):
+        lines.append(" ".join([str(result), *parts[3 + 2 * i:]]))
+    return " = ".join(lines)
 
 
 def render_problem(expression: str, answer: str, worked: bool) -> str:
@@ -48,12 +54,28 @@ def render_problem(expression: str, answer: str, worked: bool) -> str:
     return f"{expression} = {answer}"
 
 
+def running_total_nonnegative(expression: str) -> bool:
+    return all(result >= 0 for *_, result in evaluate_steps(expression))
+
+
+def draw_problems(data_cfg, count: int, seed: int) -> list[dict]:
+    """``count`` reasoning-gym entries; with ``demo_nonnegative`` only those whose running total stays >= 0
+    (every worked step is then a fact of one small table, which a tiny model can learn in minutes)."""
+    entries, batch, offset = [], max(64, 3 * count), 0
+    while len(entries) < count:
+        drawn = reasoning_gym.create_dataset(
+            data_cfg.demo_task, size=batch, seed=seed + offset,
+            min_terms=data_cfg.demo_min_terms, max_terms=data_cfg.demo_max_terms,
+            min_digits=data_cfg.demo_digits, max_digits=data_cfg.demo_digits)
+        entries += [e for e in drawn
+                    if not data_cfg.demo_nonnegative or running_total_nonnegative(e["metadata"]["expression"])]
+        offset += 104729
+    return entries[:count]
+
+
 def generate_documents(data_cfg, num_docs: int, worked_fraction: float, seed: int) -> list[str]:
     """``num_docs`` documents of ``problems_per_doc`` problems each; a ``worked_fraction`` share is worked."""
-    entries = reasoning_gym.create_dataset(
-        data_cfg.demo_task, size=num_docs * data_cfg.problems_per_doc, seed=seed,
-        min_terms=data_cfg.demo_min_terms, max_terms=data_cfg.demo_max_terms,
-        min_digits=data_cfg.demo_digits, max_digits=data_cfg.demo_digits)
+    entries = draw_problems(data_cfg, num_docs * data_cfg.problems_per_doc, seed)
     rng = random.Random(seed)
     docs = []
     for d in range(num_docs):

@@ -1,6 +1,6 @@
 """Command line: ``rpt <stage> [hydra overrides...]``.
 
-Stages: prep, pretrain, select, rpt, rl, eval, report, and ``pipeline`` (all of them in order, skipping every
+Stages: prep, pretrain, select, rpt, cnt (continual next-token baseline), rl, eval, report, and ``pipeline`` (all of them in order, skipping every
 stage whose finished marker exists, so a killed pipeline resumes where it stopped). Every stage is the same Hydra
 app over one config tree (``conf/``), so any value can be overridden on any stage, ``--multirun`` sweeps work,
 and a misspelled key is rejected with its name.
@@ -21,7 +21,7 @@ from rpt import config as config_schema
 
 log = logging.getLogger("rpt")
 
-STAGES = ["prep", "pretrain", "select", "rpt", "rl", "eval", "report"]
+STAGES = ["prep", "pretrain", "select", "rpt", "cnt", "rl", "eval", "report"]
 USAGE = f"usage: rpt <{'|'.join(STAGES + ['pipeline'])}> [key=value ...]   (rpt <stage> --help for the config)"
 
 

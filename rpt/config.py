@@ -58,6 +58,7 @@ class DataConfig:
     demo_min_terms: int = 2  # fewest operands per problem
     demo_max_terms: int = 5  # most operands per problem
     demo_digits: int = 1  # digits per operand
+    demo_nonnegative: bool = True  # keep only problems whose running total never drops below zero
     num_pretrain_docs: int = 6000  # pretraining documents (mix of worked and bare)
     num_rpt_docs: int = 400  # documents of the RPT split (bare results, as a math corpus states them)
     problems_per_doc: int = 4  # problems per demo document
@@ -171,6 +172,15 @@ class EvalConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    strategic_grams: list[str] = field(default_factory=lambda: [" = ", "</think>", "\\boxed{"])  # planning n-grams
+    forking_threshold: float = 0.672  # entropy above which a token counts as forking (80th pct. in arXiv 2506.01939)
+    overlap_rho: float = 0.2  # top-rho entropy tokens compared with the initial model
+    overlap_every: int = 5  # steps between top-rho overlap measurements (0 = never; costs one extra forward)
+    law_fit_fraction: float = 0.5  # entropy-law forecast: fit on this first share of steps, score the rest
+
+
+@dataclass
 class LoggingConfig:
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "rpt"  # W&B project
@@ -194,6 +204,7 @@ class RootConfig:
     rl: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(steps=40, init_from="pretrain"))
     rl_task: RLTaskConfig = field(default_factory=RLTaskConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -40,7 +40,7 @@ def test_wrong_type_is_rejected():
 def test_every_group_entry_composes():
     import os
 
-    for group in ("model", "algo", "rollout", "logging"):
+    for group in ("model", "algo", "rollout", "logging", "experiment", "data"):
         for name in os.listdir(os.path.join(CONF_DIR, group)):
             cfg = _compose([f"{group}={name[:-5]}"])
-            assert cfg[group] is not None
+            assert cfg.model.hidden_size > 0 and cfg.rollout.group_size > 0

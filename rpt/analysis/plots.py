@@ -59,3 +59,20 @@ def grouped_bars(groups: list[str], bars: dict[str, list[float]], ylabel: str, t
     ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def entropy_law(entropy, reward, fit, path: Path, title: str) -> None:
+    """Scatter of (entropy, reward) per step with the fitted R = -a exp(H) + b."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sc = ax.scatter(entropy, reward, c=np.arange(len(entropy)), cmap="viridis", s=14, label="steps")
+    grid = np.linspace(0.0, max(entropy) * 1.05, 100)
+    ax.plot(grid, fit.predict(grid), color="#c44",
+            label=f"R = -{fit.a:.3f}·exp(H) + {fit.b:.3f}  (R²={fit.r2:.2f}, ceiling {fit.ceiling:.3f})")
+    fig.colorbar(sc, ax=ax, label="step")
+    ax.set_xlabel("policy entropy H (nats)")
+    ax.set_ylabel("reward R")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from rpt.analysis import plots
-from rpt.metrics import read_metrics
+from rpt.analysis.training_curves import rl_stage_section
 from rpt.rundir import read_json, write_text
 
 
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
-
-
-def _series(rows, key):
-    pts = [(r["step"], r[key]) for r in rows if key in r]
-    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def next_token_table(nt: dict) -> str:
@@ -38,27 +33,6 @@ def downstream_table(ds: dict) -> str:
     return "\n".join(lines)
 
 
-def training_plots(rd, rl_stages: list[str]) -> list[str]:
-    out = []
-    rpt_rows = read_metrics(rd.metrics, "rpt")
-    if rpt_rows:
-        plots.curves({"rpt": _series(rpt_rows, "reward_mean")}, "mean reward", "RPT: reward per step",
-                     rd.report / "rpt_reward.png")
-        plots.curves({"all tokens": _series(rpt_rows, "entropy"),
-                      "top-20% (forking) tokens": _series(rpt_rows, "entropy_forking")},
-                     "policy entropy (nats)", "RPT: policy entropy per step", rd.report / "rpt_entropy.png")
-        out += ["rpt_reward.png", "rpt_entropy.png"]
-    rl = {s: read_metrics(rd.metrics, s) for s in rl_stages}
-    rl = {s: rows for s, rows in rl.items() if rows}
-    if rl:
-        plots.curves({s: _series(rows, "reward_mean") for s, rows in rl.items()}, "mean reward",
-                     "Downstream RL: reward per step", rd.report / "rl_reward.png")
-        plots.curves({s: _series(rows, "entropy") for s, rows in rl.items()}, "policy entropy (nats)",
-                     "Downstream RL: policy entropy per step", rd.report / "rl_entropy.png")
-        out += ["rl_reward.png", "rl_entropy.png"]
-    return out
-
-
 def accuracy_plot(rd, nt: dict) -> str:
     bars = {f"{m} / {mode}": [b[k]["accuracy"] or 0.0 for k in ("easy", "medium", "hard")]
             for m, modes in nt["results"].items() for mode, b in modes.items() if "avg@" not in mode}
@@ -67,28 +41,34 @@ def accuracy_plot(rd, nt: dict) -> str:
     return "next_token_accuracy.png"
 
 
+def selection_section(cfg, rd) -> str:
+    select = rd.summary("select") if rd.is_done("select") else {}
+    ingest = rd.summary("prep").get("ingest", {}) if rd.is_done("prep") else {}
+    skipped = ingest.get("skipped") or {}
+    cap = f", positions above {cfg.select.max_entropy} nats dropped as noise" if cfg.select.max_entropy else ""
+    return (f"Scored {select.get('positions_scored', '–')} positions of the RPT split with the base model as proxy "
+            f"(top-{cfg.select.top_k} entropy, renormalised){cap}. Mode `{cfg.select.mode}` kept "
+            f"{select.get('train_positions', '–')} training positions (fraction {select.get('fraction_kept', 0):.3f}); "
+            f"held-out positions: {select.get('heldout_positions', '–')} (by highest bucket: "
+            f"{select.get('heldout_buckets', {})}). Corpus records skipped at ingestion: "
+            f"{skipped if skipped else 'none'}.\n\n![entropy_hist](entropy_hist.png)\n")
+
+
 def build_report(cfg, rd) -> Path:
     nt = read_json(rd.eval / "next_token.json")
     ds = read_json(rd.eval / "downstream.json")
-    select = rd.summary("select") if rd.is_done("select") else {}
-    rl_stages = [f"rl_{s}" for s in cfg.rl_task.train_on]
-    images = training_plots(rd, rl_stages) + [accuracy_plot(rd, nt)]
-    if (rd.report / "entropy_hist.png").exists():
-        images.insert(0, "entropy_hist.png")
-    rpt_rows = read_metrics(rd.metrics, "rpt")
-    first, last = (rpt_rows[0], rpt_rows[-1]) if rpt_rows else ({}, {})
+    accuracy_png = accuracy_plot(rd, nt)
+    stages = ["rpt"] + [f"rl_{s}" for s in cfg.rl_task.train_on]
+    training = "\n".join(rl_stage_section(rd, s, cfg.analysis.law_fit_fraction)[0] for s in stages)
     text = f"""# RPT run `{rd.path.name}`
 
 Model `{cfg.model.name}` ({cfg.model.num_layers} layers, width {cfg.model.hidden_size}); corpus `{cfg.data.source}`;
 template `{cfg.rollout.template}`; G={cfg.rollout.group_size}, temperature {cfg.rollout.temperature};
-policy loss `{cfg.algo.policy_loss}`, aggregation `{cfg.algo.loss_agg}`, forking rho {cfg.algo.forking_rho}.
+policy loss `{cfg.algo.policy_loss}`, aggregation `{cfg.algo.loss_agg}`, forking rho {cfg.algo.forking_rho},
+dynamic sampling {cfg.algo.dynamic_sampling}.
 
 ## Position selection
-Scored {select.get('positions_scored', '–')} positions with the base model as proxy (top-{cfg.select.top_k} entropy);
-mode `{cfg.select.mode}` kept {select.get('train_positions', '–')} training positions
-(fraction {select.get('fraction_kept', 0):.3f}); held-out positions: {select.get('heldout_positions', '–')}
-(by highest bucket: {select.get('heldout_buckets', {})}).
-
+{selection_section(cfg, rd)}
 ## Next-token accuracy on held-out high-entropy positions (%)
 {nt['positions']} positions; buckets are nested (a "hard" position is also "medium" and "easy").
 "direct" = greedy next token with no reasoning; "reasoning" = the model writes `<think> … </think> \\boxed{{…}}`
@@ -96,18 +76,21 @@ first and the box is scored with the prefix-matching reward.
 
 {next_token_table(nt)}
 
+![next_token_accuracy]({accuracy_png})
+
 ## Downstream task accuracy (%), `{ds['task']}` held-out questions
 Base and RPT checkpoints, and each after the same `rl` budget ({cfg.rl.steps} steps × {cfg.rl.prompts_per_step}
 prompts × G={cfg.rollout.group_size}).
 
 {downstream_table(ds)}
 
-## RPT training
-Steps: {len(rpt_rows)}; reward {first.get('reward_mean', 0):.3f} → {last.get('reward_mean', 0):.3f};
-policy entropy {first.get('entropy', 0):.3f} → {last.get('entropy', 0):.3f};
-mean response length {last.get('response_length', 0):.1f} tokens.
+## Training: reward, entropy, the entropy law, planning vs execution
+Planning tokens are those inside the strategic grams {list(cfg.analysis.strategic_grams)}; a token is forking when
+its entropy exceeds {cfg.analysis.forking_threshold} nats; the overlap is between the top-{cfg.analysis.overlap_rho}
+entropy tokens of the current and the initial model on the same rollouts.
 
-""" + "\n".join(f"![{Path(i).stem}]({i})" for i in images) + "\n"
+{training}
+"""
     path = rd.report / "report.md"
     write_text(path, text)
     return path

@@ -19,6 +19,7 @@ from rpt.rundir import write_json
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tasks.reasoning_gym_task import ReasoningGymTask
 from rpt.tokenizer import Tokenizer
+from rpt.train import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ def run(ctx) -> dict:
     thresholds = cfg.select.difficulty_thresholds
     stop = answer_stop(cfg.rollout, tok)
     next_token = {}
-    for source in [s for s in ("pretrain", "rpt") if rd.is_done(s)]:
+    for source in [s for s in ("pretrain", "rpt", "cnt") if rd.is_done(s)]:
         model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
-        label = "base" if source == "pretrain" else "rpt"
+        label = "base" if source == "pretrain" else source
         runs = {
             "direct": direct_next_token(model, nt_task, items, rt.device),
             "reasoning_greedy": reasoning_first(model, nt_task, items, 1, 0.0, ec.max_new_tokens, cfg.run.seed,
@@ -58,9 +59,10 @@ def run(ctx) -> dict:
     test = ReasoningGymTask(cfg.rl_task, tok, "test", cfg.run.seed)
     test_items = [test.dataset[i] for i in range(len(test))]
     downstream = {}
-    sources = [("base", "pretrain"), ("rpt", "rpt")] + [(f"rl_{s}", f"rl_{s}") for s in cfg.rl_task.train_on]
+    sources = [("base", "pretrain"), ("rpt", "rpt"), ("cnt", "cnt")] + [(f"rl_{s}", f"rl_{s}")
+                                                                       for s in cfg.rl_task.train_on]
     for label, source in sources:
-        if not rd.checkpoints(source).exists():
+        if checkpoint.latest_step_dir(rd.checkpoints(source)) is None:
             continue
         model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
         greedy = reasoning_first(model, test, test_items, 1, 0.0, ec.max_new_tokens, cfg.run.seed, rt.device,

@@ -13,6 +13,6 @@ def run(ctx) -> dict:
     task = ReasoningGymTask(ctx.cfg.rl_task, tok, "train", ctx.cfg.run.seed)
     summary = {}
     for source in ctx.cfg.rl_task.train_on:
-        ctx.rd.require(source if source in ("pretrain", "rpt") else "prep")
+        ctx.rd.require(source if source in ("pretrain", "rpt", "cnt") else "prep")
         summary[source] = train(ctx, task, f"rl_{source}", source, ctx.cfg.rl)
     return summary

@@ -60,4 +60,7 @@ def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int)
         lr_warmup_steps=warmup, lr_decay_steps=max(total_steps, warmup + 1), lr_decay_style="cosine",
         start_wd=train_cfg.weight_decay, end_wd=train_cfg.weight_decay, wd_incr_steps=max(total_steps, 1),
         wd_incr_style="constant")
+    # megatron's schedule gives lr(0) = init_lr = 0 during warm-up, which would make the first update a no-op:
+    # advance once so optimizer step k uses lr(k + 1) (the last step lands exactly on min_lr)
+    scheduler.step(increment=1)
     return Trainable(ddp, optimizer, scheduler)

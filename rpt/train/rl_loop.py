@@ -20,7 +20,9 @@ from rpt.rollout.engine import generate
 from rpt.rollout.stopping import answer_stop
 from rpt.train import checkpoint
 from rpt.train.optim import build_trainable
-from rpt.train.rl_batch import build_batch, concat_rollouts, forking_share
+from rpt.algo.masks import forking_mask
+from rpt.analysis.planning import planning_token_mask
+from rpt.train.rl_batch import build_batch, concat_rollouts, forking_share, policy_stats
 from rpt.train.rl_update import update
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,26 @@ def _global_max(x: torch.Tensor) -> float:
     return float(value)
 
 
-def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None) -> dict:
+def entropy_analysis(cfg, batch, rollouts, tok, step: int, init_model=None) -> dict:
+    """Planning vs execution entropy, forking-token share and the top-rho overlap with the initial model."""
+    ac = cfg.analysis
+    mask = batch.mask
+    planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, tok, ac.strategic_grams)[:, 1:] & mask
+    execution = mask & ~planning
+    out = {
+        "entropy_planning": float(batch.entropy[planning].mean()) if planning.any() else None,
+        "entropy_execution": float(batch.entropy[execution].mean()) if execution.any() else None,
+        "planning_token_share": float(planning.sum()) / max(float(mask.sum()), 1.0),
+        "forking_token_share": float((batch.entropy[mask] > ac.forking_threshold).float().mean()) if mask.any() else 0.0,
+    }
+    if init_model is not None and ac.overlap_every and step % ac.overlap_every == 0 and mask.any():
+        _, init_entropy = policy_stats(init_model, batch.tokens, cfg.rollout.temperature, cfg.rpt.micro_batch_size)
+        now, then = forking_mask(batch.entropy, mask, ac.overlap_rho), forking_mask(init_entropy, mask, ac.overlap_rho)
+        out["forking_overlap_with_init"] = float((now & then).sum()) / max(float(now.sum()), 1.0)
+    return out
+
+
+def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None, init_model=None) -> dict:
     cfg, rt = ctx.cfg, ctx.rt
     t0 = time.perf_counter()
     rollouts, rewards, sample_stats = collect(ctx, trainable.model.module, task, tok, step, loop_cfg)
@@ -122,6 +143,7 @@ def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None) -> d
         train_rollout_gap=float((batch.old_logp - batch.sample_logp).abs()[mask].mean()) if n_resp else 0.0,
         rollout_s=t_rollout, score_s=t_score, update_s=t_update, lr=trainable.lr,
         tokens_per_s=response_tokens / (time.perf_counter() - t0))
+    metrics.update(entropy_analysis(cfg, batch, rollouts, tok, step, init_model))
     return metrics
 
 
@@ -139,12 +161,15 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg) -> dict:
     else:
         checkpoint.load_model_weights(checkpoint_dir(rd, init_source), trainable.model.module)
     ref_model = load_eval_model(cfg, rt, rd, init_source, vocab) if cfg.algo.kl_coef > 0 else None
+    init_model = ref_model
+    if init_model is None and cfg.analysis.overlap_every:
+        init_model = load_eval_model(cfg, rt, rd, init_source, vocab)
     metrics_log = ctx.metrics(wandb_id=wandb_id, resume_step=start + 1, stage=stage_name)
     trainable.model.train()
     history = []
     bar = ctx.progress(range(start, loop_cfg.steps), desc=stage_name, initial=start, total=loop_cfg.steps)
     for step in bar:
-        m = rl_step(ctx, trainable, task, tok, step, loop_cfg, ref_model)
+        m = rl_step(ctx, trainable, task, tok, step, loop_cfg, ref_model, init_model)
         metrics_log.log(step + 1, m)
         history.append(m)
         bar.set_postfix(reward=f"{m.get('reward_mean', 0):.3f}", H=f"{m.get('entropy', 0):.2f}")

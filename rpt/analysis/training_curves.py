@@ -1,0 +1,58 @@
+"""Report sections built from ``metrics.jsonl``: training curves, the entropy-law fit, planning vs execution
+entropy and forking-token statistics, for every RL stage of the run."""
+
+from __future__ import annotations
+
+from rpt.analysis import plots
+from rpt.analysis.entropy_law import fit_and_forecast, fit_entropy_law
+from rpt.metrics import read_metrics
+
+
+def series(rows, key):
+    pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def rl_stage_section(rd, stage: str, law_fit_fraction: float) -> tuple[str, list[str]]:
+    """Markdown and image names for one RL stage (``rpt`` or ``rl_<source>``)."""
+    rows = read_metrics(rd.metrics, stage)
+    if not rows:
+        return "", []
+    images = []
+    plots.curves({"reward (all sampled groups)": series(rows, "reward_mean")}, "mean reward",
+                 f"{stage}: reward per step", rd.report / f"{stage}_reward.png")
+    plots.curves({"all response tokens": series(rows, "entropy"),
+                  "top-20% (forking) tokens": series(rows, "entropy_forking")},
+                 "policy entropy (nats)", f"{stage}: policy entropy per step", rd.report / f"{stage}_entropy.png")
+    images += [f"{stage}_reward.png", f"{stage}_entropy.png"]
+    if any(r.get("entropy_planning") is not None for r in rows):
+        plots.curves({"planning tokens": series(rows, "entropy_planning"),
+                      "execution tokens": series(rows, "entropy_execution")}, "policy entropy (nats)",
+                     f"{stage}: planning vs execution entropy", rd.report / f"{stage}_planning.png")
+        images.append(f"{stage}_planning.png")
+    if any("forking_overlap_with_init" in r for r in rows):
+        plots.curves({"forking-token share": series(rows, "forking_token_share"),
+                      "top-ρ overlap with initial model": series(rows, "forking_overlap_with_init")},
+                     "fraction", f"{stage}: forking tokens", rd.report / f"{stage}_forking.png")
+        images.append(f"{stage}_forking.png")
+    first, last = rows[0], rows[-1]
+    text = [f"### `{stage}`",
+            f"{len(rows)} steps; reward {first.get('reward_mean', 0):.3f} → {last.get('reward_mean', 0):.3f}; "
+            f"policy entropy {first.get('entropy', 0):.3f} → {last.get('entropy', 0):.3f}; "
+            f"all-equal groups {first.get('all_equal_share', 0):.2f} → {last.get('all_equal_share', 0):.2f}; "
+            f"response length {last.get('response_length', 0):.1f} tokens."]
+    h, r = series(rows, "entropy")[1], series(rows, "reward_mean")[1]
+    try:
+        fit = fit_entropy_law(h, r)
+        forecast = fit_and_forecast(h, r, law_fit_fraction)
+        plots.entropy_law(h, r, fit, rd.report / f"{stage}_entropy_law.png", f"{stage}: R = -a·exp(H) + b")
+        images.append(f"{stage}_entropy_law.png")
+        rmse = forecast["forecast_rmse"]
+        text.append(f"Entropy law R = −a·exp(H) + b: a = {fit.a:.4f}, b = {fit.b:.4f}, R² = {fit.r2:.3f}, "
+                    f"RMSE {fit.rmse:.4f} over {fit.n} steps; predicted ceiling −a + b = {fit.ceiling:.3f}. "
+                    f"Fitted on the first {forecast['fit_points']} steps, it forecasts the remaining "
+                    f"{forecast['forecast_points']} with RMSE "
+                    f"{'–' if rmse is None else f'{rmse:.4f}'}.")
+    except ValueError as err:
+        text.append(f"Entropy law: not fitted ({err}).")
+    return "\n".join(text) + "\n\n" + "\n".join(f"![{i[:-4]}]({i})" for i in images) + "\n", images

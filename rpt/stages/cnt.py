@@ -1,0 +1,65 @@
+"""Stage `cnt`: the continual next-token baseline of the RPT paper — plain next-token training on the same
+selected positions, starting from the same checkpoint, for the same number of steps as `rpt`.
+
+Each step trains on ``rpt.prompts_per_step × rollout.group_size`` positions (as many sequences as an RPT step
+updates on), with cross entropy on the token at the position. It costs far fewer FLOPs than RPT (no rollouts):
+the comparison is at equal steps and sequences, which is how the paper's baseline is described.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from rpt.model.forward import full_logits
+from rpt.model.loading import checkpoint_dir
+from rpt.tasks.next_token import NextTokenTask
+from rpt.tokenizer import Tokenizer
+from rpt.train import checkpoint
+from rpt.train.optim import build_trainable
+
+log = logging.getLogger(__name__)
+
+
+def next_token_loss(model, items, device) -> torch.Tensor:
+    longest = max(len(it["context"]) for it in items)
+    tokens = torch.zeros(len(items), longest, dtype=torch.long)
+    for i, it in enumerate(items):
+        tokens[i, :len(it["context"])] = torch.tensor(it["context"])
+    logits = full_logits(model, tokens.to(device))
+    last = torch.tensor([len(it["context"]) - 1 for it in items], device=device)
+    targets = torch.tensor([it["target"][0] for it in items], device=device)
+    return torch.nn.functional.cross_entropy(logits[torch.arange(len(items), device=device), last], targets)
+
+
+def run(ctx) -> dict:
+    cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
+    lc = cfg.rpt
+    rd.require("select")
+    tok = Tokenizer.from_run(rd)
+    task = NextTokenTask(rd.positions / "train.jsonl", tok, cfg.rollout.templates[cfg.rollout.template])
+    trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, lc, lc.steps)
+    ckpt_dir = rd.checkpoints("cnt")
+    start, wandb_id = 0, None
+    if (latest := checkpoint.latest_step_dir(ckpt_dir)) is not None:
+        state = checkpoint.load(latest, trainable)
+        start, wandb_id = state["step"], state["extra"].get("wandb_id")
+    else:
+        checkpoint.load_model_weights(checkpoint_dir(rd, lc.init_from), trainable.model.module)
+    metrics = ctx.metrics(wandb_id=wandb_id, resume_step=start + 1)
+    per_step = lc.prompts_per_step * cfg.rollout.group_size
+    trainable.model.train()
+    loss = None
+    for step in ctx.progress(range(start, lc.steps), desc="cnt", initial=start, total=lc.steps):
+        items = task.items_for_step(step, per_step, cfg.run.seed)[rt.dp_rank::rt.dp_size]
+        trainable.zero_grad()
+        loss = next_token_loss(trainable.model, items, rt.device)
+        loss.backward()
+        applied, grad_norm = trainable.step()
+        metrics.log(step + 1, {"loss": loss.item(), "grad_norm": grad_norm, "lr": trainable.lr})
+        if (step + 1) % lc.checkpoint_every == 0 or step + 1 == lc.steps:
+            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})
+    metrics.close()
+    return {"steps": lc.steps, "final_loss": None if loss is None else loss.item(),
+            "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}
