@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
 import os
 from collections import Counter
@@ -17,7 +18,9 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+# .jsonl is read line by line through the text builder and parsed per record, so one malformed line is a
+# counted bad record instead of an exception that loses the whole file
+_BUILDERS = {".jsonl": "text", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 
 
 def doc_id(text: str) -> str:
@@ -44,23 +47,44 @@ def _load(data_cfg):
         exts = {os.path.splitext(f)[1].lower() for f in files}
         if len(exts) != 1 or next(iter(exts)) not in _BUILDERS:
             raise ValueError(f"data.source files must share one of {sorted(_BUILDERS)}; got {sorted(exts)}")
-        builder = _BUILDERS[exts.pop()]
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
-        return datasets.load_dataset(builder, data_files=files, split="train", streaming=data_cfg.streaming,
-                                     **kwargs)
+        ext = exts.pop()
+        builder = _BUILDERS[ext]
+        kwargs = {"parquet": {}, "json": {"encoding_errors": "replace"},
+                  "text": {"encoding_errors": "replace", "sample_by": "line" if ext == ".jsonl" else "document"}}
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=data_cfg.streaming,
+                                   **kwargs[builder])
+        return ds, ext
     if os.path.sep in source or source.startswith("."):
         raise FileNotFoundError(f"data.source {source!r} matches no file")
     # a hub dataset name (needs network access and, for gated sets, a token)
     return datasets.load_dataset(source, data_cfg.hub_config, split=data_cfg.hub_split,
-                                 streaming=data_cfg.streaming)
+                                 streaming=data_cfg.streaming), None
+
+
+def _records(dataset, ext: str | None, stats: IngestStats):
+    """Records as dicts; jsonl lines are parsed here (blank lines ignored, malformed ones counted)."""
+    for row in dataset:
+        if ext != ".jsonl":
+            yield row
+            continue
+        line = row["text"]
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            stats.read += 1
+            stats.skipped["bad_json"] += 1
+            continue
+        yield record if isinstance(record, dict) else {"__not_an_object__": record}
 
 
 def iter_documents(data_cfg, stats: IngestStats) -> Iterator[tuple[str, str]]:
     """Yield ``(doc_id, text)`` for every good, first-seen record of the configured source."""
-    dataset = _load(data_cfg)
-    field_name = "text" if data_cfg.source.endswith(".txt") else data_cfg.text_field
+    dataset, ext = _load(data_cfg)
+    field_name = "text" if ext == ".txt" else data_cfg.text_field
     seen: set[str] = set()
-    for record in dataset:
+    for record in _records(dataset, ext, stats):
         if data_cfg.max_docs is not None and stats.kept >= data_cfg.max_docs:
             break
         stats.read += 1
@@ -73,7 +97,7 @@ def iter_documents(data_cfg, stats: IngestStats) -> Iterator[tuple[str, str]]:
             stats.skipped["empty"] += 1
         elif len(text) > data_cfg.max_doc_chars:
             stats.skipped["too_long"] += 1
-        elif "\ufffd" in text:
+        elif "\ufffd" in text:  # invalid UTF-8 bytes were decoded with errors="replace"
             stats.skipped["not_utf8"] += 1
         else:
             did = doc_id(text)

@@ -58,14 +58,13 @@ def running_total_nonnegative(expression: str) -> bool:
     return all(result >= 0 for *_, result in evaluate_steps(expression))
 
 
-def draw_problems(data_cfg, count: int, seed: int) -> list[dict]:
-    """``count`` reasoning-gym entries; with ``demo_nonnegative`` only those whose running total stays >= 0
-    (every worked step is then a fact of one small table, which a tiny model can learn in minutes)."""
+def draw_problems(data_cfg, count: int, seed: int, terms: int) -> list[dict]:
+    """``count`` reasoning-gym entries of ``terms`` operands; with ``demo_nonnegative`` only those whose running
+    total stays >= 0 (every worked step is then a fact of one small table, which a tiny model learns in minutes)."""
     entries, batch, offset = [], max(64, 3 * count), 0
     while len(entries) < count:
         drawn = reasoning_gym.create_dataset(
-            data_cfg.demo_task, size=batch, seed=seed + offset,
-            min_terms=data_cfg.demo_min_terms, max_terms=data_cfg.demo_max_terms,
+            data_cfg.demo_task, size=batch, seed=seed + offset, min_terms=terms, max_terms=terms,
             min_digits=data_cfg.demo_digits, max_digits=data_cfg.demo_digits)
         entries += [e for e in drawn
                     if not data_cfg.demo_nonnegative or running_total_nonnegative(e["metadata"]["expression"])]
@@ -74,15 +73,21 @@ def draw_problems(data_cfg, count: int, seed: int) -> list[dict]:
 
 
 def generate_documents(data_cfg, num_docs: int, worked_fraction: float, seed: int) -> list[str]:
-    """``num_docs`` documents of ``problems_per_doc`` problems each; a ``worked_fraction`` share is worked."""
-    entries = draw_problems(data_cfg, num_docs * data_cfg.problems_per_doc, seed)
+    """``num_docs`` documents of ``problems_per_doc`` problems each; a ``worked_fraction`` share is worked.
+
+    All problems of a document have the same number of operands (like one exercise sheet), so once a reader has
+    seen the first problem, where ``=`` comes is predictable and the uncertain positions are the operands (pure
+    noise) and the results (computable)."""
     rng = random.Random(seed)
+    plan = [(rng.randint(data_cfg.demo_min_terms, data_cfg.demo_max_terms), rng.random() < worked_fraction)
+            for _ in range(num_docs)]
+    pools = {}
+    for terms in sorted({t for t, _ in plan}):
+        needed = sum(1 for t, _ in plan if t == terms) * data_cfg.problems_per_doc
+        pools[terms] = iter(draw_problems(data_cfg, needed, seed * 31 + terms, terms))
     docs = []
-    for d in range(num_docs):
-        worked = rng.random() < worked_fraction
-        lines = []
-        for i in range(data_cfg.problems_per_doc):
-            entry = entries[d * data_cfg.problems_per_doc + i]
-            lines.append(render_problem(entry["metadata"]["expression"], str(entry["answer"]), worked))
+    for terms, worked in plan:
+        lines = [render_problem(e["metadata"]["expression"], str(e["answer"]), worked)
+                 for e in (next(pools[terms]) for _ in range(data_cfg.problems_per_doc))]
         docs.append("\n".join(lines) + "\n")
     return docs

@@ -4,16 +4,22 @@ distribution for x_t given x_<t (renormalised over the k most likely tokens, as 
 Documents are cut into windows of ``seq_length`` tokens, sorted by length and batched so that padding is at most
 the length spread inside a batch; the forward runs under ``torch.inference_mode``. Data-parallel ranks score
 disjoint windows and the results are gathered. Output: one float32 array per document (entry 0 is NaN: the first
-token has no context).
+token of every window has no context inside the window).
+
+``score_corpus`` works shard by shard (``shard_docs`` documents each) and writes every finished shard atomically,
+so a killed scoring run resumes at the first missing shard and produces byte-identical output.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from rpt.model.forward import full_logits, topk_entropy
+from rpt.rundir import atomic_path
 
 
 def _windows(docs: list[np.ndarray], seq_length: int) -> list[tuple[int, int, np.ndarray]]:
@@ -49,3 +55,26 @@ def score_documents(model, docs: list[np.ndarray], seq_length: int, top_k: int, 
         # logits at window position j predict token start + j + 1
         per_doc[d][start + 1:start + len(w)] = results[i]
     return per_doc
+
+
+def score_corpus(model, docs: list[np.ndarray], out_dir: Path, shard_docs: int, seq_length: int, top_k: int,
+                 batch_size: int, device, dp_rank: int = 0, dp_size: int = 1, is_main: bool = True,
+                 progress=lambda x, **k: x) -> list[np.ndarray]:
+    """Score ``docs`` shard by shard under ``out_dir``, reusing shards a previous (killed) run finished."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: list[np.ndarray] = []
+    starts = list(range(0, len(docs), shard_docs))
+    for shard, start in enumerate(progress(starts, desc="score shards")):
+        path = out_dir / f"shard_{shard:05d}.npz"
+        chunk = docs[start:start + shard_docs]
+        if not path.exists():
+            scored = score_documents(model, chunk, seq_length, top_k, batch_size, device, dp_rank, dp_size)
+            if is_main:
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, entropy=np.concatenate(scored), lengths=np.array([len(d) for d in chunk]))
+            if dist.is_initialized():
+                dist.barrier()
+        with np.load(path) as z:
+            bounds = np.cumsum(z["lengths"])[:-1]
+            result += np.split(z["entropy"], bounds)
+    return result

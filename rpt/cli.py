@@ -51,6 +51,9 @@ def main_from_config(cfg: DictConfig) -> None:
     for name in cfg.stages:
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
+    from rpt.train import preemption
+
+    preemption.install()
     rt = runtime.init(cfg.run)
     rd = RunDir(cfg.run.root, cfg.run.name)
     try:
@@ -66,6 +69,10 @@ def main_from_config(cfg: DictConfig) -> None:
             log.info("pipeline finished: %s", rd.path / "report" / "report.md")
         else:
             run_stage(factory, cfg.stage, cfg.force)
+    except preemption.Preempted as stop:
+        log.warning("stage %s checkpointed at step %d on a preemption signal; exiting with %d for requeue "
+                    "(re-run the same command to resume)", stop.stage, stop.step, preemption.EXIT_REQUEUE)
+        raise
     finally:
         runtime.shutdown()
 

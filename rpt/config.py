@@ -96,6 +96,7 @@ class SelectConfig:
     heldout_fraction: float = 0.25  # share of RPT-split documents held out for evaluation
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])  # easy/medium/hard
     batch_size: int = 32  # sequences per scoring forward
+    shard_docs: int = 1000  # documents per scoring shard (the unit of resumption)
 
 
 @dataclass

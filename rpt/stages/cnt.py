@@ -16,7 +16,7 @@ from rpt.model.forward import full_logits
 from rpt.model.loading import checkpoint_dir
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
-from rpt.train import checkpoint
+from rpt.train import checkpoint, preemption
 from rpt.train.optim import build_trainable
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,12 @@ def run(ctx) -> dict:
         loss.backward()
         applied, grad_norm = trainable.step()
         metrics.log(step + 1, {"loss": loss.item(), "grad_norm": grad_norm, "lr": trainable.lr})
-        if (step + 1) % lc.checkpoint_every == 0 or step + 1 == lc.steps:
+        stop = preemption.should_stop()
+        if (step + 1) % lc.checkpoint_every == 0 or step + 1 == lc.steps or stop:
             checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})
+        if stop:
+            metrics.close()
+            raise preemption.Preempted("cnt", step + 1)
     metrics.close()
     return {"steps": lc.steps, "final_loss": None if loss is None else loss.item(),
             "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}

@@ -9,8 +9,9 @@ import logging
 import time
 
 from rpt.model.forward import lm_loss
+from rpt.runtime import dp_mean
 from rpt.tokenizer import Tokenizer
-from rpt.train import checkpoint
+from rpt.train import checkpoint, preemption
 from rpt.train.optim import build_trainable
 from rpt.train.pretrain_data import batch_for_step, build_gpt_dataset
 
@@ -40,7 +41,7 @@ def run(ctx) -> dict:
         loss = lm_loss(trainable.model, batch)
         loss.backward()
         applied, grad_norm = trainable.step()
-        loss_sum += loss.item()
+        loss_sum += dp_mean(loss.item())
         since_log += 1
         tokens_seen += batch[:, 1:].numel() * rt.dp_size
         if (step + 1) % pc.log_every == 0 or step + 1 == pc.steps:
@@ -49,7 +50,11 @@ def run(ctx) -> dict:
             metrics.log(step + 1, last)
             bar.set_postfix(loss=f"{last['loss']:.3f}")
             loss_sum, since_log, t0, tokens_seen = 0.0, 0, time.perf_counter(), 0
-        if (step + 1) % pc.checkpoint_every == 0 or step + 1 == pc.steps:
+        stop = preemption.should_stop()
+        if (step + 1) % pc.checkpoint_every == 0 or step + 1 == pc.steps or stop:
             checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})
+        if stop:
+            metrics.close()
+            raise preemption.Preempted("pretrain", step + 1)
     metrics.close()
     return {"steps": pc.steps, "final_loss": last.get("loss"), "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}

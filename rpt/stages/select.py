@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from data_prep.entropy import score_documents
+from data_prep.entropy import score_corpus
 from data_prep.indexed import IndexedDocs
 from data_prep.selection import choose_training_positions, heldout_positions, is_heldout, position_record
 from rpt.analysis.plots import entropy_histogram
@@ -30,8 +30,8 @@ def run(ctx) -> dict:
     model = load_eval_model(cfg, rt, rd, "pretrain", tok.vocab_size)
     corpus = IndexedDocs(rd.data / "rpt")
     docs = [corpus.tokens(i) for i in range(len(corpus))]
-    entropies = score_documents(model, docs, cfg.data.seq_length, sc.top_k, sc.batch_size, rt.device,
-                                rt.dp_rank, rt.dp_size, progress=ctx.progress)
+    entropies = score_corpus(model, docs, rd.positions / "entropy_shards", sc.shard_docs, cfg.data.seq_length,
+                             sc.top_k, sc.batch_size, rt.device, rt.dp_rank, rt.dp_size, rt.is_main, ctx.progress)
     if not rt.is_main:
         ctx.barrier()
         return {}

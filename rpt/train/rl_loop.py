@@ -18,7 +18,7 @@ from rpt.algo.advantages import all_equal_groups, group_advantages
 from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.rollout.engine import generate
 from rpt.rollout.stopping import answer_stop
-from rpt.train import checkpoint
+from rpt.train import checkpoint, preemption
 from rpt.train.optim import build_trainable
 from rpt.algo.masks import forking_mask
 from rpt.analysis.planning import planning_token_mask
@@ -173,8 +173,12 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg) -> dict:
         metrics_log.log(step + 1, m)
         history.append(m)
         bar.set_postfix(reward=f"{m.get('reward_mean', 0):.3f}", H=f"{m.get('entropy', 0):.2f}")
-        if (step + 1) % loop_cfg.checkpoint_every == 0 or step + 1 == loop_cfg.steps:
+        stop = preemption.should_stop()
+        if (step + 1) % loop_cfg.checkpoint_every == 0 or step + 1 == loop_cfg.steps or stop:
             checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics_log.wandb_id})
+        if stop:
+            metrics_log.close()
+            raise preemption.Preempted(stage_name, step + 1)
     metrics_log.close()
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir)),

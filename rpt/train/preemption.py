@@ -1,0 +1,44 @@
+"""Preemption: on SIGUSR1 or SIGTERM a training stage checkpoints at the end of the current step and exits with
+``EXIT_REQUEUE``; the Slurm script requeues the job, and the requeued job resumes by itself (finished stages are
+skipped, the interrupted one continues from the checkpoint just written).
+
+The handler only sets a flag (signal-safe); the loops poll ``should_stop()`` after each step, which all-reduces the
+flag so every rank stops at the same step and writes one consistent checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+EXIT_REQUEUE = 99  # exit status meaning "checkpointed on a preemption signal: requeue me"
+_requested = False
+
+
+class Preempted(SystemExit):
+    def __init__(self, stage: str, step: int):
+        super().__init__(EXIT_REQUEUE)
+        self.stage, self.step = stage, step
+
+
+def _handler(signum, frame):
+    global _requested
+    _requested = True
+    log.warning("received %s: will checkpoint after this step and exit for requeue", signal.Signals(signum).name)
+
+
+def install() -> None:
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, _handler)
+
+
+def should_stop() -> bool:
+    flag = torch.tensor([1.0 if _requested else 0.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
