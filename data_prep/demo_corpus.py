@@ -58,16 +58,27 @@ def running_total_nonnegative(expression: str) -> bool:
     return all(result >= 0 for *_, result in evaluate_steps(expression))
 
 
+def uses_only(expression: str, operators) -> bool:
+    """True if every operator of a chain expression is in ``operators`` (None: any)."""
+    return operators is None or all(op in operators for op in expression.split()[1::2])
+
+
+def _keep(data_cfg, expression: str) -> bool:
+    return uses_only(expression, data_cfg.demo_operators) and (
+        not data_cfg.demo_nonnegative or running_total_nonnegative(expression))
+
+
 def draw_problems(data_cfg, count: int, seed: int, terms: int) -> list[dict]:
-    """``count`` reasoning-gym entries of ``terms`` operands; with ``demo_nonnegative`` only those whose running
-    total stays >= 0 (every worked step is then a fact of one small table, which a tiny model learns in minutes)."""
+    """``count`` reasoning-gym entries of ``terms`` operands, filtered to ``demo_operators`` and, with
+    ``demo_nonnegative``, to running totals >= 0 (every worked step is then a fact of one small table, which a
+    tiny model learns in minutes; a "+"-only corpus also makes "+" vs "=" at most a coin flip, below the
+    selection threshold, so the selected positions are the results)."""
     entries, batch, offset = [], max(64, 3 * count), 0
     while len(entries) < count:
         drawn = reasoning_gym.create_dataset(
             data_cfg.demo_task, size=batch, seed=seed + offset, min_terms=terms, max_terms=terms,
             min_digits=data_cfg.demo_digits, max_digits=data_cfg.demo_digits)
-        entries += [e for e in drawn
-                    if not data_cfg.demo_nonnegative or running_total_nonnegative(e["metadata"]["expression"])]
+        entries += [e for e in drawn if _keep(data_cfg, e["metadata"]["expression"])]
         offset += 104729
     return entries[:count]
 

@@ -9,6 +9,7 @@ and a misspelled key is rejected with its name.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import sys
 import time
@@ -22,7 +23,8 @@ from rpt import config as config_schema
 log = logging.getLogger("rpt")
 
 STAGES = ["prep", "pretrain", "select", "rpt", "cnt", "rl", "eval", "report"]
-USAGE = f"usage: rpt <{'|'.join(STAGES + ['pipeline'])}> [key=value ...]   (rpt <stage> --help for the config)"
+EXTRA_STAGES = ["hf_import", "hf_export"]  # run on demand, never by `pipeline`
+USAGE = f"usage: rpt <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}> [key=value ...]   (rpt <stage> --help for the config)"
 
 
 def run_stage(ctx_factory, stage: str, force: bool) -> dict:
@@ -57,13 +59,17 @@ def main_from_config(cfg: DictConfig) -> None:
     rt = runtime.init(cfg.run)
     rd = RunDir(cfg.run.root, cfg.run.name)
     try:
-        if rt.is_main:
+        if rt.is_main and cfg.stage != "bench":
             write_text(rd.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
         def factory(stage):
             return StageContext(cfg=cfg, rt=rt, rd=rd, stage=stage)
 
-        if cfg.stage == "pipeline":
+        if cfg.stage == "bench":
+            from rpt.bench import run_bench
+
+            print(json.dumps(run_bench(cfg, rt), indent=2))
+        elif cfg.stage == "pipeline":
             for stage in cfg.stages:
                 run_stage(factory, stage, cfg.force)
             log.info("pipeline finished: %s", rd.path / "report" / "report.md")
@@ -88,7 +94,7 @@ def main() -> None:
         print(USAGE)
         sys.exit(0 if len(sys.argv) >= 2 else 2)
     stage = sys.argv[1]
-    if stage not in STAGES + ["pipeline"]:
+    if stage not in STAGES + EXTRA_STAGES + ["pipeline", "bench"]:
         print(f"rpt: unknown stage {stage!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], f"stage={stage}", *sys.argv[2:]]

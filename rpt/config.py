@@ -56,9 +56,10 @@ class DataConfig:
     # demo corpus (reasoning-gym chain_sum problems rendered as text documents)
     demo_task: str = "chain_sum"  # reasoning-gym generator used for the demo corpus
     demo_min_terms: int = 2  # fewest operands per problem
-    demo_max_terms: int = 5  # most operands per problem
+    demo_max_terms: int = 4  # most operands per problem
     demo_digits: int = 1  # digits per operand
     demo_nonnegative: bool = True  # keep only problems whose running total never drops below zero
+    demo_operators: list[str] = field(default_factory=lambda: ["+"])  # keep only problems using these operators
     num_pretrain_docs: int = 6000  # pretraining documents (mix of worked and bare)
     num_rpt_docs: int = 400  # documents of the RPT split (bare results, as a math corpus states them)
     problems_per_doc: int = 4  # problems per demo document
@@ -71,7 +72,7 @@ class DataConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 1200  # optimizer steps
+    steps: int = 2400  # optimizer steps
     micro_batch_size: int = 16  # sequences per micro-batch per data-parallel rank
     lr: float = 3e-3  # peak learning rate
     min_lr: float = 3e-4  # final learning rate (cosine)
@@ -84,6 +85,7 @@ class PretrainConfig:
 
 @dataclass
 class SelectConfig:
+    proxy: str = "pretrain"  # proxy model: a stage's latest checkpoint (pretrain | hf) or a checkpoint directory
     top_k: int = 16  # entropy over the proxy's top-k next tokens, renormalised
     mode: str = "threshold"  # threshold | top_fraction | random
     threshold: float = 0.5  # keep positions whose top-k entropy exceeds this (threshold mode)
@@ -106,6 +108,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling mass
     max_new_tokens: int = 48  # response length cap
     stop_at_answer: bool = True  # end a response once its \\boxed{} after </think> closes
+    format_reward: float = 0.0  # added for a parseable answer, right or wrong (paper: none)
     template: str = "think"  # prompt template name (key of `templates`)
     templates: dict[str, str] = field(default_factory=lambda: {
         "think": "{context}<think>",
@@ -144,8 +147,8 @@ class TrainLoopConfig:
     prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
     micro_batch_size: int = 64  # sequences per forward/backward micro-batch
     ppo_epochs: int = 1  # passes over each rollout batch
-    lr: float = 5e-4  # peak learning rate
-    min_lr: float = 5e-4  # final learning rate
+    lr: float = 5e-5  # peak learning rate (RL updates are Adam-normalised: keep it small)
+    min_lr: float = 5e-5  # final learning rate
     warmup_steps: int = 5  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
     clip_grad: float = 1.0  # global gradient-norm clip
@@ -156,10 +159,11 @@ class TrainLoopConfig:
 @dataclass
 class RLTaskConfig:
     task: str = "chain_sum"  # reasoning-gym task for downstream RL
-    task_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_terms": 4, "max_terms": 5,
+    task_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_terms": 4, "max_terms": 4,
                                                                   "min_digits": 1, "max_digits": 1})  # generator args
     train_size: int = 2000  # training questions
     test_size: int = 200  # held-out questions
+    operators: Optional[list[str]] = field(default_factory=lambda: ["+"])  # keep questions using only these (None: all)
     template: str = "{expression} = <think>"  # prompt; fields of the entry's metadata, plus {question}
     train_on: list[str] = field(default_factory=lambda: ["pretrain", "rpt"])  # checkpoints fine-tuned by `rl`
 
@@ -179,6 +183,28 @@ class AnalysisConfig:
     overlap_rho: float = 0.2  # top-rho entropy tokens compared with the initial model
     overlap_every: int = 5  # steps between top-rho overlap measurements (0 = never; costs one extra forward)
     law_fit_fraction: float = 0.5  # entropy-law forecast: fit on this first share of steps, score the rest
+
+
+@dataclass
+class HFConfig:
+    path: Optional[str] = None  # hf_import: directory with config.json, *.safetensors and tokenizer files
+    source: str = "rpt"  # hf_export: which stage's latest checkpoint to export
+    export_dir: Optional[str] = None  # hf_export: output directory (default <run>/hf/<source>)
+    architecture: str = "Qwen2ForCausalLM"  # hf_export: Qwen2ForCausalLM | LlamaForCausalLM
+
+
+@dataclass
+class BenchConfig:
+    parts: list[str] = field(default_factory=lambda: ["rollout", "train", "scoring", "rpt_step"])  # what to time
+    batch_size: int = 16  # sequences per batch
+    prompt_len: int = 64  # prompt tokens (rollout)
+    new_tokens: int = 64  # generated tokens per sequence (rollout)
+    train_seq_len: int = 256  # tokens per training / scoring sequence
+    vocab_size: int = 320  # vocabulary when model.vocab_size is unset (random weights, random tokens)
+    repeats: int = 3  # timed repetitions after one warm-up (median reported)
+    peers: bool = True  # also time the HF transformers peer on the same weights (needs transformers)
+    peak_flops: float = 989e12  # accelerator peak (dense bf16) for MFU; H100/H200 SXM: 989e12
+    out: Optional[str] = "bench.json"  # also write the JSON here (None: stdout only)
 
 
 @dataclass
@@ -206,6 +232,8 @@ class RootConfig:
     rl_task: RLTaskConfig = field(default_factory=RLTaskConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

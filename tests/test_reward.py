@@ -52,3 +52,21 @@ def test_extract_answer_needs_end_of_thinking():
 
 def test_empty_box_scores_zero():
     assert prefix_reward(extract_answer(r"</think>\boxed{}"), TARGET) == 0.0
+
+
+def test_optional_format_reward(tokenizer, tmp_path):
+    import json
+
+    from rpt.tasks.next_token import NextTokenTask
+
+    target = tokenizer.encode("12\n3 + 4 = 7\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"context": tokenizer.encode("5 + 7 = "), "target": target}) + "\n")
+    plain = NextTokenTask(tmp_path / "p.jsonl", tokenizer, "{context}<think>")
+    shaped = NextTokenTask(tmp_path / "p.jsonl", tokenizer, "{context}<think>", format_reward=0.1)
+    item = plain.items[0]
+    assert plain.reward(item, r" 5 + 7 = 12 </think> \boxed{12}") == 1.0
+    assert plain.reward(item, r" </think> \boxed{13}") == 0.0
+    assert shaped.reward(item, r" </think> \boxed{13}") == pytest.approx(0.1)
+    assert shaped.reward(item, r" </think> \boxed{12}") == pytest.approx(1.1)
+    assert shaped.reward(item, " no answer") == 0.0
+    assert plain.prompt_ids(item) == tokenizer.encode("5 + 7 = ") + tokenizer.encode("<think>")

@@ -57,9 +57,9 @@ def run(ctx) -> dict:
         next_token[label] = {mode: by_bucket(items, scores, thresholds) for mode, scores in runs.items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
     test = ReasoningGymTask(cfg.rl_task, tok, "test", cfg.run.seed)
-    test_items = [test.dataset[i] for i in range(len(test))]
+    test_items = test.items
     downstream = {}
-    sources = [("base", "pretrain"), ("rpt", "rpt"), ("cnt", "cnt")] + [(f"rl_{s}", f"rl_{s}")
+    sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt")] + [(f"rl_{s}", f"rl_{s}")
                                                                        for s in cfg.rl_task.train_on]
     for label, source in sources:
         if checkpoint.latest_step_dir(rd.checkpoints(source)) is None:

@@ -1,4 +1,8 @@
-"""Stage `prep`: corpus → documents (pretrain and RPT splits) → sentencepiece tokenizer → indexed tokens."""
+"""Stage `prep`: corpus → documents (pretrain and RPT splits) → tokenizer → indexed tokens.
+
+The tokenizer is a sentencepiece model trained on the corpus, unless the run already holds an imported HF
+``tokenizer.json`` (``rpt hf_import``), which is then used as is.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ def run(ctx) -> dict:
         if not docs:
             raise ValueError(f"prep: the {name} split is empty (source {cfg.data.source!r}, {stats.as_dict()})")
     summary = {"ingest": stats.as_dict(), "splits": {}}
-    if ctx.rt.is_main:
+    imported = (rd.tokenizer / "tokenizer.json").exists()  # from `rpt hf_import`: keep the model's tokenizer
+    if ctx.rt.is_main and not imported:
         texts = [t for docs in splits.values() for _, t in docs]
         train_tokenizer(texts, rd.tokenizer, cfg.data.vocab_size, cfg.data.tokenizer_type)
     ctx.barrier()

@@ -13,6 +13,7 @@ def run(ctx) -> dict:
     task = ReasoningGymTask(ctx.cfg.rl_task, tok, "train", ctx.cfg.run.seed)
     summary = {}
     for source in ctx.cfg.rl_task.train_on:
-        ctx.rd.require(source if source in ("pretrain", "rpt", "cnt") else "prep")
+        if source in ("pretrain", "rpt", "cnt"):
+            ctx.rd.require(source)
         summary[source] = train(ctx, task, f"rl_{source}", source, ctx.cfg.rl)
     return summary

@@ -11,12 +11,13 @@ from rpt.tasks.base import epoch_order, render_prompt
 
 
 class NextTokenTask:
-    def __init__(self, positions_file: Path, tokenizer, template: str):
+    def __init__(self, positions_file: Path, tokenizer, template: str, format_reward: float = 0.0):
         self.items = read_jsonl(positions_file)
         if not self.items:
             raise ValueError(f"no positions in {positions_file}")
         self.tokenizer = tokenizer
         self.template = template
+        self.format_reward = format_reward
 
     def __len__(self) -> int:
         return len(self.items)
@@ -31,4 +32,6 @@ class NextTokenTask:
         return [self.tokenizer.token_bytes(t) for t in item["target"]]
 
     def reward(self, item: dict, response_text: str) -> float:
-        return prefix_reward(extract_answer(response_text), self.target_bytes(item))
+        answer = extract_answer(response_text)
+        bonus = self.format_reward if answer else 0.0
+        return prefix_reward(answer, self.target_bytes(item)) + bonus

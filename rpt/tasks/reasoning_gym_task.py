@@ -5,6 +5,7 @@ from __future__ import annotations
 import reasoning_gym
 
 from rpt.reward.next_token import extract_answer
+from data_prep.demo_corpus import uses_only
 from rpt.tasks.base import epoch_order
 
 
@@ -12,17 +13,32 @@ class ReasoningGymTask:
     def __init__(self, task_cfg, tokenizer, split: str, seed: int):
         size = task_cfg.train_size if split == "train" else task_cfg.test_size
         # train and test use disjoint seeds, so they are independent draws from the generator
-        self.dataset = reasoning_gym.create_dataset(task_cfg.task, size=size,
+        self.dataset = reasoning_gym.create_dataset(task_cfg.task, size=size * (1 if task_cfg.operators is None
+                                                                                else 16),
                                                     seed=seed if split == "train" else seed + 7919,
                                                     **dict(task_cfg.task_kwargs))
+        self.items = [e for e in self.dataset if self._allowed(e, task_cfg.operators)][:size]
+        if len(self.items) < size:
+            raise ValueError(f"rl_task: only {len(self.items)} of {size} {task_cfg.task} questions use operators "
+                             f"{task_cfg.operators}")
         self.template = task_cfg.template
         self.tokenizer = tokenizer
 
+    @staticmethod
+    def _allowed(entry: dict, operators) -> bool:
+        if operators is None:
+            return True
+        expression = entry.get("metadata", {}).get("expression")
+        if expression is None:
+            raise ValueError("rl_task.operators needs a task whose entries carry metadata.expression "
+                             "(e.g. chain_sum); set rl_task.operators=null for other tasks")
+        return uses_only(expression, operators)
+
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.items)
 
     def items_for_step(self, step: int, count: int, seed: int) -> list[dict]:
-        return [self.dataset[i] for i in epoch_order(len(self.dataset), step, count, seed)]
+        return [self.items[i] for i in epoch_order(len(self.items), step, count, seed)]
 
     def prompt_text(self, item: dict) -> str:
         return self.template.format(question=item["question"], **item["metadata"])

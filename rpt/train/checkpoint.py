@@ -109,3 +109,21 @@ def load_model_weights(step_dir: Path, model) -> None:
     """Load only the model weights (a GPTModel, unwrapped) from a checkpoint, e.g. to start a later stage."""
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(step_dir))
     model.load_state_dict(loaded["model"])
+
+
+def save_model_only(stage_dir: Path, model) -> Path:
+    """A weights-only checkpoint (e.g. an imported HF model) that ``load_model_weights`` and stages can start from."""
+    stage_dir = Path(stage_dir)
+    step_dir = stage_dir / "step_000000"
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if rank0:
+        shutil.rmtree(step_dir, ignore_errors=True)
+        step_dir.mkdir(parents=True)
+    if dist.is_initialized():
+        dist.barrier()
+    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(step_dir))
+    if rank0:
+        write_text(stage_dir / "latest", step_dir.name)
+    if dist.is_initialized():
+        dist.barrier()
+    return step_dir

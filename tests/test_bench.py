@@ -1,0 +1,23 @@
+"""`rpt bench` runs every part at tiny shapes and emits JSON with each figure and its peer (no timing asserts)."""
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_emits_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "rpt.cli", "bench", "model=smoke", "bench.batch_size=2",
+                           "bench.prompt_len=8", "bench.new_tokens=4", "bench.train_seq_len=16", "bench.repeats=1",
+                           "rpt.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
+                           "logging=disabled", f"bench.out={out}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout[proc.stdout.index("{"):]) == result
+    for key in ("prefill_tok_s", "decode_tok_s", "hf_decode_tok_s", "decode_speedup_vs_hf"):
+        assert result["rollout"][key] > 0, key
+    for key in ("train_tok_s", "hf_train_tok_s", "train_speedup_vs_hf"):
+        assert result["train"][key] > 0, key
+    assert result["scoring"]["scoring_tok_s"] > 0 and result["scoring"]["plain_forward_tok_s"] > 0
+    assert {"rpt_step_rollout_s", "rpt_step_update_s", "rpt_step_tokens_per_s"} <= set(result["rpt_step"])
