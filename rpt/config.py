@@ -147,8 +147,8 @@ class TrainLoopConfig:
     prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
     micro_batch_size: int = 64  # sequences per forward/backward micro-batch
     ppo_epochs: int = 1  # passes over each rollout batch
-    lr: float = 5e-5  # peak learning rate (RL updates are Adam-normalised: keep it small)
-    min_lr: float = 5e-5  # final learning rate
+    lr: float = 1.5e-4  # peak learning rate (RL updates are Adam-normalised: keep it small)
+    min_lr: float = 1.5e-4  # final learning rate
     warmup_steps: int = 5  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
     clip_grad: float = 1.0  # global gradient-norm clip
@@ -228,7 +228,8 @@ class RootConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rpt: TrainLoopConfig = field(default_factory=TrainLoopConfig)
-    rl: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(steps=40, init_from="pretrain"))
+    rl: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(steps=40, init_from="pretrain", lr=5e-5,
+                                                                        min_lr=5e-5))
     rl_task: RLTaskConfig = field(default_factory=RLTaskConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

@@ -67,13 +67,13 @@ def init(run_cfg) -> Runtime:
     if device.type == "cpu":
         cpu_compat.install()
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if "RANK" in os.environ:  # torchrun / srun: env:// rendezvous
+            dist.init_process_group(backend)
+        else:  # a plain process: a world of one on a free local port (nothing leaks into child environments)
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=run_cfg.tensor_parallel,

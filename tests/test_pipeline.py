@@ -57,8 +57,9 @@ def test_pipeline_writes_every_artifact(reference_run):
     assert rpt_rows[0]["kl_to_old"] == 0.0  # old log-probs are recomputed with the same weights: exactly 0
     report = (rd / "report" / "report.md").read_text()
     assert "| base | direct |" in report and "| rpt | reasoning_greedy |" in report
-    assert "| rl_rpt |" in report and "| rl_pretrain |" in report
-    for png in ["rpt_reward.png", "rpt_entropy.png", "rl_reward.png", "entropy_hist.png"]:
+    assert "| rl_rpt |" in report and "| rl_pretrain |" in report and "Entropy law" in report
+    for png in ["rpt_reward.png", "rpt_entropy.png", "rl_rpt_reward.png", "rl_pretrain_entropy.png",
+                "entropy_hist.png", "next_token_accuracy.png"]:
         assert (rd / "report" / png).read_bytes()[:4] == b"\x89PNG", png
     assert (rd / "config.yaml").exists()
 
