@@ -1,4 +1,5 @@
-"""Corpus ingestion through ``datasets``: local jsonl/json/parquet/txt files or a hub dataset, streaming or not.
+"""Corpus ingestion through ``datasets``: local jsonl/json/parquet/txt files or a hub dataset, streaming or not,
+sharded across data-parallel processes (each reads its shard; ``merge_shards`` joins them in rank order).
 
 Every record becomes a document with a deterministic id (a hash of its text), exact duplicates are dropped,
 and bad records (missing field, not text, empty, too long) are counted and skipped, never fatal, with a
@@ -79,9 +80,14 @@ def _records(dataset, ext: str | None, stats: IngestStats):
         yield record if isinstance(record, dict) else {"__not_an_object__": record}
 
 
-def iter_documents(data_cfg, stats: IngestStats) -> Iterator[tuple[str, str]]:
-    """Yield ``(doc_id, text)`` for every good, first-seen record of the configured source."""
+def iter_documents(data_cfg, stats: IngestStats, rank: int = 0, world: int = 1) -> Iterator[tuple[str, str]]:
+    """Yield ``(doc_id, text)`` for every good, first-seen record of the configured source (of this process's
+    shard when ``world`` > 1: ``datasets.distributed.split_dataset_by_node``, contiguous for files on disk)."""
     dataset, ext = _load(data_cfg)
+    if world > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
     field_name = "text" if ext == ".txt" else data_cfg.text_field
     seen: set[str] = set()
     for record in _records(dataset, ext, stats):
@@ -107,7 +113,28 @@ def iter_documents(data_cfg, stats: IngestStats) -> Iterator[tuple[str, str]]:
             seen.add(did)
             stats.kept += 1
             yield did, text
+    log_summary(stats)
+
+
+def log_summary(stats: IngestStats) -> None:
     if stats.skipped:
         log.warning("corpus: read %d records, kept %d, skipped %s", stats.read, stats.kept, dict(stats.skipped))
     else:
         log.info("corpus: read %d records, kept %d", stats.read, stats.kept)
+
+
+def merge_shards(shards: list[tuple[list[tuple[str, str]], IngestStats]], max_docs) -> tuple[list, IngestStats]:
+    """Join per-process shards in rank order: drop documents an earlier shard already holds (duplicates across
+    shards), apply ``max_docs`` to the whole, and add up the skip counts."""
+    docs, stats, seen = [], IngestStats(), set()
+    for shard_docs, shard_stats in shards:
+        stats.read += shard_stats.read
+        stats.skipped.update(shard_stats.skipped)
+        for did, text in shard_docs:
+            if did in seen:
+                stats.skipped["duplicate"] += 1
+            elif max_docs is None or len(docs) < max_docs:
+                seen.add(did)
+                docs.append((did, text))
+    stats.kept = len(docs)
+    return docs, stats

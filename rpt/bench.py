@@ -4,7 +4,8 @@
   same architecture with the same weights (exported through ``rpt.model.hf``);
 - train: forward+backward+step tokens/s (and MFU on GPU), against a plain HF forward/backward + torch AdamW;
 - scoring: top-k entropy scoring tokens/s against a plain forward over the same tokens;
-- rpt step: one full GRPO step on synthetic next-token tasks, broken down by phase.
+- rpt step: one full GRPO step on synthetic next-token tasks, broken down by phase, against one TRL
+  ``GRPOTrainer`` step with the same weights, batch and rollout length (``rpt.bench_trl``; needs ``trl``).
 
 Shapes come from the ``bench`` config group fields and the model from ``model=...``, so any Hydra override
 works. Times are medians over ``bench.repeats`` after a warm-up; numbers are printed, never asserted.
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from data_prep.entropy import score_documents
+from rpt.bench_trl import bench_trl_grpo_step
 from rpt.model.build import build_model
 from rpt.model.forward import full_logits, lm_loss
 from rpt.rollout.engine import generate
@@ -173,9 +175,15 @@ def bench_rpt_step(cfg, rt, vocab: int, bc) -> dict:
     ctx = StageContext(cfg=cfg, rt=rt, rd=RunDir(tempfile.gettempdir(), "rpt-bench"), stage="bench")
     task = SyntheticNextToken()
     rl_step(ctx, trainable, task, ByteTok(), 0, cfg.rpt)  # warm-up
-    rows = [rl_step(ctx, trainable, task, ByteTok(), s, cfg.rpt) for s in range(1, bc.repeats + 1)]
+    rows, totals = [], []
+    for s in range(1, bc.repeats + 1):
+        t0 = time.perf_counter()
+        rows.append(rl_step(ctx, trainable, task, ByteTok(), s, cfg.rpt))
+        totals.append(time.perf_counter() - t0)
     keys = ["rollout_s", "score_s", "update_s", "tokens_per_s", "response_length"]
-    return {f"rpt_step_{k}": statistics.median(r[k] for r in rows) for k in keys}
+    out = {f"rpt_step_{k}": statistics.median(r[k] for r in rows) for k in keys}
+    out["rpt_step_s"] = statistics.median(totals)
+    return out
 
 
 def run_bench(cfg, rt) -> dict:
@@ -203,8 +211,14 @@ def run_bench(cfg, rt) -> dict:
             result["scoring"] = bench_scoring(model, bc, vocab, rt.device)
         elif name == "rpt_step":
             result["rpt_step"] = bench_rpt_step(cfg, rt, vocab, bc)
+        elif name == "trl_grpo_step":  # last: TRL trains the HF peer's weights in place
+            result["trl_grpo_step"] = bench_trl_grpo_step(hf or _hf_peer(model, mc, rt.dtype), cfg, vocab, bc)
         else:
-            raise ValueError(f"bench.parts: unknown part {name!r} (rollout, train, scoring, rpt_step)")
+            raise ValueError(f"bench.parts: unknown part {name!r} (rollout, train, scoring, rpt_step, "
+                             "trl_grpo_step)")
+    if "rpt_step_s" in result.get("rpt_step", {}) and "trl_grpo_step_s" in result.get("trl_grpo_step", {}):
+        result["rpt_step"]["rpt_step_speedup_vs_trl"] = (result["trl_grpo_step"]["trl_grpo_step_s"]
+                                                         / result["rpt_step"]["rpt_step_s"])
     if bc.out:
         Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         Path(bc.out).write_text(json.dumps(result, indent=2) + "\n")

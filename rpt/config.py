@@ -157,7 +157,18 @@ class TrainLoopConfig:
 
 
 @dataclass
+class QADatasetConfig:
+    path: Optional[str] = None  # hub dataset name (e.g. openai/gsm8k) or local .jsonl/.json/.parquet files (glob)
+    name: Optional[str] = None  # hub dataset config (e.g. main for gsm8k)
+    train_split: str = "train"  # split (or datasets slice, e.g. train[:2000]) to train on
+    test_split: str = "test"  # split of held-out questions
+    question_field: str = "question"  # record field with the question
+    answer_field: str = "answer"  # record field with the reference (GSM8K '#### 42', \boxed{} or the bare answer)
+
+
+@dataclass
 class RLTaskConfig:
+    source: str = "reasoning_gym"  # reasoning_gym | dataset (a question/answer set, see `dataset`)
     task: str = "chain_sum"  # reasoning-gym task for downstream RL
     task_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_terms": 4, "max_terms": 4,
                                                                   "min_digits": 1, "max_digits": 1})  # generator args
@@ -165,6 +176,9 @@ class RLTaskConfig:
     test_size: int = 200  # held-out questions
     operators: Optional[list[str]] = field(default_factory=lambda: ["+"])  # keep questions using only these (None: all)
     template: str = "{expression} = <think>"  # prompt; fields of the entry's metadata, plus {question}
+    mix: dict[str, dict[str, Any]] = field(default_factory=dict)  # reasoning-gym mixture instead of `task`:
+    # {name: {weight: w, <generator args>}}, e.g. +rl_task.mix.chain_sum={weight:2} +rl_task.mix.leg_counting={weight:1}
+    dataset: QADatasetConfig = field(default_factory=QADatasetConfig)  # used when source=dataset
     train_on: list[str] = field(default_factory=lambda: ["pretrain", "rpt"])  # checkpoints fine-tuned by `rl`
 
 
@@ -195,7 +209,8 @@ class HFConfig:
 
 @dataclass
 class BenchConfig:
-    parts: list[str] = field(default_factory=lambda: ["rollout", "train", "scoring", "rpt_step"])  # what to time
+    parts: list[str] = field(default_factory=lambda: ["rollout", "train", "scoring", "rpt_step",
+                                                      "trl_grpo_step"])  # what to time (trl_grpo_step needs trl)
     batch_size: int = 16  # sequences per batch
     prompt_len: int = 64  # prompt tokens (rollout)
     new_tokens: int = 64  # generated tokens per sequence (rollout)

@@ -1,6 +1,7 @@
 """Process runtime for a stage: device and dtype choice, torch.distributed + megatron parallel state, seeding.
 
-Works for any world size: under ``torchrun`` the usual RANK/WORLD_SIZE/MASTER_* variables are read; a plain
+Works for any world size: under ``torchrun`` the usual RANK/WORLD_SIZE/MASTER_* variables are read (a job of the
+hydra-submitit Slurm launcher gets them from submitit's job environment); a plain
 ``python``/``rpt`` call becomes a world of one. gloo on CPU, nccl on GPU.
 """
 
@@ -59,6 +60,15 @@ def resolve_dtype(run_cfg, device: torch.device) -> torch.dtype:
     return names[run_cfg.dtype]
 
 
+def _export_submitit_ranks() -> None:
+    """A job of the hydra-submitit launcher (one process per Slurm task): export RANK/WORLD_SIZE/MASTER_* from
+    submitit's job environment so the env:// rendezvous below works as under torchrun."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("submitit job: rank %d of %d, master %s:%d", env.rank, env.world_size, env.master_addr, env.master_port)
+
+
 def init(run_cfg) -> Runtime:
     """Initialise torch.distributed and megatron parallel state (idempotent within a process)."""
     from megatron.core import parallel_state
@@ -68,6 +78,8 @@ def init(run_cfg) -> Runtime:
         cpu_compat.install()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            _export_submitit_ranks()
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         if "RANK" in os.environ:  # torchrun / srun: env:// rendezvous

@@ -21,3 +21,4 @@ def test_bench_emits_every_figure(tmp_path):
         assert result["train"][key] > 0, key
     assert result["scoring"]["scoring_tok_s"] > 0 and result["scoring"]["plain_forward_tok_s"] > 0
     assert {"rpt_step_rollout_s", "rpt_step_update_s", "rpt_step_tokens_per_s"} <= set(result["rpt_step"])
+    assert result["trl_grpo_step"]["trl_grpo_step_s"] > 0 and result["rpt_step"]["rpt_step_speedup_vs_trl"] > 0

@@ -63,9 +63,11 @@ def test_unsupported_architecture_is_rejected(tmp_path):
         model_config_from_hf(tmp_path)
 
 
-def test_cli_import_then_export_round_trip(tmp_path):
-    """`rpt hf_import` writes a megatron dist-checkpoint; `rpt hf_export` turns it back into an HF checkpoint
-    that transformers loads with the original logits."""
+@pytest.mark.parametrize("import_tp", [1, 2])
+def test_cli_import_then_export_round_trip(tmp_path, import_tp):
+    """`rpt hf_import` writes a megatron dist-checkpoint (sharded over 2 tensor-parallel processes when
+    import_tp=2); `rpt hf_export` in one process turns it back into an HF checkpoint that transformers loads with
+    the original logits."""
     import subprocess
     import sys
 
@@ -73,9 +75,11 @@ def test_cli_import_then_export_round_trip(tmp_path):
     mc = model_config_from_hf(path)
     model_overrides = [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in mc.items()
                        if k != "name"]
-    for stage, extra in [("hf_import", [f"hf.path={path}"]), ("hf_export", ["hf.source=hf",
-                                                                            f"hf.export_dir={tmp_path / 'out'}"])]:
-        proc = subprocess.run([sys.executable, "-m", "rpt.cli", stage, f"run.root={tmp_path}", "run.name=imp",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    launch = {"hf_import": torchrun if import_tp == 2 else [sys.executable], "hf_export": [sys.executable]}
+    for stage, extra in [("hf_import", [f"hf.path={path}", f"run.tensor_parallel={import_tp}"]),
+                         ("hf_export", ["hf.source=hf", f"hf.export_dir={tmp_path / 'out'}"])]:
+        proc = subprocess.run([*launch[stage], "-m", "rpt.cli", stage, f"run.root={tmp_path}", "run.name=imp",
                                "logging=disabled", *model_overrides, *extra], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]

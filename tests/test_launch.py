@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "launch" / "slurm" / "rpt.sbatch"
 
@@ -48,3 +50,19 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "pre" / "done" / "pretrain.json").exists()
+
+
+def test_submitit_slurm_launcher_config_composes():
+    """`hydra/launcher=rpt_slurm` resolves to hydra-submitit's Slurm launcher with our per-job layout."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from rpt.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=rpt_slurm", "hydra.launcher.nodes=2"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+    assert launcher.max_num_timeout == 3 and launcher.signal_delay_s == 120

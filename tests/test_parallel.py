@@ -12,19 +12,31 @@ from pathlib import Path
 import pytest
 import torch
 
-BASE = ["experiment=smoke", "pretrain.steps=4", "pretrain.log_every=1", "pretrain.checkpoint_every=4"]
+BASE = ["experiment=smoke", "select.shard_docs=16", "pretrain.steps=4", "pretrain.log_every=1", "pretrain.checkpoint_every=4"]
 
 
-def _run(root: Path, name: str, nproc: int, *overrides: str) -> Path:
+def _cli(root: Path, nproc: int, *args: str) -> None:
+    """Run ``rpt <args>`` in one process, or under torchrun with ``nproc`` gloo processes."""
     if nproc == 1:
         cmd = [sys.executable, "-m", "rpt.cli"]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                "--nproc-per-node", str(nproc), "-m", "rpt.cli"]
-    cmd += ["pipeline", "stages=[prep,pretrain]", f"run.root={root}", f"run.name={name}", *BASE, *overrides]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*cmd, *args, f"run.root={root}", *BASE], cwd=root, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _run(root: Path, name: str, nproc: int, *overrides: str) -> Path:
+    _cli(root, nproc, "pipeline", "stages=[prep,pretrain]", f"run.name={name}", *overrides)
     return root / name
+
+
+def _copy_run(single: Path, name: str, *drop: str) -> Path:
+    """A copy of the single-process run (same data, tokenizer and, unless dropped, checkpoints)."""
+    run = single.parent / name
+    shutil.copytree(single, run, ignore=shutil.ignore_patterns("metrics.jsonl", "weights.pt", "cache", *drop))
+    return run
 
 
 def _losses(run: Path) -> list[float]:
@@ -39,7 +51,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     step = (run / "checkpoints" / "pretrain" / "latest").read_text().strip()
     out = run / "weights.pt"
     dcp_to_torch_save(str(run / "checkpoints" / "pretrain" / step), str(out))
-    state = torch.load(out, weights_only=False)  # our own file, just written from our own checkpoint
+    state = torch.load(out, weights_only=True)
     return {k: v for k, v in state.items() if not k.startswith("optimizer") and isinstance(v, torch.Tensor)}
 
 
@@ -53,9 +65,7 @@ def single(tmp_path_factory):
 def test_two_processes_match_one(single, layout):
     root = single.parent
     # reuse the single run's prepared data and tokenizer so both layouts train on identical inputs
-    run = root / layout
-    shutil.copytree(single, run, ignore=shutil.ignore_patterns("checkpoints", "metrics.jsonl", "pretrain.json",
-                                                                "weights.pt", "cache"))
+    run = _copy_run(single, layout, "checkpoints", "pretrain.json", "positions")
     overrides = ["pretrain.micro_batch_size=2"] if layout == "dp2" else ["pretrain.micro_batch_size=4",
                                                                          "run.tensor_parallel=2"]
     _run(root, layout, 2, *overrides)
@@ -76,9 +86,49 @@ def test_tp2_checkpoint_loads_under_tp1(single):
     if not (run / "done" / "pretrain.json").exists():
         pytest.skip("needs the tp2 run of test_two_processes_match_one")
     for name in ("single", "tp2"):
-        proc = subprocess.run([sys.executable, "-m", "rpt.cli", "select", f"run.root={root}", f"run.name={name}",
-                               *BASE], cwd=root, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        _cli(root, 1, "select", f"run.name={name}")
     a = np.load(single / "positions" / "entropy.npz")["entropy"].astype(np.float32)
     b = np.load(run / "positions" / "entropy.npz")["entropy"].astype(np.float32)
     np.testing.assert_allclose(b, a, atol=2e-3, equal_nan=True)
+
+
+def test_two_process_scoring_matches_one(single):
+    """`select` spread over 2 data-parallel processes stores the same entropies and picks the same positions."""
+    import numpy as np
+
+    if not (single / "done" / "select.json").exists():
+        _cli(single.parent, 1, "select", "run.name=single")
+    run = _copy_run(single, "score_dp2", "positions", "select.json")
+    _cli(single.parent, 2, "select", "run.name=score_dp2")
+    shards = sorted(p.name for p in (single / "positions" / "entropy_shards").iterdir())
+    assert shards == sorted(p.name for p in (run / "positions" / "entropy_shards").iterdir()) and shards
+    for name in shards:
+        a, b = np.load(single / "positions" / "entropy_shards" / name), np.load(run / "positions" / "entropy_shards" / name)
+        np.testing.assert_array_equal(b["lengths"], a["lengths"])
+        np.testing.assert_allclose(b["entropy"], a["entropy"], atol=1e-5, equal_nan=True)
+    for split in ("train.jsonl", "heldout.jsonl"):
+        assert (run / "positions" / split).read_text() == (single / "positions" / split).read_text(), split
+
+
+def test_two_process_prep_matches_one(tmp_path):
+    """`prep` on a local jsonl (with bad records and duplicates) spread over 2 processes, each reading and
+    tokenising its shard, writes byte-identical indexed datasets and the same ingest summary as 1 process."""
+    from data_prep.demo_corpus import generate_documents
+    from tests.conftest import demo_data_cfg
+
+    texts = generate_documents(demo_data_cfg(), 160, 0.5, seed=3)
+    lines = [json.dumps({"text": t}) for t in texts] + ["{not json", json.dumps({"text": ""}),
+                                                        json.dumps({"text": texts[0]}), json.dumps({"body": "x"})]
+    lines.insert(40, json.dumps({"text": texts[100]}))  # a duplicate whose first copy is in the other shard
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    data = ["data=jsonl", f"data.source={corpus}", "data.vocab_size=320", "data.seq_length=64"]
+    _cli(tmp_path, 1, "prep", "run.name=one", *data)
+    _cli(tmp_path, 2, "prep", "run.name=two", *data)
+    for name in ("pretrain", "rpt"):
+        one = json.loads((tmp_path / "one" / "data" / f"{name}.manifest.json").read_text())
+        two = json.loads((tmp_path / "two" / "data" / f"{name}.manifest.json").read_text())
+        assert one == two and one["documents"] > 0, name
+    summary = json.loads((tmp_path / "one" / "data" / "ingest_summary.json").read_text())
+    assert summary == json.loads((tmp_path / "two" / "data" / "ingest_summary.json").read_text())
+    assert summary["skipped"] == {"bad_json": 1, "empty": 1, "duplicate": 2, "missing_field": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from rpt.model.forward import full_logits
+from rpt.model.forward import last_token_logits
 from rpt.reward.next_token import prefix_reward
 from rpt.rollout.engine import generate
 
@@ -16,13 +16,7 @@ def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[
     scores = []
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        longest = max(len(it["context"]) for it in chunk)
-        tokens = torch.zeros(len(chunk), longest, dtype=torch.long)
-        for i, it in enumerate(chunk):
-            tokens[i, :len(it["context"])] = torch.tensor(it["context"])
-        logits = full_logits(model, tokens.to(device))
-        last = torch.tensor([len(it["context"]) - 1 for it in chunk], device=device)
-        pred = logits[torch.arange(len(chunk), device=device), last].argmax(-1).tolist()
+        pred = last_token_logits(model, [it["context"] for it in chunk], device).argmax(-1).tolist()
         scores += [prefix_reward(task.tokenizer.token_bytes(p), task.target_bytes(it)) for p, it in zip(pred, chunk)]
     return scores
 

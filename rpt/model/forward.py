@@ -19,6 +19,18 @@ def full_logits(model, tokens: torch.Tensor) -> torch.Tensor:
     return model(tokens, position_ids(tokens), None, runtime_gather_output=True).float()
 
 
+def last_token_logits(model, contexts: list[list[int]], device) -> torch.Tensor:
+    """``[b, V]`` float32 logits after the last token of each context (right-padded into one batch; causal
+    attention means the padding never affects the positions read)."""
+    longest = max(len(c) for c in contexts)
+    tokens = torch.zeros(len(contexts), longest, dtype=torch.long)
+    for i, context in enumerate(contexts):
+        tokens[i, :len(context)] = torch.tensor(context)
+    logits = full_logits(model, tokens.to(device))
+    last = torch.tensor([len(c) - 1 for c in contexts], device=device)
+    return logits[torch.arange(len(contexts), device=device), last]
+
+
 def lm_loss(model, tokens: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy of ``tokens[:, 1:]`` given ``tokens[:, :-1]`` (vocab-parallel)."""
     inputs, labels = tokens[:, :-1], tokens[:, 1:]

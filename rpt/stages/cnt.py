@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from rpt.model.forward import full_logits
+from rpt.model.forward import last_token_logits
 from rpt.model.loading import checkpoint_dir
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
@@ -23,14 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def next_token_loss(model, items, device) -> torch.Tensor:
-    longest = max(len(it["context"]) for it in items)
-    tokens = torch.zeros(len(items), longest, dtype=torch.long)
-    for i, it in enumerate(items):
-        tokens[i, :len(it["context"])] = torch.tensor(it["context"])
-    logits = full_logits(model, tokens.to(device))
-    last = torch.tensor([len(it["context"]) - 1 for it in items], device=device)
+    logits = last_token_logits(model, [it["context"] for it in items], device)
     targets = torch.tensor([it["target"][0] for it in items], device=device)
-    return torch.nn.functional.cross_entropy(logits[torch.arange(len(items), device=device), last], targets)
+    return torch.nn.functional.cross_entropy(logits, targets)
 
 
 def run(ctx) -> dict:
@@ -41,12 +36,7 @@ def run(ctx) -> dict:
     task = NextTokenTask(rd.positions / "train.jsonl", tok, cfg.rollout.templates[cfg.rollout.template])
     trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, lc, lc.steps)
     ckpt_dir = rd.checkpoints("cnt")
-    start, wandb_id = 0, None
-    if (latest := checkpoint.latest_step_dir(ckpt_dir)) is not None:
-        state = checkpoint.load(latest, trainable)
-        start, wandb_id = state["step"], state["extra"].get("wandb_id")
-    else:
-        checkpoint.load_model_weights(checkpoint_dir(rd, lc.init_from), trainable.model.module)
+    start, wandb_id = checkpoint.resume_or_init(ckpt_dir, trainable, checkpoint_dir(rd, lc.init_from))
     metrics = ctx.metrics(wandb_id=wandb_id, resume_step=start + 1)
     per_step = lc.prompts_per_step * cfg.rollout.group_size
     trainable.model.train()
@@ -58,12 +48,8 @@ def run(ctx) -> dict:
         loss.backward()
         applied, grad_norm = trainable.step()
         metrics.log(step + 1, {"loss": loss.item(), "grad_norm": grad_norm, "lr": trainable.lr})
-        stop = preemption.should_stop()
-        if (step + 1) % lc.checkpoint_every == 0 or step + 1 == lc.steps or stop:
-            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})
-        if stop:
-            metrics.close()
-            raise preemption.Preempted("cnt", step + 1)
+        preemption.end_of_step("cnt", step + 1, lc.steps, lc.checkpoint_every, metrics=metrics, save=lambda: (
+            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})))
     metrics.close()
     return {"steps": lc.steps, "final_loss": None if loss is None else loss.item(),
             "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}

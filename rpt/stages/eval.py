@@ -17,7 +17,7 @@ from rpt.model.loading import load_eval_model
 from rpt.rollout.stopping import answer_stop
 from rpt.rundir import write_json
 from rpt.tasks.next_token import NextTokenTask
-from rpt.tasks.reasoning_gym_task import ReasoningGymTask
+from rpt.tasks.downstream import build_downstream_task
 from rpt.tokenizer import Tokenizer
 from rpt.train import checkpoint
 
@@ -30,6 +30,12 @@ def by_bucket(items, scores, thresholds) -> dict:
         chosen = [s for it, s in zip(items, scores) if it["entropy"] > thr]
         out[name] = {"accuracy": float(np.mean(chosen)) if chosen else None, "n": len(chosen)}
     return out
+
+
+def downstream_name(task_cfg) -> str:
+    if task_cfg.source == "dataset":
+        return task_cfg.dataset.path
+    return "+".join(task_cfg.mix) if task_cfg.mix else task_cfg.task
 
 
 def run(ctx) -> dict:
@@ -56,7 +62,7 @@ def run(ctx) -> dict:
         }
         next_token[label] = {mode: by_bucket(items, scores, thresholds) for mode, scores in runs.items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
-    test = ReasoningGymTask(cfg.rl_task, tok, "test", cfg.run.seed)
+    test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed)
     test_items = test.items
     downstream = {}
     sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt")] + [(f"rl_{s}", f"rl_{s}")
@@ -75,5 +81,5 @@ def run(ctx) -> dict:
     if rt.is_main:
         write_json(rd.eval / "next_token.json", {"positions": len(items), "thresholds": list(thresholds),
                                                  "results": next_token})
-        write_json(rd.eval / "downstream.json", {"task": cfg.rl_task.task, "results": downstream})
+        write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream})
     return {"next_token_positions": len(items), "downstream_questions": len(test_items)}

@@ -25,10 +25,7 @@ def run(ctx) -> dict:
     tok = Tokenizer.from_run(rd)
     trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, pc, pc.steps)
     ckpt_dir = rd.checkpoints("pretrain")
-    start, wandb_id = 0, None
-    if (latest := checkpoint.latest_step_dir(ckpt_dir)) is not None:
-        state = checkpoint.load(latest, trainable)
-        start, wandb_id = state["step"], state["extra"].get("wandb_id")
+    start, wandb_id = checkpoint.resume_or_init(ckpt_dir, trainable)
     dataset = build_gpt_dataset(str(rd.data / "pretrain"), tok, cfg.data.seq_length,
                                 pc.steps * pc.micro_batch_size * rt.dp_size, cfg.run.seed, str(rd.data / "cache"))
     metrics = ctx.metrics(wandb_id=wandb_id, resume_step=start)
@@ -50,11 +47,7 @@ def run(ctx) -> dict:
             metrics.log(step + 1, last)
             bar.set_postfix(loss=f"{last['loss']:.3f}")
             loss_sum, since_log, t0, tokens_seen = 0.0, 0, time.perf_counter(), 0
-        stop = preemption.should_stop()
-        if (step + 1) % pc.checkpoint_every == 0 or step + 1 == pc.steps or stop:
-            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})
-        if stop:
-            metrics.close()
-            raise preemption.Preempted("pretrain", step + 1)
+        preemption.end_of_step("pretrain", step + 1, pc.steps, pc.checkpoint_every, metrics=metrics, save=lambda: (
+            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})))
     metrics.close()
     return {"steps": pc.steps, "final_loss": last.get("loss"), "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}

@@ -1,4 +1,8 @@
-"""Downstream RL tasks from reasoning-gym: procedurally generated questions with the generator's own verifier."""
+"""Downstream RL tasks from reasoning-gym: procedurally generated questions with the generator's own verifier.
+
+One generator (``rl_task.task`` with ``task_kwargs``) or a weighted mixture (``rl_task.mix``), which is
+reasoning-gym's own composite dataset: it samples a generator per question and routes scoring to it.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,34 @@ from data_prep.demo_corpus import uses_only
 from rpt.tasks.base import epoch_order
 
 
+def _mixture(mix) -> list:
+    from reasoning_gym.composite import DatasetSpec
+
+    specs = []
+    for name, spec in mix.items():
+        args = dict(spec)
+        if "weight" not in args:
+            raise ValueError(f"rl_task.mix.{name} needs a weight, e.g. rl_task.mix.{name}.weight=1")
+        weight = float(args.pop("weight"))
+        specs.append(DatasetSpec(name=name, weight=weight, config=args))
+    return specs
+
+
 class ReasoningGymTask:
     def __init__(self, task_cfg, tokenizer, split: str, seed: int):
         size = task_cfg.train_size if split == "train" else task_cfg.test_size
+        if task_cfg.mix and task_cfg.operators is not None:
+            raise ValueError("rl_task.operators filters one chain_sum-like task; set rl_task.operators=null with "
+                             "rl_task.mix")
         # train and test use disjoint seeds, so they are independent draws from the generator
-        self.dataset = reasoning_gym.create_dataset(task_cfg.task, size=size * (1 if task_cfg.operators is None
-                                                                                else 16),
-                                                    seed=seed if split == "train" else seed + 7919,
-                                                    **dict(task_cfg.task_kwargs))
+        pool = size * (1 if task_cfg.operators is None else 16)
+        split_seed = seed if split == "train" else seed + 7919
+        if task_cfg.mix:
+            self.dataset = reasoning_gym.create_dataset("composite", size=pool, seed=split_seed,
+                                                        datasets=_mixture(task_cfg.mix))
+        else:
+            self.dataset = reasoning_gym.create_dataset(task_cfg.task, size=pool, seed=split_seed,
+                                                        **dict(task_cfg.task_kwargs))
         self.items = [e for e in self.dataset if self._allowed(e, task_cfg.operators)][:size]
         if len(self.items) < size:
             raise ValueError(f"rl_task: only {len(self.items)} of {size} {task_cfg.task} questions use operators "

@@ -108,6 +108,17 @@ def load(step_dir: Path, trainable) -> dict:
     return state
 
 
+def resume_or_init(stage_dir: Path, trainable, init_dir: Optional[Path] = None) -> tuple[int, Optional[str]]:
+    """Resume from the newest checkpoint in ``stage_dir`` if there is one, else load the weights of ``init_dir``
+    (when given); returns (first step to run, W&B run id to continue or None)."""
+    if (latest := latest_step_dir(stage_dir)) is not None:
+        state = load(latest, trainable)
+        return state["step"], state["extra"].get("wandb_id")
+    if init_dir is not None:
+        load_model_weights(init_dir, trainable.model.module)
+    return 0, None
+
+
 def load_model_weights(step_dir: Path, model) -> None:
     """Load only the model weights (a GPTModel, unwrapped) from a checkpoint, e.g. to start a later stage."""
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(step_dir))

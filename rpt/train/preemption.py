@@ -42,3 +42,14 @@ def should_stop() -> bool:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def end_of_step(stage: str, step: int, total: int, every: int, save, metrics) -> None:
+    """After ``step`` completed steps: call ``save()`` when a checkpoint is due (every ``every`` steps, at the
+    end, or on a preemption signal); on a signal also close ``metrics`` and raise ``Preempted``."""
+    stop = should_stop()
+    if step % every == 0 or step == total or stop:
+        save()
+    if stop:
+        metrics.close()
+        raise Preempted(stage, step)

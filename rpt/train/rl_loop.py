@@ -154,12 +154,7 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg) -> dict:
     vocab = cfg.model.vocab_size or tok.vocab_size
     trainable = build_trainable(cfg.model, vocab, rt, loop_cfg, loop_cfg.steps)
     ckpt_dir = rd.checkpoints(stage_name)
-    start, wandb_id = 0, None
-    if (latest := checkpoint.latest_step_dir(ckpt_dir)) is not None:
-        state = checkpoint.load(latest, trainable)
-        start, wandb_id = state["step"], state["extra"].get("wandb_id")
-    else:
-        checkpoint.load_model_weights(checkpoint_dir(rd, init_source), trainable.model.module)
+    start, wandb_id = checkpoint.resume_or_init(ckpt_dir, trainable, checkpoint_dir(rd, init_source))
     ref_model = load_eval_model(cfg, rt, rd, init_source, vocab) if cfg.algo.kl_coef > 0 else None
     init_model = ref_model
     if init_model is None and cfg.analysis.overlap_every:
@@ -173,12 +168,9 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg) -> dict:
         metrics_log.log(step + 1, m)
         history.append(m)
         bar.set_postfix(reward=f"{m.get('reward_mean', 0):.3f}", H=f"{m.get('entropy', 0):.2f}")
-        stop = preemption.should_stop()
-        if (step + 1) % loop_cfg.checkpoint_every == 0 or step + 1 == loop_cfg.steps or stop:
-            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics_log.wandb_id})
-        if stop:
-            metrics_log.close()
-            raise preemption.Preempted(stage_name, step + 1)
+        preemption.end_of_step(stage_name, step + 1, loop_cfg.steps, loop_cfg.checkpoint_every, metrics=metrics_log,
+                               save=lambda: checkpoint.save(ckpt_dir, step + 1, trainable,
+                                                            {"wandb_id": metrics_log.wandb_id}))
     metrics_log.close()
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir)),
