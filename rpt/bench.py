@@ -1,7 +1,8 @@
 """`rpt bench`: throughput of every phase, each against a peer measured in the same process, as JSON.
 
-- rollout: prefill and decode tokens/s of our KV-cached sampler, against HF ``transformers`` ``generate`` on the
-  same architecture with the same weights (exported through ``rpt.model.hf``);
+- rollout: prefill and decode tokens/s of our KV-cached sampler (and of megatron-core's own inference path), against
+  HF ``transformers`` ``generate`` on the same architecture with the same weights (exported through
+  ``rpt.model.hf``);
 - train: forward+backward+step tokens/s (and MFU on GPU), against a plain HF forward/backward + torch AdamW;
 - scoring: top-k entropy scoring tokens/s against a plain forward over the same tokens;
 - rpt step: one full GRPO step on synthetic next-token tasks, broken down by phase, against one TRL
@@ -26,8 +27,9 @@ import torch
 from data_prep.entropy import score_documents
 from rpt.bench_trl import bench_trl_grpo_step
 from rpt.model.build import build_model
+from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import full_logits, lm_loss
-from rpt.rollout.engine import generate
+from rpt.rollout.engine import generate, make_decoder
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +67,18 @@ def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
     prompt_list = prompts.tolist()
     model.eval()
 
-    def ours():
-        generate(model, prompt_list, bc.new_tokens, 1.0, 1.0, eos_id=-1, pad_id=0, seed=0, device=device)
+    def ours(engine):
+        return lambda: generate(model, prompt_list, bc.new_tokens, 1.0, 1.0, eos_id=-1, pad_id=0, seed=0,
+                                device=device, engine=engine)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), shims_suspended():
         prefill_s = _timed(lambda: full_logits(model, prompts.to(device)), bc.repeats)
-    total_s = _timed(ours, bc.repeats)
+    total_s = _timed(ours("auto"), bc.repeats)
+    megatron_s = _timed(ours("megatron"), bc.repeats)
     out = {"prefill_tok_s": bc.batch_size * bc.prompt_len / prefill_s,
-           "decode_tok_s": bc.batch_size * bc.new_tokens / max(total_s - prefill_s, 1e-9)}
+           "decode_tok_s": bc.batch_size * bc.new_tokens / max(total_s - prefill_s, 1e-9),
+           "engine": type(make_decoder(model, 1, 2)).__name__,
+           "megatron_decode_tok_s": bc.batch_size * bc.new_tokens / max(megatron_s - prefill_s, 1e-9)}
     if hf is not None:
         ids = prompts.to(device)
         kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
@@ -95,7 +101,8 @@ def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
 
     def ours():
         trainable.zero_grad()
-        lm_loss(trainable.model, tokens).backward()
+        with shims_suspended():
+            lm_loss(trainable.model, tokens).backward()
         trainable.step()
 
     ours_s = _timed(ours, bc.repeats)
@@ -128,7 +135,7 @@ def bench_scoring(model, bc, vocab: int, device) -> dict:
     score_s = _timed(lambda: score_documents(model, docs, bc.train_seq_len, 16, bc.batch_size, device), bc.repeats)
 
     def plain():
-        with torch.inference_mode():
+        with torch.inference_mode(), shims_suspended():
             for s in range(0, len(docs), bc.batch_size):
                 full_logits(model, batch[s:s + bc.batch_size])
 

@@ -107,6 +107,7 @@ class RolloutConfig:
     temperature: float = 0.8  # sampling temperature
     top_p: float = 1.0  # nucleus sampling mass
     max_new_tokens: int = 48  # response length cap
+    engine: str = "auto"  # incremental forward: auto (lean where the model allows) | lean | megatron
     stop_at_answer: bool = True  # end a response once its \\boxed{} after </think> closes
     format_reward: float = 0.0  # added for a parseable answer, right or wrong (paper: none)
     template: str = "think"  # prompt template name (key of `templates`)

@@ -1,9 +1,14 @@
-"""KV-cached lockstep generation on a real megatron GPTModel matches a plain causal forward."""
+"""KV-cached lockstep generation on a real megatron GPTModel matches a plain causal forward, with both incremental
+forwards: the lean decoder and megatron-core's own inference path."""
 
+import pytest
 import torch
 
 from rpt.model.forward import full_logits, logprobs_and_entropy
-from rpt.rollout.engine import generate
+from rpt.rollout.engine import generate, make_decoder
+from rpt.rollout.lean_decoder import LeanDecoder, supports
+
+ENGINES = ["lean", "megatron"]
 
 
 def _greedy_without_cache(model, prompt, steps):
@@ -14,19 +19,51 @@ def _greedy_without_cache(model, prompt, steps):
     return tokens[len(prompt):]
 
 
-def test_cached_greedy_matches_uncached_for_mixed_prompt_lengths(tiny_model, tokenizer):
+@pytest.mark.parametrize("qkv_bias, tied", [(False, True), (True, False)])
+def test_lean_decoder_logits_equal_a_plain_forward(runtime, qkv_bias, tied):
+    from rpt.config import ModelConfig
+    from rpt.model import cpu_compat
+    from rpt.model.build import build_model
+
+    cpu_compat.seed_all(1)
+    model = build_model(ModelConfig(num_layers=2, hidden_size=48, ffn_hidden_size=80, num_attention_heads=6,
+                                    num_query_groups=2, qkv_bias=qkv_bias, tie_embeddings=tied), 97)
+    model.eval()
+    with torch.no_grad():  # random norms and biases, so a skipped or swapped one cannot hide
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    assert supports(model)
+    tokens = torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = full_logits(model, tokens)
+    decoder = LeanDecoder(model, batch=3, max_len=11)
+    torch.testing.assert_close(decoder.forward(tokens[:, :5]), reference[:, 4], atol=1e-5, rtol=1e-5)
+    for t in range(5, 11):
+        torch.testing.assert_close(decoder.forward(tokens[:, t:t + 1]), reference[:, t], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prefill"):
+        decoder.forward(tokens[:, :2])
+    assert isinstance(make_decoder(model, 3, 11, "auto"), LeanDecoder)
+    with pytest.raises(ValueError, match="engine"):
+        make_decoder(model, 3, 11, "vllm")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cached_greedy_matches_uncached_for_mixed_prompt_lengths(tiny_model, tokenizer, engine):
     prompts = [tokenizer.encode("3 + 4 = <think>"), tokenizer.encode("12 - 3 + 5 - 7 = <think>"), [5]]
-    ro = generate(tiny_model, prompts, 6, 0.0, 1.0, eos_id=-1, pad_id=tokenizer.pad_id, seed=0, device="cpu")
+    ro = generate(tiny_model, prompts, 6, 0.0, 1.0, eos_id=-1, pad_id=tokenizer.pad_id, seed=0, device="cpu",
+                  engine=engine)
     for i, p in enumerate(prompts):
         assert ro.tokens[i, :len(p)].tolist() == p
         assert ro.response_ids(i) == _greedy_without_cache(tiny_model, p, 6)
         assert int(ro.response_lens[i]) == 6
 
 
-def test_sampler_logprobs_match_trainer_recompute(tiny_model, tokenizer):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sampler_logprobs_match_trainer_recompute(tiny_model, tokenizer, engine):
     prompts = [tokenizer.encode("1 + 2 = ")] * 4 + [tokenizer.encode("7 - 5 + 1 = ")] * 4
     ro = generate(tiny_model, prompts, 8, 0.8, 1.0, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=1,
-                  device="cpu")
+                  device="cpu", engine=engine)
     with torch.no_grad():
         logp, _ = logprobs_and_entropy(full_logits(tiny_model, ro.tokens[:, :-1]) / 0.8, ro.tokens[:, 1:])
     m = ro.response_mask[:, 1:]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import torch
 
+from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import last_token_logits
 from rpt.reward.next_token import prefix_reward
 from rpt.rollout.engine import generate
 
 
+@shims_suspended()
 @torch.inference_mode()
 def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[float]:
     """Greedy next token straight from the context (no reasoning), scored by the prefix reward."""

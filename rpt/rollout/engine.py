@@ -1,4 +1,5 @@
-"""Batched, KV-cached sampling of completions with megatron-core's ``StaticInferenceContext``.
+"""Batched, KV-cached sampling of completions: the lean decoder (``rpt.rollout.lean_decoder``) where the model
+qualifies, megatron-core's ``StaticInferenceContext`` path otherwise (``rollout.engine`` chooses).
 
 All sequences of a batch advance in lockstep: the cache is prefilled with the shortest prompt, then each step
 feeds one token per sequence, the prompt's own token while a longer prompt is still being read (teacher forcing)
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
+
+from rpt.model.cpu_compat import shims_suspended
+from rpt.rollout import lean_decoder
 
 
 @dataclass
@@ -49,12 +53,43 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
     return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
 
 
+class MegatronDecoder:
+    """The reference incremental forward: megatron-core's own KV-cached inference path (any parallel layout)."""
+
+    def __init__(self, model, batch: int, max_len: int):
+        self.model, self.ctx = model, StaticInferenceContext(batch, max_len)
+        self.length = 0
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        s = tokens.shape[1]
+        pos = torch.arange(self.length, self.length + s, device=tokens.device).unsqueeze(0).expand_as(tokens)
+        if self.length:
+            self.ctx.enable_decode_mode()
+        logits = self.model(tokens, pos, None, inference_context=self.ctx, runtime_gather_output=True)
+        self.length += s
+        self.ctx.sequence_len_offset = self.length
+        return logits[:, -1].float()
+
+
+def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
+    """``auto``: the lean decoder where the model qualifies, else megatron's path; ``lean`` / ``megatron``: force."""
+    if engine not in ("auto", "lean", "megatron"):
+        raise ValueError(f"rollout.engine must be auto, lean or megatron, got {engine!r}")
+    if engine == "lean" and not lean_decoder.supports(model):
+        raise ValueError("rollout.engine=lean needs tensor/pipeline parallel size 1 and rpt's GPT architecture")
+    if engine == "lean" or (engine == "auto" and lean_decoder.supports(model)):
+        return lean_decoder.LeanDecoder(model, batch, max_len)
+    return MegatronDecoder(model, batch, max_len)
+
+
+@shims_suspended()
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
-             eos_id: int, pad_id: int, seed: int, device, stop=None) -> Rollouts:
+             eos_id: int, pad_id: int, seed: int, device, stop=None, engine: str = "auto") -> Rollouts:
     """Complete every prompt once (replicate prompts G times beforehand for G samples each).
 
-    ``stop`` (optional, e.g. ``BoxedAnswerStop``) ends a sequence early once its answer is complete.
+    ``stop`` (optional, e.g. ``BoxedAnswerStop``) ends a sequence early once its answer is complete; ``engine``
+    picks the incremental forward (``make_decoder``).
     """
     n = len(prompts)
     lens = torch.tensor([len(p) for p in prompts], device=device)
@@ -72,13 +107,11 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         stop.reset(n)
     was_training = model.training
     model.eval()
-    ctx = StaticInferenceContext(n, total)
+    decoder = make_decoder(model, n, total, engine)
     start = int(lens.min())
-    pos = torch.arange(total, device=device).unsqueeze(0).expand(n, -1)
-    logits = model(tokens[:, :start], pos[:, :start], None, inference_context=ctx, runtime_gather_output=True)
-    ctx.sequence_len_offset = start
+    logits = decoder.forward(tokens[:, :start])
     for t in range(start, total):
-        sampled, lp = _sample(logits[:, -1], temperature, top_p, generator)
+        sampled, lp = _sample(logits, temperature, top_p, generator)
         in_prompt = t < lens
         gen = ~in_prompt & ~done
         tokens[:, t] = torch.where(in_prompt, tokens[:, t], torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
@@ -94,9 +127,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         done |= gen & finished
         if bool(done.all()) or t + 1 == total:
             break
-        ctx.enable_decode_mode()
-        logits = model(tokens[:, t:t + 1], pos[:, t:t + 1], None, inference_context=ctx, runtime_gather_output=True)
-        ctx.sequence_len_offset += 1
+        logits = decoder.forward(tokens[:, t:t + 1])
     model.train(was_training)
     width = int((mask.any(0).nonzero().max() + 1) if mask.any() else lens.max())
     return Rollouts(tokens[:, :width].clone(), lens, mask[:, :width].clone(), sample_lp[:, :width].clone())

@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import last_token_logits
 from rpt.model.loading import checkpoint_dir
 from rpt.tasks.next_token import NextTokenTask
@@ -44,8 +45,9 @@ def run(ctx) -> dict:
     for step in ctx.progress(range(start, lc.steps), desc="cnt", initial=start, total=lc.steps):
         items = task.items_for_step(step, per_step, cfg.run.seed)[rt.dp_rank::rt.dp_size]
         trainable.zero_grad()
-        loss = next_token_loss(trainable.model, items, rt.device)
-        loss.backward()
+        with shims_suspended():
+            loss = next_token_loss(trainable.model, items, rt.device)
+            loss.backward()
         applied, grad_norm = trainable.step()
         metrics.log(step + 1, {"loss": loss.item(), "grad_norm": grad_norm, "lr": trainable.lr})
         preemption.end_of_step("cnt", step + 1, lc.steps, lc.checkpoint_every, metrics=metrics, save=lambda: (

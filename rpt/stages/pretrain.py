@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
+from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import lm_loss
 from rpt.runtime import dp_mean
 from rpt.tokenizer import Tokenizer
@@ -35,8 +36,9 @@ def run(ctx) -> dict:
     for step in bar:
         batch = batch_for_step(dataset, step, pc.micro_batch_size, rt.dp_rank, rt.dp_size).to(rt.device)
         trainable.zero_grad()
-        loss = lm_loss(trainable.model, batch)
-        loss.backward()
+        with shims_suspended():
+            loss = lm_loss(trainable.model, batch)
+            loss.backward()
         applied, grad_norm = trainable.step()
         loss_sum += dp_mean(loss.item())
         since_log += 1

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from rpt.algo.losses import aggregation_weights
 from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
+from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import full_logits, logprobs_and_entropy
 from rpt.rollout.engine import Rollouts
 
@@ -50,6 +51,7 @@ def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
                     torch.cat([pad(p.sample_logprobs, 0.0) for p in parts]))
 
 
+@shims_suspended()
 @torch.no_grad()
 def policy_stats(model, tokens: torch.Tensor, temperature: float, micro_batch: int):
     """Log-probs and entropies of ``tokens[:, 1:]`` under ``model`` at the sampling temperature."""

@@ -45,7 +45,7 @@ def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
         prompts = [ids for it in items for ids in [task.prompt_ids(it)] * G]
         ro = generate(model, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
                       tok.eos_id, tok.pad_id, _step_seed(cfg.run.seed, step, refills, rt.dp_rank), rt.device,
-                      stop=answer_stop(cfg.rollout, tok))
+                      stop=answer_stop(cfg.rollout, tok), engine=cfg.rollout.engine)
         rewards = torch.tensor([task.reward(items[i // G], tok.decode(ro.response_ids(i))) for i in range(len(prompts))])
         all_rewards.append(rewards)
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)

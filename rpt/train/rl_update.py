@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from rpt.algo.losses import kl_k3, policy_terms
+from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import full_logits, logprobs_and_entropy
 
 
@@ -16,26 +17,33 @@ def update(trainable, batch, algo, temperature: float, ppo_epochs: int, micro_ba
     grad_norm, applied = 0.0, True
     for epoch in range(ppo_epochs):
         trainable.zero_grad()
-        for s, e in batch.micro_batches(micro_batch):
-            tokens = batch.tokens[s:e]
-            logits = full_logits(trainable.model, tokens[:, :-1]) / temperature
-            logp, entropy = logprobs_and_entropy(logits, tokens[:, 1:])
-            terms = policy_terms(logp, batch.old_logp[s:e], batch.adv[s:e], algo,
-                                 None if batch.detach_mask is None else batch.detach_mask[s:e],
-                                 None if batch.kl_cov_mask is None else batch.kl_cov_mask[s:e])
-            per_token = terms.loss
-            if algo.entropy_coef:
-                per_token = per_token - algo.entropy_coef * entropy
-            if algo.kl_coef:
-                per_token = per_token + algo.kl_coef * kl_k3(logp, batch.ref_logp[s:e])
-            loss = (per_token * batch.weights[s:e]).sum()
-            (loss * dp_size).backward()
-            if epoch == 0:
-                m = batch.mask[s:e]
-                stats["loss"] += float(loss)
-                stats["clip_frac_low"] += float((terms.clipped_low & m).sum()) / total_tokens
-                stats["clip_frac_high"] += float((terms.clipped_high & m).sum()) / total_tokens
-                stats["kl_to_old"] += float(((batch.old_logp[s:e] - logp.detach()) * m).sum()) / total_tokens
+        with shims_suspended():
+            _accumulate_gradients(trainable, batch, algo, temperature, micro_batch, dp_size,
+                                  stats if epoch == 0 else None, total_tokens)
         applied, grad_norm = trainable.step()
     stats.update(grad_norm=grad_norm, update_applied=float(applied))
     return stats
+
+
+def _accumulate_gradients(trainable, batch, algo, temperature, micro_batch, dp_size, stats, total_tokens) -> None:
+    """Forward/backward of every micro-batch; the first epoch's loss and clip/KL statistics go into ``stats``."""
+    for s, e in batch.micro_batches(micro_batch):
+        tokens = batch.tokens[s:e]
+        logits = full_logits(trainable.model, tokens[:, :-1]) / temperature
+        logp, entropy = logprobs_and_entropy(logits, tokens[:, 1:])
+        terms = policy_terms(logp, batch.old_logp[s:e], batch.adv[s:e], algo,
+                             None if batch.detach_mask is None else batch.detach_mask[s:e],
+                             None if batch.kl_cov_mask is None else batch.kl_cov_mask[s:e])
+        per_token = terms.loss
+        if algo.entropy_coef:
+            per_token = per_token - algo.entropy_coef * entropy
+        if algo.kl_coef:
+            per_token = per_token + algo.kl_coef * kl_k3(logp, batch.ref_logp[s:e])
+        loss = (per_token * batch.weights[s:e]).sum()
+        (loss * dp_size).backward()
+        if stats is not None:
+            m = batch.mask[s:e]
+            stats["loss"] += float(loss)
+            stats["clip_frac_low"] += float((terms.clipped_low & m).sum()) / total_tokens
+            stats["clip_frac_high"] += float((terms.clipped_high & m).sum()) / total_tokens
+            stats["kl_to_old"] += float(((batch.old_logp[s:e] - logp.detach()) * m).sum()) / total_tokens

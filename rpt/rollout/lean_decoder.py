@@ -1,0 +1,100 @@
+"""A lean incremental forward of our megatron ``GPTModel`` for rollouts: the same weights and the same math,
+without megatron's per-module machinery.
+
+Why our own: a decode step of a small model is host-bound. megatron-core's inference path runs every layer
+through its generic ``TransformerLayer`` / ``Attention`` / tensor-parallel linear wrappers and a KV-cache context
+built for many features, which costs more host time per token than the arithmetic (on CPU it decoded slower than
+HF ``generate``). This module reads the model's own parameters (no copies, so it always sees the current weights)
+and runs each layer as a handful of torch calls: RMSNorm, fused QKV projection split by query group, RoPE,
+a preallocated KV cache written in place, SDPA with grouped-query heads, output projection, SwiGLU MLP.
+
+Scope: the architecture ``rpt.model.build`` makes (RMSNorm, SwiGLU, RoPE without interleaving, GQA, optional
+QKV bias, tied or untied output), tensor- and pipeline-parallel size 1. ``supports(model)`` says whether a model
+qualifies; ``rpt.rollout.engine`` falls back to megatron's ``StaticInferenceContext`` path otherwise. The logits
+equal a plain megatron forward to float32 rounding (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supports(model) -> bool:
+    """True when ``model`` is a single-rank (TP = PP = 1) GPTModel of the architecture rpt builds."""
+    from megatron.core import parallel_state
+
+    config = model.config
+    return (parallel_state.get_tensor_model_parallel_world_size() == 1
+            and parallel_state.get_pipeline_model_parallel_world_size() == 1
+            and config.normalization == "RMSNorm" and config.gated_linear_unit and not config.add_bias_linear
+            and getattr(model, "position_embedding_type", "rope") == "rope"
+            and not getattr(model.rotary_pos_emb, "rotary_interleaved", False)
+            and config.qk_layernorm is False)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class LeanDecoder:
+    """Prefill once, then one token per sequence per step, against a preallocated KV cache of ``max_len``."""
+
+    def __init__(self, model, batch: int, max_len: int):
+        self.model = model
+        config = model.config
+        self.heads, self.groups = config.num_attention_heads, config.num_query_groups
+        self.head_dim = config.kv_channels
+        self.scale = model.decoder.layers[0].self_attention.core_attention.softmax_scale
+        param = model.embedding.word_embeddings.weight
+        shape = (batch, self.groups, max_len, self.head_dim)
+        self.k_cache = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in model.decoder.layers]
+        self.v_cache = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in model.decoder.layers]
+        positions = torch.arange(max_len, device=param.device, dtype=torch.float32)
+        freqs = torch.outer(positions, model.rotary_pos_emb.inv_freq.float().to(param.device))
+        emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, head_dim]
+        self.cos, self.sin = emb.cos().to(param.dtype), emb.sin().to(param.dtype)
+        self.length = 0  # positions already in the cache
+
+    def _attention(self, layer, index: int, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        if s > 1 and self.length > 0:
+            raise ValueError("LeanDecoder: multi-token steps are only supported as the first (prefill) call")
+        attn = layer.self_attention
+        qkv = F.linear(x, attn.linear_qkv.weight, attn.linear_qkv.bias)
+        per = self.heads // self.groups
+        qkv = qkv.view(b, s, self.groups, per + 2, self.head_dim)
+        q = qkv[:, :, :, :per].reshape(b, s, self.heads, self.head_dim).transpose(1, 2)  # [b, h, s, d]
+        k = qkv[:, :, :, per].transpose(1, 2)  # [b, g, s, d]
+        v = qkv[:, :, :, per + 1].transpose(1, 2)
+        start, end = self.length, self.length + s
+        cos, sin = self.cos[start:end], self.sin[start:end]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        self.k_cache[index][:, :, start:end] = k
+        self.v_cache[index][:, :, start:end] = v
+        keys, values = self.k_cache[index][:, :, :end], self.v_cache[index][:, :, :end]
+        # a prefill attends causally within itself; a single new token attends to everything cached
+        out = F.scaled_dot_product_attention(q, keys, values, is_causal=s > 1 and start == 0, scale=self.scale,
+                                             enable_gqa=self.groups != self.heads)
+        out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
+        return F.linear(out, attn.linear_proj.weight)
+
+    def _mlp(self, layer, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, layer.mlp.linear_fc1.weight).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, layer.mlp.linear_fc2.weight)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[b, vocab]`` (float32) after the last of ``tokens`` ``[b, s]``, which follow the cache."""
+        model = self.model
+        x = F.embedding(tokens, model.embedding.word_embeddings.weight)
+        for index, layer in enumerate(model.decoder.layers):
+            x = x + self._attention(layer, index, layer.input_layernorm(x))
+            x = x + self._mlp(layer, layer.pre_mlp_layernorm(x))
+        self.length += tokens.shape[1]
+        x = model.decoder.final_layernorm(x[:, -1])
+        out_weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
+                      else model.output_layer.weight)
+        return F.linear(x, out_weight).float()
