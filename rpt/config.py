@@ -140,6 +140,8 @@ class AlgoConfig:
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
     dynamic_sampling_tol: float = 1e-6  # tolerance for "all equal"
     max_refills: int = 2  # extra rollout batches per step when refilling
+    reuse_update_forward: bool = True  # ppo_epochs=1 and no forking/Clip-Cov/KL-Cov: old log-probs from the update's
+    # own first forward (same weights, same tokens: identical values) instead of a separate pass; false = always a pass
 
 
 @dataclass

@@ -79,3 +79,26 @@ def test_rl_step_variants(overrides, runtime, tokenizer, tmp_path):
         assert 0.1 < m["trained_token_share"] <= 0.35
     else:
         assert m["trained_token_share"] == 1.0
+
+
+@pytest.mark.parametrize("overrides", [[], ["algo.loss_agg=seq-mean-token-sum-norm", "algo.entropy_coef=0.01"]])
+def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenizer, tmp_path):
+    """With one PPO epoch, old log-probs taken from the update's own forward give the same metrics and the same
+    updated weights as a separate old-policy pass."""
+    results = []
+    for reuse in (True, False):
+        cfg = _cfg([*overrides, f"algo.reuse_update_forward={str(reuse).lower()}"])
+        ctx = StageContext(cfg=cfg, rt=runtime, rd=RunDir(tmp_path, "x"), stage="rpt")
+        torch.manual_seed(0)
+        trainable = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, cfg.rpt.steps)
+        m = rl_step(ctx, trainable, DigitShareTask(tokenizer), tokenizer, step=0, loop_cfg=cfg.rpt)
+        results.append((m, [p.detach().clone() for p in trainable.model.module.parameters()]))
+    (fast, w_fast), (slow, w_slow) = results
+    assert fast["update_applied"] == slow["update_applied"] == 1.0
+    for key in slow:
+        if slow[key] is None:
+            assert fast[key] is None, key
+        elif not key.endswith("_s") and key != "tokens_per_s":
+            assert fast[key] == pytest.approx(slow[key], rel=1e-6, abs=1e-7), key
+    for a, b in zip(w_fast, w_slow):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)

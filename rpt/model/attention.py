@@ -31,9 +31,6 @@ class SDPAttention(DotProductAttention):
         q = query.permute(1, 2, 0, 3)
         k = key.permute(1, 2, 0, 3)
         v = value.permute(1, 2, 0, 3)
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
         mask, is_causal = None, False
         if attention_mask is not None:
             mask = ~attention_mask.to(torch.bool)
@@ -43,6 +40,7 @@ class SDPAttention(DotProductAttention):
             # query rows are the last sq positions of the sk keys: bottom-right causal alignment
             mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
         dropout = self.attention_dropout.p if self.training else 0.0
+        # grouped-query heads are shared inside the kernel (enable_gqa) instead of materialised copies of K and V
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                             dropout_p=dropout, scale=self.softmax_scale)
+                                             dropout_p=dropout, scale=self.softmax_scale, enable_gqa=groups > 1)
         return out.permute(2, 0, 1, 3).reshape(sq, b, n_heads * head_dim)

@@ -25,8 +25,8 @@ class RLBatch:
     tokens: torch.Tensor  # [N, T]
     mask: torch.Tensor  # [N, T-1] response tokens
     adv: torch.Tensor  # [N, 1]
-    old_logp: torch.Tensor  # [N, T-1]
-    entropy: torch.Tensor  # [N, T-1]
+    old_logp: torch.Tensor | None  # [N, T-1]; None until the update's own forward fills it (``reuse_update_forward``)
+    entropy: torch.Tensor | None  # [N, T-1]; as old_logp
     sample_logp: torch.Tensor  # [N, T-1]
     train_mask: torch.Tensor  # [N, T-1] tokens that receive gradient (forking mask applied)
     weights: torch.Tensor  # [N, T-1] aggregation weights (global normalisation)
@@ -85,11 +85,22 @@ def _global_values(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(x.device)
 
 
+def can_reuse_update_forward(algo, ppo_epochs: int) -> bool:
+    """True when the old-policy log-probs may come from the update's own first forward instead of a separate pass:
+    one PPO epoch (so they are the same weights on the same tokens) and no loss part that needs whole-batch
+    statistics before the first backward (forking mask, Clip-Cov, KL-Cov)."""
+    return (algo.reuse_update_forward and ppo_epochs == 1 and algo.forking_rho == 0
+            and algo.policy_loss not in ("clip_cov", "kl_cov"))
+
+
 def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg, micro_batch: int,
-                generator: torch.Generator, ref_model=None) -> RLBatch:
+                generator: torch.Generator, ref_model=None, old_from_update: bool = False) -> RLBatch:
+    """The batch with every pre-update statistic; ``old_from_update`` skips the old-policy forward (see
+    ``can_reuse_update_forward``): ``rl_update.update`` then fills ``old_logp`` / ``entropy`` / ``cov``."""
     tokens = rollouts.tokens
     mask = rollouts.response_mask[:, 1:]
-    old_logp, entropy = policy_stats(model, tokens, rollout_cfg.temperature, micro_batch)
+    old_logp, entropy = (None, None) if old_from_update else policy_stats(model, tokens, rollout_cfg.temperature,
+                                                                          micro_batch)
     train_mask = mask
     if algo.forking_rho > 0:
         threshold_src = _global_values(entropy[mask])
@@ -100,8 +111,11 @@ def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg,
                                   _global_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
     batch = RLBatch(tokens, mask, adv.view(-1, 1), old_logp, entropy, rollouts.sample_logprobs[:, 1:],
                     train_mask, weights)
-    adv_tok = batch.adv.expand_as(old_logp)
-    batch.cov = token_covariance(old_logp, adv_tok, mask)
+    if old_logp is None:
+        if algo.policy_loss in ("clip_cov", "kl_cov") or algo.forking_rho > 0:
+            raise ValueError("build_batch: this loss needs the old-policy pass (old_from_update=False)")
+    else:
+        batch.cov = token_covariance(old_logp, batch.adv.expand_as(old_logp), mask)
     if algo.policy_loss == "clip_cov":
         batch.detach_mask = clip_cov_mask(batch.cov, mask, algo.clip_cov_ratio, algo.clip_cov_low,
                                           algo.clip_cov_high, generator)

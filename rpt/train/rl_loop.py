@@ -22,7 +22,7 @@ from rpt.train import checkpoint, preemption
 from rpt.train.optim import build_trainable
 from rpt.algo.masks import forking_mask
 from rpt.analysis.planning import planning_token_mask
-from rpt.train.rl_batch import build_batch, concat_rollouts, forking_share, policy_stats
+from rpt.train.rl_batch import build_batch, can_reuse_update_forward, concat_rollouts, forking_share, policy_stats
 from rpt.train.rl_update import update
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,13 @@ def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None, init
     t1 = time.perf_counter()
     adv = group_advantages(rewards, cfg.rollout.group_size, cfg.algo.norm_adv_by_std, cfg.algo.adv_eps)
     gen = torch.Generator().manual_seed(_step_seed(cfg.run.seed, step, 7))
+    learn = _global_max(adv.abs()) > 0.0 or bool(cfg.algo.entropy_coef) or bool(cfg.algo.kl_coef)
     batch = build_batch(trainable.model, rollouts, adv.to(rt.device), cfg.algo, cfg.rollout,
-                        loop_cfg.micro_batch_size, gen, ref_model)
+                        loop_cfg.micro_batch_size, gen, ref_model,
+                        old_from_update=learn and can_reuse_update_forward(cfg.algo, loop_cfg.ppo_epochs))
     t_score = time.perf_counter() - t1
     t2 = time.perf_counter()
-    if _global_max(adv.abs()) > 0.0 or cfg.algo.entropy_coef or cfg.algo.kl_coef:
+    if learn:
         upd = update(trainable, batch, cfg.algo, cfg.rollout.temperature, loop_cfg.ppo_epochs,
                      loop_cfg.micro_batch_size, rt.dp_size)
     else:
