@@ -4,7 +4,8 @@
   HF ``transformers`` ``generate`` on the same architecture with the same weights (exported through
   ``rpt.model.hf``);
 - train: forward+backward+step tokens/s (and MFU on GPU), against a plain HF forward/backward + torch AdamW;
-- scoring: top-k entropy scoring tokens/s against a plain forward over the same tokens;
+- scoring: top-k entropy scoring tokens/s against a plain forward over the same tokens, and (``scoring_processes``)
+  the same scoring run by 1 and by 2 data-parallel processes (``rpt.bench_scaling``);
 - rpt step: one full GRPO step on synthetic next-token tasks, broken down by phase, against one TRL
   ``GRPOTrainer`` step with the same weights, batch and rollout length (``rpt.bench_trl``; needs ``trl``).
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from data_prep.entropy import score_documents
+from rpt.bench_scaling import bench_scoring_processes
 from rpt.bench_trl import bench_trl_grpo_step
 from rpt.model.build import build_model
 from rpt.model.cpu_compat import shims_suspended
@@ -128,15 +130,19 @@ def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
     return out
 
 
-def bench_scoring(model, bc, vocab: int, device) -> dict:
+def bench_scoring(model, bc, vocab: int, rt) -> dict:
+    """Scoring spreads the documents over data-parallel ranks (and gathers the results); the plain forward peer
+    runs over this rank's share, so under several processes both figures are for the whole corpus."""
+    device = rt.device
     rng = np.random.default_rng(0)
     docs = [rng.integers(5, vocab, size=bc.train_seq_len).astype(np.int64) for _ in range(bc.batch_size * 2)]
-    batch = torch.from_numpy(np.stack(docs)).to(device)
-    score_s = _timed(lambda: score_documents(model, docs, bc.train_seq_len, 16, bc.batch_size, device), bc.repeats)
+    batch = torch.from_numpy(np.stack(docs[rt.dp_rank::rt.dp_size])).to(device)
+    score_s = _timed(lambda: score_documents(model, docs, bc.train_seq_len, 16, bc.batch_size, device, rt.dp_rank,
+                                             rt.dp_size), bc.repeats)
 
     def plain():
         with torch.inference_mode(), shims_suspended():
-            for s in range(0, len(docs), bc.batch_size):
+            for s in range(0, len(batch), bc.batch_size):
                 full_logits(model, batch[s:s + bc.batch_size])
 
     plain_s = _timed(plain, bc.repeats)
@@ -215,18 +221,20 @@ def run_bench(cfg, rt) -> dict:
         elif name == "train":
             result["train"] = bench_train(cfg.model, vocab, rt, hf, bc, n_params)
         elif name == "scoring":
-            result["scoring"] = bench_scoring(model, bc, vocab, rt.device)
+            result["scoring"] = bench_scoring(model, bc, vocab, rt)
+        elif name == "scoring_processes":
+            result["scoring_processes"] = bench_scoring_processes(bc)
         elif name == "rpt_step":
             result["rpt_step"] = bench_rpt_step(cfg, rt, vocab, bc)
         elif name == "trl_grpo_step":  # last: TRL trains the HF peer's weights in place
             result["trl_grpo_step"] = bench_trl_grpo_step(hf or _hf_peer(model, mc, rt.dtype), cfg, vocab, bc)
         else:
-            raise ValueError(f"bench.parts: unknown part {name!r} (rollout, train, scoring, rpt_step, "
-                             "trl_grpo_step)")
+            raise ValueError(f"bench.parts: unknown part {name!r} (rollout, train, scoring, scoring_processes, "
+                             "rpt_step, trl_grpo_step)")
     if "rpt_step_s" in result.get("rpt_step", {}) and "trl_grpo_step_s" in result.get("trl_grpo_step", {}):
         result["rpt_step"]["rpt_step_speedup_vs_trl"] = (result["trl_grpo_step"]["trl_grpo_step_s"]
                                                          / result["rpt_step"]["rpt_step_s"])
-    if bc.out:
+    if bc.out and rt.is_main:
         Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         Path(bc.out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -68,7 +68,9 @@ def main_from_config(cfg: DictConfig) -> None:
         if cfg.stage == "bench":
             from rpt.bench import run_bench
 
-            print(json.dumps(run_bench(cfg, rt), indent=2))
+            result = run_bench(cfg, rt)
+            if rt.is_main:
+                print(json.dumps(result, indent=2))
         elif cfg.stage == "pipeline":
             for stage in cfg.stages:
                 run_stage(factory, stage, cfg.force)

@@ -20,5 +20,8 @@ def test_bench_emits_every_figure(tmp_path):
     for key in ("train_tok_s", "hf_train_tok_s", "train_speedup_vs_hf"):
         assert result["train"][key] > 0, key
     assert result["scoring"]["scoring_tok_s"] > 0 and result["scoring"]["plain_forward_tok_s"] > 0
+    procs = result["scoring_processes"]
+    assert procs["scoring_tok_s_1proc"] > 0 and procs["scoring_tok_s_2proc"] > 0 and procs["speedup_2proc_vs_1"] > 0
+    assert result["rollout"]["engine"] == "LeanDecoder" and result["rollout"]["megatron_decode_tok_s"] > 0
     assert {"rpt_step_rollout_s", "rpt_step_update_s", "rpt_step_tokens_per_s"} <= set(result["rpt_step"])
     assert result["trl_grpo_step"]["trl_grpo_step_s"] > 0 and result["rpt_step"]["rpt_step_speedup_vs_trl"] > 0
