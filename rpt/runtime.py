@@ -73,6 +73,11 @@ def init(run_cfg) -> Runtime:
     """Initialise torch.distributed and megatron parallel state (idempotent within a process)."""
     from megatron.core import parallel_state
 
+    if run_cfg.pipeline_parallel != 1:
+        # every stage builds the whole model per model-parallel rank and runs no pipeline schedule; the paper's
+        # models (up to 14B) fit with tensor parallelism within a node, so pipeline stages are not wired in yet
+        raise ValueError(f"run.pipeline_parallel={run_cfg.pipeline_parallel}: pipeline parallelism is not "
+                         "supported yet; use run.tensor_parallel (and more data-parallel processes) instead")
     device = resolve_device(run_cfg)
     if device.type == "cpu":
         cpu_compat.install()

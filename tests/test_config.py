@@ -44,3 +44,12 @@ def test_every_group_entry_composes():
         for name in os.listdir(os.path.join(CONF_DIR, group)):
             cfg = _compose([f"{group}={name[:-5]}"])
             assert cfg.model.hidden_size > 0 and cfg.rollout.group_size > 0
+
+
+def test_pipeline_parallel_is_refused_with_a_clear_message():
+    from types import SimpleNamespace
+
+    from rpt import runtime
+
+    with pytest.raises(ValueError, match="pipeline parallelism is not supported"):
+        runtime.init(SimpleNamespace(device="cpu", dtype="auto", seed=0, tensor_parallel=1, pipeline_parallel=2))
