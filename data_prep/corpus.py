@@ -1,5 +1,5 @@
 """Corpus ingestion through ``datasets``: local jsonl/json/parquet/txt files or a hub dataset, streaming or not,
-sharded across data-parallel processes (each reads its shard; ``merge_shards`` joins them in rank order).
+sharded across processes (each reads its shard; the `prep` stage merges them in rank order).
 
 Every record becomes a document with a deterministic id (a hash of its text), exact duplicates are dropped,
 and bad records (missing field, not text, empty, too long) are counted and skipped, never fatal, with a
@@ -121,20 +121,3 @@ def log_summary(stats: IngestStats) -> None:
         log.warning("corpus: read %d records, kept %d, skipped %s", stats.read, stats.kept, dict(stats.skipped))
     else:
         log.info("corpus: read %d records, kept %d", stats.read, stats.kept)
-
-
-def merge_shards(shards: list[tuple[list[tuple[str, str]], IngestStats]], max_docs) -> tuple[list, IngestStats]:
-    """Join per-process shards in rank order: drop documents an earlier shard already holds (duplicates across
-    shards), apply ``max_docs`` to the whole, and add up the skip counts."""
-    docs, stats, seen = [], IngestStats(), set()
-    for shard_docs, shard_stats in shards:
-        stats.read += shard_stats.read
-        stats.skipped.update(shard_stats.skipped)
-        for did, text in shard_docs:
-            if did in seen:
-                stats.skipped["duplicate"] += 1
-            elif max_docs is None or len(docs) < max_docs:
-                seen.add(did)
-                docs.append((did, text))
-    stats.kept = len(docs)
-    return docs, stats

@@ -67,6 +67,7 @@ class DataConfig:
     # tokenizer
     vocab_size: int = 320  # sentencepiece vocabulary size (byte fallback adds 256 byte pieces)
     tokenizer_type: str = "bpe"  # bpe | unigram
+    tokenizer_sample_docs: int = 200000  # user sources: the tokenizer trains on the first this-many good documents
     seq_length: int = 128  # tokens per training sequence
 
 

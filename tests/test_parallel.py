@@ -110,9 +110,11 @@ def test_two_process_scoring_matches_one(single):
         assert (run / "positions" / split).read_text() == (single / "positions" / split).read_text(), split
 
 
-def test_two_process_prep_matches_one(tmp_path):
+@pytest.mark.parametrize("cap", [None, 100])
+def test_two_process_prep_matches_one(tmp_path, cap):
     """`prep` on a local jsonl (with bad records and duplicates) spread over 2 processes, each reading and
-    tokenising its shard, writes byte-identical indexed datasets and the same ingest summary as 1 process."""
+    tokenising its shard, writes byte-identical indexed datasets and the same ingest summary as 1 process
+    streaming the same file (and with a document cap, the same first documents)."""
     from data_prep.demo_corpus import generate_documents
     from tests.conftest import demo_data_cfg
 
@@ -122,13 +124,20 @@ def test_two_process_prep_matches_one(tmp_path):
     lines.insert(40, json.dumps({"text": texts[100]}))  # a duplicate whose first copy is in the other shard
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(lines) + "\n")
-    data = ["data=jsonl", f"data.source={corpus}", "data.vocab_size=320", "data.seq_length=64"]
-    _cli(tmp_path, 1, "prep", "run.name=one", *data)
+    data = ["data=jsonl", f"data.source={corpus}", "data.vocab_size=320", "data.seq_length=64",
+            f"data.max_docs={cap if cap else 'null'}"]
+    _cli(tmp_path, 1, "prep", "run.name=one", "data.streaming=true", *data)
     _cli(tmp_path, 2, "prep", "run.name=two", *data)
+    assert not list((tmp_path / "two" / "data" / "parts").iterdir())  # the per-process parts are merged away
     for name in ("pretrain", "rpt"):
         one = json.loads((tmp_path / "one" / "data" / f"{name}.manifest.json").read_text())
         two = json.loads((tmp_path / "two" / "data" / f"{name}.manifest.json").read_text())
         assert one == two and one["documents"] > 0, name
     summary = json.loads((tmp_path / "one" / "data" / "ingest_summary.json").read_text())
-    assert summary == json.loads((tmp_path / "two" / "data" / "ingest_summary.json").read_text())
-    assert summary["skipped"] == {"bad_json": 1, "empty": 1, "duplicate": 2, "missing_field": 1}
+    summary_two = json.loads((tmp_path / "two" / "data" / "ingest_summary.json").read_text())
+    if cap is None:
+        assert summary == summary_two
+        assert summary["skipped"] == {"bad_json": 1, "empty": 1, "duplicate": 2, "missing_field": 1}
+        assert summary["kept"] == 160
+    else:  # one process stops reading at the cap; two read their whole shards before the merge applies it
+        assert summary["kept"] == summary_two["kept"] == cap

@@ -1,87 +1,137 @@
 """Stage `prep`: corpus → documents (pretrain and RPT splits) → tokenizer → indexed tokens.
 
-The tokenizer is a sentencepiece model trained on the corpus, unless the run already holds an imported HF
-``tokenizer.json`` (``rpt hf_import``), which is then used as is.
+A user corpus is streamed, never held in memory: the sentencepiece tokenizer is trained on the first
+``data.tokenizer_sample_docs`` good documents (unless the run holds an imported HF ``tokenizer.json`` from
+``rpt hf_import``, used as is); then every process reads its shard of the source, routes each document to a split
+by a hash of its id, tokenises it and streams it into its own part files; finally rank 0 merges the parts in rank
+order, dropping documents an earlier part already holds and applying ``data.max_docs`` to the whole, so the result
+equals a one-process run. The small embedded demo corpus is written by rank 0 directly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 
 import torch.distributed as dist
 
-from data_prep.corpus import IngestStats, doc_id, iter_documents, log_summary, merge_shards
+from data_prep.corpus import IngestStats, doc_id, iter_documents, log_summary
 from data_prep.demo_corpus import generate_documents
-from data_prep.indexed import write_indexed
+from data_prep.indexed import IndexedDocs, IndexedWriter, remove_indexed, write_indexed
 from data_prep.tokenizer_train import train_tokenizer
 from rpt.rundir import write_json
 from rpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+SPLITS = ("pretrain", "rpt")
 
-def _demo_splits(cfg) -> dict[str, list[tuple[str, str]]]:
+
+def _split_of(did: str, rpt_fraction: float) -> str:
+    bucket = int(hashlib.sha256(did.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "rpt" if bucket < rpt_fraction else "pretrain"
+
+
+def _write_demo(cfg, rd, ctx) -> dict:
     pre = generate_documents(cfg.data, cfg.data.num_pretrain_docs, cfg.data.worked_fraction, cfg.run.seed)
     rpt = generate_documents(cfg.data, cfg.data.num_rpt_docs, 0.0, cfg.run.seed + 1)
-    return {"pretrain": [(doc_id(t), t) for t in pre], "rpt": [(doc_id(t), t) for t in rpt]}
+    if not (rd.tokenizer / "tokenizer.json").exists():
+        train_tokenizer(pre + rpt, rd.tokenizer, cfg.data.vocab_size, cfg.data.tokenizer_type)
+    tok = Tokenizer.from_run(rd)
+    return {name: write_indexed(rd.data / name, ((doc_id(t), tok.encode(t))
+                                                 for t in ctx.progress(texts, desc=f"tokenize {name}")),
+                                tok.vocab_size)
+            for name, texts in (("pretrain", pre), ("rpt", rpt))}
 
 
-def _all_gather(obj, world: int) -> list:
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+def _write_part(cfg, rd, ctx, tok) -> IngestStats:
+    """This process's shard of the source into ``data/parts/<split>.rank<r>``, plus the split of every document
+    in stream order (``<r>.order``: one byte per document, so the merge can replay the stream)."""
+    rt, stats = ctx.rt, IngestStats()
+    parts = rd.data / "parts"
+    writers = {name: IndexedWriter(parts / f"{name}.rank{rt.rank}", tok.vocab_size) for name in SPLITS}
+    order = bytearray()
+    docs = iter_documents(cfg.data, stats, rt.rank, rt.world_size)
+    for did, text in ctx.progress(docs, desc=f"tokenize (rank {rt.rank})"):
+        split = _split_of(did, cfg.data.rpt_fraction)
+        writers[split].add(did, tok.encode(text))
+        order.append(SPLITS.index(split))
+    for writer in writers.values():
+        writer.close()
+    (parts / f"{rt.rank}.order").write_bytes(bytes(order))
+    return stats
 
 
-def _ingest(cfg, rt) -> tuple[list[tuple[str, str]], IngestStats]:
-    """Every process reads its shard of the source; the shards are joined (and deduplicated) in rank order, so
-    the result equals a single-process read."""
-    stats = IngestStats()
-    docs = list(iter_documents(cfg.data, stats, rt.rank, rt.world_size))
-    if rt.world_size == 1:
-        return docs, stats
-    docs, stats = merge_shards(_all_gather((docs, stats), rt.world_size), cfg.data.max_docs)
-    log_summary(stats)
-    return docs, stats
+def _merge_parts(cfg, rd, world: int, shard_stats: list[IngestStats], vocab_size: int) -> tuple[dict, IngestStats]:
+    parts = rd.data / "parts"
+    writers = {name: IndexedWriter(rd.data / name, vocab_size) for name in SPLITS}
+    stats, seen = IngestStats(), set()
+    for s in shard_stats:
+        stats.read += s.read
+        stats.skipped.update(s.skipped)
+    for rank in range(world):
+        readers = {name: IndexedDocs(parts / f"{name}.rank{rank}") for name in SPLITS}
+        cursor = dict.fromkeys(SPLITS, 0)
+        for code in (parts / f"{rank}.order").read_bytes():
+            name = SPLITS[code]
+            reader, index = readers[name], cursor[name]
+            cursor[name] += 1
+            did = reader.doc_ids[index]
+            if did in seen:
+                stats.skipped["duplicate"] += 1
+            elif cfg.data.max_docs is None or len(seen) < cfg.data.max_docs:
+                seen.add(did)
+                writers[name].add(did, reader.tokens(index))
+    stats.kept = len(seen)
+    manifests = {name: writer.close() for name, writer in writers.items()}
+    for rank, name in itertools.product(range(world), SPLITS):
+        remove_indexed(parts / f"{name}.rank{rank}")
+        (parts / f"{rank}.order").unlink(missing_ok=True)
+    return manifests, stats
 
 
-def _encode(docs: list[tuple[str, str]], tok, rt, progress, desc: str) -> list[tuple[str, list[int]]]:
-    """Tokenise ``docs`` spread over all processes (every world_size-th document each), back in corpus order."""
-    mine = [(i, tok.encode(docs[i][1])) for i in progress(range(rt.rank, len(docs), rt.world_size), desc=desc)]
-    parts = _all_gather(mine, rt.world_size) if rt.world_size > 1 else [mine]
-    ids = dict(pair for part in parts for pair in part)
-    return [(did, ids[i]) for i, (did, _) in enumerate(docs)]
-
-
-def _user_splits(cfg, rt) -> tuple[dict[str, list[tuple[str, str]]], IngestStats]:
-    splits = {"pretrain": [], "rpt": []}
-    docs, stats = _ingest(cfg, rt)
-    for did, text in docs:
-        bucket = int(hashlib.sha256(did.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        splits["rpt" if bucket < cfg.data.rpt_fraction else "pretrain"].append((did, text))
-    return splits, stats
+def _train_tokenizer_on_sample(cfg, rd) -> None:
+    sample = IngestStats()
+    texts = (text for _, text in iter_documents(cfg.data, sample))
+    train_tokenizer(itertools.islice(texts, cfg.data.tokenizer_sample_docs), rd.tokenizer, cfg.data.vocab_size,
+                    cfg.data.tokenizer_type)
 
 
 def run(ctx) -> dict:
-    cfg, rd = ctx.cfg, ctx.rd
-    splits, stats = (_demo_splits(cfg), IngestStats()) if cfg.data.source == "demo" else _user_splits(cfg, ctx.rt)
-    for name, docs in splits.items():
-        if not docs:
-            raise ValueError(f"prep: the {name} split is empty (source {cfg.data.source!r}, {stats.as_dict()})")
-    summary = {"ingest": stats.as_dict(), "splits": {}}
-    imported = (rd.tokenizer / "tokenizer.json").exists()  # from `rpt hf_import`: keep the model's tokenizer
-    if ctx.rt.is_main and not imported:
-        texts = [t for docs in splits.values() for _, t in docs]
-        train_tokenizer(texts, rd.tokenizer, cfg.data.vocab_size, cfg.data.tokenizer_type)
-    ctx.barrier()
-    tok = Tokenizer.from_run(rd)
-    for name, docs in splits.items():
-        encoded = _encode(docs, tok, ctx.rt, ctx.progress, f"tokenize {name}")
-        if ctx.rt.is_main:
-            summary["splits"][name] = write_indexed(rd.data / name, encoded, tok.vocab_size)
-    if ctx.rt.is_main:
+    cfg, rd, rt = ctx.cfg, ctx.rd, ctx.rt
+    summary: dict = {"splits": {}}
+    if cfg.data.source == "demo":
+        if rt.is_main:
+            summary["splits"] = _write_demo(cfg, rd, ctx)
+        stats = IngestStats()
+    else:
+        imported = (rd.tokenizer / "tokenizer.json").exists()  # from `rpt hf_import`: keep the model's tokenizer
+        if rt.is_main and not imported:
+            _train_tokenizer_on_sample(cfg, rd)
+        ctx.barrier()
+        tok = Tokenizer.from_run(rd)
+        stats = _write_part(cfg, rd, ctx, tok)
+        shard_stats = [stats]
+        if rt.world_size > 1:
+            shard_stats = [None] * rt.world_size
+            dist.all_gather_object(shard_stats, stats)
+        if rt.is_main:
+            summary["splits"], stats = _merge_parts(cfg, rd, rt.world_size, shard_stats, tok.vocab_size)
+            log_summary(stats)
+    error = None
+    if rt.is_main:
         write_json(rd.data / "ingest_summary.json", stats.as_dict())
-    ctx.barrier()
-    summary["vocab_size"] = tok.vocab_size
+        empty = [name for name, manifest in summary["splits"].items() if not manifest["documents"]]
+        if empty:
+            error = f"prep: the {empty[0]} split is empty (source {cfg.data.source!r}, {stats.as_dict()})"
+    if rt.world_size > 1:  # every rank raises the same error instead of waiting for rank 0 forever
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ValueError(error)
+    summary["ingest"] = stats.as_dict()
+    summary["vocab_size"] = Tokenizer.from_run(rd).vocab_size
     log.info("prep: %s", {k: (v["documents"], v["tokens"]) for k, v in summary["splits"].items()})
     return summary
