@@ -14,6 +14,7 @@ so a killed scoring run resumes at the first missing shard and produces byte-ide
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,17 @@ def score_corpus(model, docs: list[np.ndarray], out_dir: Path, shard_docs: int, 
     out_dir.mkdir(parents=True, exist_ok=True)
     result: list[np.ndarray] = []
     starts = list(range(0, len(docs), shard_docs))
-    for shard, start in enumerate(progress(starts, desc="score shards")):
+    bar = progress(starts, desc="score shards")
+    for shard, start in enumerate(bar):
         path = out_dir / f"shard_{shard:05d}.npz"
         chunk = docs[start:start + shard_docs]
         if not path.exists():
+            t0 = time.perf_counter()
             scored = score_documents(model, chunk, seq_length, top_k, batch_size, device, dp_rank, dp_size)
+            tokens_per_s = sum(len(d) for d in chunk) / (time.perf_counter() - t0)
+            log.info("scored shard %d (%d documents) at %.0f tokens/s", shard, len(chunk), tokens_per_s)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(tok_s=f"{tokens_per_s:.0f}")
             if is_main:
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.savez(f, entropy=np.concatenate(scored), lengths=np.array([len(d) for d in chunk]))

@@ -17,8 +17,21 @@ SBATCH = ROOT / "launch" / "slurm" / "rpt.sbatch"
 
 
 def test_scripts_parse():
-    for script in [SBATCH, ROOT / "launch" / "torchrun.sh"]:
+    for script in [SBATCH, ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "bench_gpu.sh"]:
         subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_gpu_bench_script_runs_with_overrides(tmp_path):
+    """The GPU benchmark script, shrunk by overrides to run here: every part it names reports its figures."""
+    import json
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run(["bash", str(ROOT / "launch" / "bench_gpu.sh"), "model=smoke", "run.dtype=float32",
+                    "bench.batch_size=2", "bench.prompt_len=8", "bench.new_tokens=4", "bench.train_seq_len=16",
+                    "bench.repeats=1"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    result = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert set(result) >= {"rollout", "train", "scoring"} and "rpt_step" not in result
+    assert result["rollout"]["decode_speedup_vs_hf"] > 0 and result["train"]["train_tok_s"] > 0
 
 
 def test_sbatch_dry_run_prints_the_srun_line(tmp_path):

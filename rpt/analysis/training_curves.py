@@ -35,12 +35,17 @@ def rl_stage_section(rd, stage: str, law_fit_fraction: float) -> tuple[str, list
                       "top-ρ overlap with initial model": series(rows, "forking_overlap_with_init")},
                      "fraction", f"{stage}: forking tokens", rd.report / f"{stage}_forking.png")
         images.append(f"{stage}_forking.png")
-    first, last = rows[0], rows[-1]
+    window = max(1, len(rows) // 10)  # single steps are noisy: compare the first and last tenth of the run
+
+    def change(key: str, digits: int) -> str:
+        head = [r.get(key) or 0.0 for r in rows[:window]]
+        tail = [r.get(key) or 0.0 for r in rows[-window:]]
+        return f"{sum(head) / len(head):.{digits}f} → {sum(tail) / len(tail):.{digits}f}"
+
     text = [f"### `{stage}`",
-            f"{len(rows)} steps; reward {first.get('reward_mean', 0):.3f} → {last.get('reward_mean', 0):.3f}; "
-            f"policy entropy {first.get('entropy', 0):.3f} → {last.get('entropy', 0):.3f}; "
-            f"all-equal groups {first.get('all_equal_share', 0):.2f} → {last.get('all_equal_share', 0):.2f}; "
-            f"response length {last.get('response_length', 0):.1f} tokens."]
+            f"{len(rows)} steps (means over the first and last {window}): reward {change('reward_mean', 3)}; "
+            f"policy entropy {change('entropy', 3)}; all-equal groups {change('all_equal_share', 2)}; "
+            f"response length {change('response_length', 1)} tokens."]
     h, r = series(rows, "entropy")[1], series(rows, "reward_mean")[1]
     try:
         fit = fit_entropy_law(h, r)
