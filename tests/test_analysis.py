@@ -39,3 +39,10 @@ def test_planning_tagger_natural_language_case_insensitive():
     flags = planning_mask(tokens, ["wait", "let me check"])
     assert flags == [False, False, False, False, True, False, True, True, True, False, False]
     assert planning_mask(tokens, []) == [False] * len(tokens)
+
+
+def test_moving_average_is_a_trailing_mean():
+    from rpt.analysis.training_curves import moving_average
+
+    steps, values = moving_average(([1, 2, 3, 4], [0.0, 2.0, 4.0, 6.0]), 2)
+    assert steps == [1, 2, 3, 4] and values == [0.0, 1.0, 3.0, 5.0]

@@ -13,14 +13,22 @@ def series(rows, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def moving_average(points, width: int):
+    """Trailing mean over ``width`` steps (fewer at the start), to show the trend through per-step noise."""
+    steps, values = points
+    out = [sum(values[max(0, i - width + 1):i + 1]) / (i + 1 - max(0, i - width + 1)) for i in range(len(values))]
+    return steps, out
+
+
 def rl_stage_section(rd, stage: str, law_fit_fraction: float) -> tuple[str, list[str]]:
     """Markdown and image names for one RL stage (``rpt`` or ``rl_<source>``)."""
     rows = read_metrics(rd.metrics, stage)
     if not rows:
         return "", []
     images = []
-    plots.curves({"reward (all sampled groups)": series(rows, "reward_mean")}, "mean reward",
-                 f"{stage}: reward per step", rd.report / f"{stage}_reward.png")
+    reward = series(rows, "reward_mean")
+    plots.curves({"reward (all sampled groups)": reward, "trailing mean over 10 steps": moving_average(reward, 10)},
+                 "mean reward", f"{stage}: reward per step", rd.report / f"{stage}_reward.png")
     plots.curves({"all response tokens": series(rows, "entropy"),
                   "top-20% (forking) tokens": series(rows, "entropy_forking")},
                  "policy entropy (nats)", f"{stage}: policy entropy per step", rd.report / f"{stage}_entropy.png")
