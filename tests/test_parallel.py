@@ -44,13 +44,13 @@ def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in rows if r["stage"] == "pretrain"]
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
+def _weights(run: Path, stage: str = "pretrain") -> dict[str, torch.Tensor]:
     """Full (unsharded) weights from the dist-checkpoint, loaded without megatron through torch DCP."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    step = (run / "checkpoints" / "pretrain" / "latest").read_text().strip()
+    step = (run / "checkpoints" / stage / "latest").read_text().strip()
     out = run / "weights.pt"
-    dcp_to_torch_save(str(run / "checkpoints" / "pretrain" / step), str(out))
+    dcp_to_torch_save(str(run / "checkpoints" / stage / step), str(out))
     state = torch.load(out, weights_only=True)
     return {k: v for k, v in state.items() if not k.startswith("optimizer") and isinstance(v, torch.Tensor)}
 
@@ -90,6 +90,29 @@ def test_tp2_checkpoint_loads_under_tp1(single):
     a = np.load(single / "positions" / "entropy.npz")["entropy"].astype(np.float32)
     b = np.load(run / "positions" / "entropy.npz")["entropy"].astype(np.float32)
     np.testing.assert_allclose(b, a, atol=2e-3, equal_nan=True)
+
+
+def test_tp2_rpt_steps_match_one_process(single):
+    """Rollouts, loss and update under TP=2 equal one process: same samples (the same seed on both TP ranks,
+    logits gathered), same logged loss, gradient norm and entropy, same trained weights. An entropy bonus makes
+    every step update even though the 4-step smoke model earns no reward yet."""
+    if not (single / "done" / "select.json").exists():
+        _cli(single.parent, 1, "select", "run.name=single")
+    runs = {}
+    for name, nproc, extra in [("rpt_one", 1, []), ("rpt_tp2", 2, ["run.tensor_parallel=2"])]:
+        runs[name] = _copy_run(single, name, "rpt.json")
+        _cli(single.parent, nproc, "rpt", f"run.name={name}", "algo.entropy_coef=0.01", *extra)
+    rows = {name: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            for name, run in runs.items()}
+    one, tp2 = ([r for r in rows[name] if r["stage"] == "rpt"] for name in ("rpt_one", "rpt_tp2"))
+    assert len(one) == len(tp2) == 3 and all(r["update_applied"] == 1.0 for r in one + tp2)
+    for a, b in zip(one, tp2):
+        assert b["response_length"] == a["response_length"]
+        for key in ("loss", "grad_norm", "entropy", "reward_mean"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    w1, w2 = _weights(runs["rpt_one"], "rpt"), _weights(runs["rpt_tp2"], "rpt")
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
 def test_two_process_scoring_matches_one(single):
@@ -141,3 +164,19 @@ def test_two_process_prep_matches_one(tmp_path, cap):
         assert summary["kept"] == 160
     else:  # one process stops reading at the cap; two read their whole shards before the merge applies it
         assert summary["kept"] == summary_two["kept"] == cap
+
+
+def test_dp2_rpt_stage_runs_and_logs_the_whole_batch(single):
+    """Under DP=2 each rank samples its own half of the prompts (rank-seeded, so not comparable sample by sample
+    with one process); the logged statistics cover both halves: 4 prompts x G=4 responses per step."""
+    if not (single / "done" / "select.json").exists():
+        _cli(single.parent, 1, "select", "run.name=single")
+    run = _copy_run(single, "rpt_dp2", "rpt.json")
+    _cli(single.parent, 2, "rpt", "run.name=rpt_dp2", "algo.entropy_coef=0.01")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rpt_rows = [r for r in rows if r["stage"] == "rpt"]
+    assert [r["step"] for r in rpt_rows] == [1, 2, 3]
+    for r in rpt_rows:
+        assert r["update_applied"] == 1.0 and r["loss"] < 0  # the entropy bonus alone: loss = -0.01 * entropy
+        assert r["loss"] == pytest.approx(-0.01 * r["entropy"], rel=1e-3)  # global loss, not one rank's part
+    assert (run / "checkpoints" / "rpt" / "latest").exists()

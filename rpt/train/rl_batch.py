@@ -17,6 +17,7 @@ from rpt.algo.losses import aggregation_weights
 from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
 from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import full_logits, logprobs_and_entropy
+from rpt.runtime import dp_sum
 from rpt.rollout.engine import Rollouts
 
 
@@ -65,14 +66,6 @@ def policy_stats(model, tokens: torch.Tensor, temperature: float, micro_batch: i
     return torch.cat(logps), torch.cat(ents)
 
 
-def _global_sum(x: float) -> float:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item())
-    return x
-
-
 def _global_values(x: torch.Tensor) -> torch.Tensor:
     """Concatenate a 1-D tensor across data-parallel ranks (for global quantiles and top-k)."""
     from megatron.core import parallel_state
@@ -107,8 +100,8 @@ def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg,
         if threshold_src.numel():
             tau = torch.quantile(threshold_src.float(), 1.0 - algo.forking_rho)
             train_mask = mask & (entropy >= tau)
-    weights = aggregation_weights(train_mask, algo.loss_agg, _global_sum(float(train_mask.sum())),
-                                  _global_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
+    weights = aggregation_weights(train_mask, algo.loss_agg, dp_sum(float(train_mask.sum())),
+                                  dp_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
     batch = RLBatch(tokens, mask, adv.view(-1, 1), old_logp, entropy, rollouts.sample_logprobs[:, 1:],
                     train_mask, weights)
     if old_logp is None:

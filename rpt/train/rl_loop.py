@@ -23,6 +23,7 @@ from rpt.train.optim import build_trainable
 from rpt.algo.masks import forking_mask
 from rpt.analysis.planning import planning_token_mask
 from rpt.train.rl_batch import build_batch, can_reuse_update_forward, concat_rollouts, forking_share, policy_stats
+from rpt.runtime import dp_sum
 from rpt.train.rl_update import update
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,8 @@ def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
             break
         refills += 1
     sampled = torch.cat(all_rewards)
-    stats = {"all_equal_share": all_equal / max(groups_seen, 1), "refills": refills,
-             "reward_mean": float(sampled.mean()), "accuracy": float((sampled > 0.5).float().mean())}
+    stats = {"all_equal_share": dp_sum(all_equal) / max(dp_sum(groups_seen), 1), "refills": refills,
+             "reward_mean": _dp_mean(sampled), "accuracy": _dp_mean((sampled > 0.5).float())}
     if not kept_parts:
         return None, None, stats
     rollouts = concat_rollouts(kept_parts, tok.pad_id)
@@ -73,6 +74,11 @@ def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
                                                                 rollouts.response_mask, rollouts.sample_logprobs)))
         rewards = rewards[:per_rank * G]
     return rollouts, rewards, stats
+
+
+def _dp_mean(values: torch.Tensor) -> float:
+    """Mean over the whole data-parallel batch (every rank's share), as one process would have logged it."""
+    return dp_sum(float(values.float().sum())) / max(dp_sum(float(values.numel())), 1.0)
 
 
 def _global_max(x: torch.Tensor) -> float:
@@ -131,18 +137,18 @@ def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None, init
     t_update = time.perf_counter() - t2
     mask = batch.mask
     n_resp = float(mask.sum())
-    response_tokens = int(rollouts.response_mask.sum()) * rt.dp_size
+    response_tokens = dp_sum(float(rollouts.response_mask.sum()))
     metrics.update(upd)
-    metrics.update(
-        reward_trained_mean=float(rewards.mean()),
-        entropy=float(batch.entropy[mask].mean()) if n_resp else 0.0,
+    metrics.update(  # data-parallel means; forking share, cov_max and the entropy analysis are rank 0's share
+        reward_trained_mean=_dp_mean(rewards),
+        entropy=_dp_mean(batch.entropy[mask]),
         entropy_forking=forking_share(batch.entropy, mask),
-        entropy_trained=float(batch.entropy[batch.train_mask].mean()) if batch.train_mask.any() else 0.0,
-        trained_token_share=float(batch.train_mask.sum()) / max(n_resp, 1.0),
-        cov_mean=float(batch.cov[mask].mean()) if n_resp else 0.0,
+        entropy_trained=_dp_mean(batch.entropy[batch.train_mask]),
+        trained_token_share=dp_sum(float(batch.train_mask.sum())) / max(dp_sum(n_resp), 1.0),
+        cov_mean=_dp_mean(batch.cov[mask]),
         cov_max=float(batch.cov[mask].max()) if n_resp else 0.0,
-        response_length=float(rollouts.response_lens.float().mean()),
-        train_rollout_gap=float((batch.old_logp - batch.sample_logp).abs()[mask].mean()) if n_resp else 0.0,
+        response_length=_dp_mean(rollouts.response_lens),
+        train_rollout_gap=_dp_mean((batch.old_logp - batch.sample_logp).abs()[mask]),
         rollout_s=t_rollout, score_s=t_score, update_s=t_update, lr=trainable.lr,
         tokens_per_s=response_tokens / (time.perf_counter() - t0))
     metrics.update(entropy_analysis(cfg, batch, rollouts, tok, step, init_model))

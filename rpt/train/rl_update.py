@@ -14,11 +14,12 @@ from rpt.algo.losses import kl_k3, policy_terms
 from rpt.algo.masks import token_covariance
 from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import full_logits, logprobs_and_entropy
+from rpt.runtime import dp_sum
 
 
 def update(trainable, batch, algo, temperature: float, ppo_epochs: int, micro_batch: int, dp_size: int) -> dict:
     stats = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl_to_old": 0.0, "loss": 0.0}
-    total_tokens = float(batch.mask.sum().clamp(min=1))
+    total_tokens = max(dp_sum(float(batch.mask.sum())), 1.0)  # the whole data-parallel batch
     grad_norm, applied = 0.0, True
     for epoch in range(ppo_epochs):
         trainable.zero_grad()
@@ -26,6 +27,7 @@ def update(trainable, batch, algo, temperature: float, ppo_epochs: int, micro_ba
             _accumulate_gradients(trainable, batch, algo, temperature, micro_batch, dp_size,
                                   stats if epoch == 0 else None, total_tokens)
         applied, grad_norm = trainable.step()
+    stats = {key: dp_sum(value) for key, value in stats.items()}  # each rank summed its share of the batch
     stats.update(grad_norm=grad_norm, update_applied=float(applied))
     return stats
 
