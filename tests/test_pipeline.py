@@ -108,3 +108,19 @@ def test_unknown_stage_is_rejected(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rpt.cli", "pretrian"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "unknown stage" in proc.stderr
+
+
+def test_cnt_baseline_trains_on_the_selected_positions_and_is_evaluated(reference_run, tmp_path):
+    import math
+    import shutil
+
+    run = tmp_path / "cnt"
+    shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("wandb"))
+    run_ok(rpt_cmd(tmp_path, "cnt", "cnt", "rpt.steps=3"), cwd=tmp_path)
+    rows = stage_rows(run, "cnt")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    assert (run / "checkpoints" / "cnt" / "latest").exists()
+    run_ok(rpt_cmd(tmp_path, "cnt", "eval", "force=true"), cwd=tmp_path)
+    assert "cnt" in json.loads((run / "eval" / "next_token.json").read_text())["results"]
+    assert "cnt" in json.loads((run / "eval" / "downstream.json").read_text())["results"]
