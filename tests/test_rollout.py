@@ -89,3 +89,4 @@ def test_generation_stops_at_eos(tiny_model, tokenizer):
     first = int(logits[0, -1].argmax())
     ro = generate(tiny_model, prompts, 5, 0.0, 1.0, eos_id=first, pad_id=tokenizer.pad_id, seed=0, device="cpu")
     assert ro.response_lens.tolist() == [1, 1]  # the EOS itself is the only response token
+

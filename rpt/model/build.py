@@ -45,6 +45,7 @@ def transformer_config(model_cfg, dtype: torch.dtype) -> TransformerConfig:
         sequence_parallel=False,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
+        bias_activation_fusion=model_cfg.fused_swiglu,  # torch.compile'd SwiGLU forward/backward
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
