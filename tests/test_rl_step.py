@@ -58,6 +58,7 @@ def _cfg(overrides):
     ["algo.dynamic_sampling=true", "algo.max_refills=1"],
     ["algo.kl_coef=0.1"],
     ["rpt.ppo_epochs=2", "rpt.micro_batch_size=4"],
+    ["algo.reuse_update_forward=false"],  # a separate old-policy pass: the KL to it must still be exactly 0
 ])
 def test_rl_step_variants(overrides, runtime, tokenizer, tmp_path):
     cfg = _cfg(overrides)
