@@ -39,24 +39,33 @@ class IngestStats:
         return {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped)}
 
 
+def local_files(source: str, extensions, key: str) -> tuple[list[str], str] | None:
+    """The files a path or glob ``source`` names and their one shared extension, or None when ``source`` names
+    no file and looks like a hub dataset name; ``key`` names the config field in errors."""
+    files = sorted(glob.glob(os.path.expanduser(source)))
+    if files:
+        exts = {os.path.splitext(f)[1].lower() for f in files}
+        if len(exts) != 1 or next(iter(exts)) not in extensions:
+            raise ValueError(f"{key} files must share one of {sorted(extensions)}; got {sorted(exts)}")
+        return files, exts.pop()
+    if os.path.sep in source or source.startswith("."):
+        raise FileNotFoundError(f"{key} {source!r} matches no file")
+    return None
+
+
 def _load(data_cfg):
     import datasets
 
     source = data_cfg.source
-    files = sorted(glob.glob(os.path.expanduser(source)))
-    if files:
-        exts = {os.path.splitext(f)[1].lower() for f in files}
-        if len(exts) != 1 or next(iter(exts)) not in _BUILDERS:
-            raise ValueError(f"data.source files must share one of {sorted(_BUILDERS)}; got {sorted(exts)}")
-        ext = exts.pop()
+    local = local_files(source, _BUILDERS, "data.source")
+    if local:
+        files, ext = local
         builder = _BUILDERS[ext]
         kwargs = {"parquet": {}, "json": {"encoding_errors": "replace"},
                   "text": {"encoding_errors": "replace", "sample_by": "line" if ext == ".jsonl" else "document"}}
         ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=data_cfg.streaming,
                                    **kwargs[builder])
         return ds, ext
-    if os.path.sep in source or source.startswith("."):
-        raise FileNotFoundError(f"data.source {source!r} matches no file")
     # a hub dataset name (needs network access and, for gated sets, a token)
     return datasets.load_dataset(source, data_cfg.hub_config, split=data_cfg.hub_split,
                                  streaming=data_cfg.streaming), None

@@ -32,22 +32,21 @@ def _word_level_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<0>", eos_token="<2>", unk_token="<1>")
 
 
-class _StepTimer:
-    """A TrainerCallback (duck-typed) recording the wall time of every optimizer step."""
+def _step_timer():
+    """A TrainerCallback recording the wall time of every optimizer step."""
+    from transformers import TrainerCallback
 
-    def __init__(self):
-        self.times, self._t0 = [], None
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self._t0 = [], None
 
-    def __getattr__(self, name):  # every other callback event is a no-op
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
+        def on_step_begin(self, *args, **kwargs):
+            self._t0 = time.perf_counter()
 
-    def on_step_begin(self, *args, **kwargs):
-        self._t0 = time.perf_counter()
+        def on_step_end(self, *args, **kwargs):
+            self.times.append(time.perf_counter() - self._t0)
 
-    def on_step_end(self, *args, **kwargs):
-        self.times.append(time.perf_counter() - self._t0)
+    return StepTimer()
 
 
 def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc) -> dict:
@@ -61,7 +60,7 @@ def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc) -> dict:
     prompts_per_step, group = cfg.rpt.prompts_per_step, cfg.rollout.group_size
     prompts = [" ".join(f"<{t}>" for t in torch.randint(5, vocab, (bc.prompt_len,), generator=g).tolist())
                for _ in range(prompts_per_step * (bc.repeats + 1))]
-    timer = _StepTimer()
+    timer = _step_timer()
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(
             output_dir=tmp, use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",

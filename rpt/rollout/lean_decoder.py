@@ -59,8 +59,6 @@ class LeanDecoder:
 
     def _attention(self, layer, index: int, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        if s > 1 and self.length > 0:
-            raise ValueError("LeanDecoder: multi-token steps are only supported as the first (prefill) call")
         attn = layer.self_attention
         qkv = F.linear(x, attn.linear_qkv.weight, attn.linear_qkv.bias)
         per = self.heads // self.groups
@@ -88,6 +86,8 @@ class LeanDecoder:
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits ``[b, vocab]`` (float32) after the last of ``tokens`` ``[b, s]``, which follow the cache."""
+        if tokens.shape[1] > 1 and self.length > 0:
+            raise ValueError("LeanDecoder: multi-token steps are only supported as the first (prefill) call")
         model = self.model
         x = F.embedding(tokens, model.embedding.word_embeddings.weight)
         for index, layer in enumerate(model.decoder.layers):

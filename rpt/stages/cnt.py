@@ -50,8 +50,7 @@ def run(ctx) -> dict:
             loss.backward()
         applied, grad_norm = trainable.step()
         metrics.log(step + 1, {"loss": loss.item(), "grad_norm": grad_norm, "lr": trainable.lr})
-        preemption.end_of_step("cnt", step + 1, lc.steps, lc.checkpoint_every, metrics=metrics, save=lambda: (
-            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})))
+        preemption.end_of_step("cnt", step + 1, lc.steps, lc.checkpoint_every, ckpt_dir, trainable, metrics)
     metrics.close()
     return {"steps": lc.steps, "final_loss": None if loss is None else loss.item(),
             "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}

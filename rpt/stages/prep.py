@@ -45,22 +45,25 @@ def _write_demo(cfg, rd, ctx) -> dict:
             for name, texts in (("pretrain", pre), ("rpt", rpt))}
 
 
-def _write_part(cfg, rd, ctx, tok) -> IngestStats:
+def _write_part(cfg, rd, ctx, tok) -> tuple[IngestStats, dict]:
     """This process's shard of the source into ``data/parts/<split>.rank<r>``, plus the split of every document
-    in stream order (``<r>.order``: one byte per document, so the merge can replay the stream)."""
+    in stream order (``<r>.order``: one byte per document, so the merge can replay the stream). A single process
+    writes the final ``data/<split>`` directly (its stream is already deduplicated and capped); returns the
+    ingest counts and the manifests written."""
     rt, stats = ctx.rt, IngestStats()
     parts = rd.data / "parts"
-    writers = {name: IndexedWriter(parts / f"{name}.rank{rt.rank}", tok.vocab_size) for name in SPLITS}
+    prefix = {name: rd.data / name if rt.world_size == 1 else parts / f"{name}.rank{rt.rank}" for name in SPLITS}
+    writers = {name: IndexedWriter(prefix[name], tok.vocab_size) for name in SPLITS}
     order = bytearray()
     docs = iter_documents(cfg.data, stats, rt.rank, rt.world_size)
     for did, text in ctx.progress(docs, desc=f"tokenize (rank {rt.rank})"):
         split = _split_of(did, cfg.data.rpt_fraction)
         writers[split].add(did, tok.encode(text))
         order.append(SPLITS.index(split))
-    for writer in writers.values():
-        writer.close()
-    (parts / f"{rt.rank}.order").write_bytes(bytes(order))
-    return stats
+    manifests = {name: writer.close() for name, writer in writers.items()}
+    if rt.world_size > 1:
+        (parts / f"{rt.rank}.order").write_bytes(bytes(order))
+    return stats, manifests
 
 
 def _merge_parts(cfg, rd, world: int, shard_stats: list[IngestStats], vocab_size: int) -> tuple[dict, IngestStats]:
@@ -111,14 +114,13 @@ def run(ctx) -> dict:
             _train_tokenizer_on_sample(cfg, rd)
         ctx.barrier()
         tok = Tokenizer.from_run(rd)
-        stats = _write_part(cfg, rd, ctx, tok)
-        shard_stats = [stats]
+        stats, summary["splits"] = _write_part(cfg, rd, ctx, tok)
         if rt.world_size > 1:
             shard_stats = [None] * rt.world_size
             dist.all_gather_object(shard_stats, stats)
-        if rt.is_main:
-            summary["splits"], stats = _merge_parts(cfg, rd, rt.world_size, shard_stats, tok.vocab_size)
-            log_summary(stats)
+            if rt.is_main:
+                summary["splits"], stats = _merge_parts(cfg, rd, rt.world_size, shard_stats, tok.vocab_size)
+                log_summary(stats)
     error = None
     if rt.is_main:
         write_json(rd.data / "ingest_summary.json", stats.as_dict())

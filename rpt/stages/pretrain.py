@@ -49,7 +49,6 @@ def run(ctx) -> dict:
             metrics.log(step + 1, last)
             bar.set_postfix(loss=f"{last['loss']:.3f}")
             loss_sum, since_log, t0, tokens_seen = 0.0, 0, time.perf_counter(), 0
-        preemption.end_of_step("pretrain", step + 1, pc.steps, pc.checkpoint_every, metrics=metrics, save=lambda: (
-            checkpoint.save(ckpt_dir, step + 1, trainable, {"wandb_id": metrics.wandb_id})))
+        preemption.end_of_step("pretrain", step + 1, pc.steps, pc.checkpoint_every, ckpt_dir, trainable, metrics)
     metrics.close()
     return {"steps": pc.steps, "final_loss": last.get("loss"), "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}

@@ -8,10 +8,9 @@ Records with an empty question or answer are counted and skipped, never fatal.
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 
+from data_prep.corpus import local_files
 from rpt.reward.math_answer import answers_match, reference_answer
 from rpt.reward.next_token import extract_answer
 from rpt.tasks.base import epoch_order
@@ -28,15 +27,11 @@ def load_qa_records(qa_cfg, split: str):
 
     if not qa_cfg.path:
         raise ValueError("rl_task.source=dataset needs rl_task.dataset.path (a hub name or local files)")
-    files = sorted(glob.glob(os.path.expanduser(qa_cfg.path)))
-    if files:
-        exts = {os.path.splitext(f)[1].lower() for f in files}
-        if len(exts) != 1 or next(iter(exts)) not in _BUILDERS:
-            raise ValueError(f"rl_task.dataset.path files must share one of {sorted(_BUILDERS)}; got {sorted(exts)}")
+    local = local_files(qa_cfg.path, _BUILDERS, "rl_task.dataset.path")
+    if local:
+        files, ext = local
         split = "train" + split[split.index("["):] if "[" in split else "train"
-        return datasets.load_dataset(_BUILDERS[exts.pop()], data_files=files, split=split)
-    if os.path.sep in qa_cfg.path or qa_cfg.path.startswith("."):
-        raise FileNotFoundError(f"rl_task.dataset.path {qa_cfg.path!r} matches no file")
+        return datasets.load_dataset(_BUILDERS[ext], data_files=files, split=split)
     return datasets.load_dataset(qa_cfg.path, qa_cfg.name, split=split)
 
 

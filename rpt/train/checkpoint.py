@@ -99,9 +99,6 @@ def load(step_dir: Path, trainable) -> dict:
     trainable.model.module.load_state_dict(loaded["model"])
     if state["has_optimizer_state"]:
         trainable.optimizer.load_state_dict(loaded["optimizer"])
-    # megatron's load_state_dict *adds* the saved step count (via step(increment=n)) to the current one, and
-    # build_trainable has already advanced the fresh scheduler once: start from zero so the count is exact
-    trainable.scheduler.num_steps = 0
     trainable.scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"])
     log.info("resumed from %s (step %d)", step_dir, state["step"])

@@ -27,10 +27,15 @@ class Trainable:
         self.optimizer.zero_grad()
 
     def step(self) -> tuple[bool, float]:
-        """Finish the gradient all-reduce, clip, step; returns (applied, grad_norm)."""
+        """Finish the gradient all-reduce, clip, step; returns (applied, grad_norm).
+
+        The schedule advances *before* the update, so optimizer step k (from 0) uses lr(k + 1): megatron's lr(0) is
+        init_lr = 0 during warm-up, which would make the first update a no-op, and the last step lands exactly on
+        min_lr. ``lr`` then reports the rate the last update used, and the scheduler's count equals the number
+        of completed steps (what a checkpoint stores)."""
         self.model.finish_grad_sync()
-        applied, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
+        applied, grad_norm, _ = self.optimizer.step()
         return bool(applied), float(grad_norm or 0.0)
 
     @property
@@ -60,7 +65,4 @@ def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int)
         lr_warmup_steps=warmup, lr_decay_steps=max(total_steps, warmup + 1), lr_decay_style="cosine",
         start_wd=train_cfg.weight_decay, end_wd=train_cfg.weight_decay, wd_incr_steps=max(total_steps, 1),
         wd_incr_style="constant")
-    # megatron's schedule gives lr(0) = init_lr = 0 during warm-up, which would make the first update a no-op:
-    # advance once so optimizer step k uses lr(k + 1) (the last step lands exactly on min_lr)
-    scheduler.step(increment=1)
     return Trainable(ddp, optimizer, scheduler)

@@ -14,6 +14,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from rpt.train import checkpoint
+
 log = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 99  # exit status meaning "checkpointed on a preemption signal: requeue me"
@@ -44,12 +46,13 @@ def should_stop() -> bool:
     return bool(flag.item())
 
 
-def end_of_step(stage: str, step: int, total: int, every: int, save, metrics) -> None:
-    """After ``step`` completed steps: call ``save()`` when a checkpoint is due (every ``every`` steps, at the
-    end, or on a preemption signal); on a signal also close ``metrics`` and raise ``Preempted``."""
+def end_of_step(stage: str, step: int, total: int, every: int, ckpt_dir, trainable, metrics) -> None:
+    """After ``step`` completed steps: checkpoint ``trainable`` (with the W&B run id of ``metrics``) when due:
+    every ``every`` steps, at the end, or on a preemption signal; on a signal also close ``metrics`` and raise
+    ``Preempted``."""
     stop = should_stop()
     if step % every == 0 or step == total or stop:
-        save()
+        checkpoint.save(ckpt_dir, step, trainable, {"wandb_id": metrics.wandb_id})
     if stop:
         metrics.close()
         raise Preempted(stage, step)

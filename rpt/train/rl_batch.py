@@ -104,10 +104,7 @@ def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg,
                                   dp_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
     batch = RLBatch(tokens, mask, adv.view(-1, 1), old_logp, entropy, rollouts.sample_logprobs[:, 1:],
                     train_mask, weights)
-    if old_logp is None:
-        if algo.policy_loss in ("clip_cov", "kl_cov") or algo.forking_rho > 0:
-            raise ValueError("build_batch: this loss needs the old-policy pass (old_from_update=False)")
-    else:
+    if old_logp is not None:
         batch.cov = token_covariance(old_logp, batch.adv.expand_as(old_logp), mask)
     if algo.policy_loss == "clip_cov":
         batch.detach_mask = clip_cov_mask(batch.cov, mask, algo.clip_cov_ratio, algo.clip_cov_low,

@@ -176,9 +176,8 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg) -> dict:
         metrics_log.log(step + 1, m)
         history.append(m)
         bar.set_postfix(reward=f"{m.get('reward_mean', 0):.3f}", H=f"{m.get('entropy', 0):.2f}")
-        preemption.end_of_step(stage_name, step + 1, loop_cfg.steps, loop_cfg.checkpoint_every, metrics=metrics_log,
-                               save=lambda: checkpoint.save(ckpt_dir, step + 1, trainable,
-                                                            {"wandb_id": metrics_log.wandb_id}))
+        preemption.end_of_step(stage_name, step + 1, loop_cfg.steps, loop_cfg.checkpoint_every, ckpt_dir, trainable,
+                               metrics_log)
     metrics_log.close()
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir)),
