@@ -8,6 +8,7 @@ and a misspelled key is rejected with its name.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -68,7 +69,8 @@ def main_from_config(cfg: DictConfig) -> None:
         if cfg.stage == "bench":
             from rpt.bench import run_bench
 
-            result = run_bench(cfg, rt)
+            with contextlib.redirect_stdout(sys.stderr):  # peers' prints must not corrupt the JSON on stdout
+                result = run_bench(cfg, rt)
             if rt.is_main:
                 print(json.dumps(result, indent=2))
         elif cfg.stage == "pipeline":
