@@ -145,6 +145,8 @@ class AlgoConfig:
     max_refills: int = 2  # extra rollout batches per step when refilling
     reuse_update_forward: bool = True  # ppo_epochs=1 and no forking/Clip-Cov/KL-Cov: old log-probs from the update's
     # own first forward (same weights, same tokens: identical values) instead of a separate pass; false = always a pass
+    share_prompt: bool = True  # trainer forwards score a group's G responses over one copy of their prompt
+    # (rpt.model.shared_prefix; same numbers to float rounding, ~(G-1)/G of the prompt compute saved)
 
 
 @dataclass

@@ -7,6 +7,8 @@ built for many features, which costs more host time per token than the arithmeti
 HF ``generate``). This module reads the model's own parameters (no copies, so it always sees the current weights)
 and runs each layer as a handful of torch calls: RMSNorm, fused QKV projection split by query group, RoPE,
 a preallocated KV cache written in place, SDPA with grouped-query heads, output projection, SwiGLU MLP.
+The prefill runs once per run of identical rows (a GRPO group's G copies of one prompt) and copies the keys and
+values into each row's cache, so a group's prompt costs one forward instead of G.
 
 Scope: the architecture ``rpt.model.build`` makes (RMSNorm, SwiGLU, RoPE without interleaving, GQA, optional
 QKV bias, tied or untied output), tensor- and pipeline-parallel size 1. ``supports(model)`` says whether a model
@@ -56,6 +58,7 @@ class LeanDecoder:
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, head_dim]
         self.cos, self.sin = emb.cos().to(param.dtype), emb.sin().to(param.dtype)
         self.length = 0  # positions already in the cache
+        self._copies = None  # during a shared prefill: how many cache rows each computed row fills
 
     def _attention(self, layer, index: int, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -70,9 +73,14 @@ class LeanDecoder:
         cos, sin = self.cos[start:end], self.sin[start:end]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        self.k_cache[index][:, :, start:end] = k
-        self.v_cache[index][:, :, start:end] = v
-        keys, values = self.k_cache[index][:, :, :end], self.v_cache[index][:, :, :end]
+        if self._copies is not None:  # prefill of unique rows: attend within them, fill every copy's cache
+            self.k_cache[index][:, :, start:end] = k.repeat_interleave(self._copies, 0)
+            self.v_cache[index][:, :, start:end] = v.repeat_interleave(self._copies, 0)
+            keys, values = k, v
+        else:
+            self.k_cache[index][:, :, start:end] = k
+            self.v_cache[index][:, :, start:end] = v
+            keys, values = self.k_cache[index][:, :, :end], self.v_cache[index][:, :, :end]
         # a prefill attends causally within itself; a single new token attends to everything cached
         out = F.scaled_dot_product_attention(q, keys, values, is_causal=s > 1 and start == 0, scale=self.scale,
                                              enable_gqa=self.groups != self.heads)
@@ -89,6 +97,8 @@ class LeanDecoder:
         if tokens.shape[1] > 1 and self.length > 0:
             raise ValueError("LeanDecoder: multi-token steps are only supported as the first (prefill) call")
         model = self.model
+        if tokens.shape[1] > 1:
+            tokens, self._copies = _unique_runs(tokens)
         x = F.embedding(tokens, model.embedding.word_embeddings.weight)
         for index, layer in enumerate(model.decoder.layers):
             x = x + self._attention(layer, index, layer.input_layernorm(x))
@@ -97,4 +107,16 @@ class LeanDecoder:
         x = model.decoder.final_layernorm(x[:, -1])
         out_weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
                       else model.output_layer.weight)
-        return F.linear(x, out_weight).float()
+        logits = F.linear(x, out_weight).float()
+        if self._copies is not None:
+            logits, self._copies = logits.repeat_interleave(self._copies, 0), None
+        return logits
+
+
+def _unique_runs(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first row of every run of identical consecutive rows, and each run's length."""
+    starts = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    starts[1:] = (tokens[1:] != tokens[:-1]).any(1)
+    first = starts.nonzero().squeeze(-1)
+    ends = torch.cat([first[1:], first.new_tensor([tokens.shape[0]])])
+    return tokens[first], ends - first

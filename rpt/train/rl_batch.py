@@ -3,7 +3,8 @@ per-token quantity that must be fixed over the *global* batch before the update 
 forking-token mask, Clip-Cov / KL-Cov choices, reference log-probs).
 
 Token t of a sequence is predicted from positions < t, so all per-token tensors here are ``[N, T-1]`` aligned with
-``tokens[:, 1:]``.
+``tokens[:, 1:]``. Rows come in GRPO groups of G consecutive sequences; micro-batches hold whole groups, so every
+trainer forward (``RLBatch.forward``) can score a group over one copy of its prompt (``algo.share_prompt``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rpt.algo.losses import aggregation_weights
 from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
 from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import full_logits, logprobs_and_entropy
+from rpt.model.shared_prefix import group_layout, shared_prompt_logprobs
 from rpt.runtime import dp_sum
 from rpt.rollout.engine import Rollouts
 
@@ -30,15 +32,31 @@ class RLBatch:
     entropy: torch.Tensor | None  # [N, T-1]; as old_logp
     sample_logp: torch.Tensor  # [N, T-1]
     train_mask: torch.Tensor  # [N, T-1] tokens that receive gradient (forking mask applied)
-    weights: torch.Tensor  # [N, T-1] aggregation weights (global normalisation)
+    weights: torch.Tensor | None  # [N, T-1] aggregation weights (global normalisation); set by build_batch
     detach_mask: torch.Tensor | None = None  # Clip-Cov
     kl_cov_mask: torch.Tensor | None = None  # KL-Cov
     ref_logp: torch.Tensor | None = None  # reference policy (KL penalty)
     cov: torch.Tensor | None = None  # per-token covariance statistics
+    prompt_lens: torch.Tensor | None = None  # [N]
+    group_size: int = 1  # G > 1: forwards share each group's prompt (``forward``)
 
     def micro_batches(self, size: int):
+        """Row ranges of at most ``size`` sequences (at least one group), cut between groups."""
+        size = max(self.group_size, size - size % self.group_size)
         for s in range(0, self.tokens.shape[0], size):
             yield s, min(s + size, self.tokens.shape[0])
+
+    def forward(self, model, s: int, e: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies (``[e-s, T-1]``) of rows ``s:e`` under ``model`` at ``temperature``; over one copy of
+        each group's prompt when the rows are groups sharing it, otherwise a plain causal forward."""
+        tokens = self.tokens[s:e]
+        layout = None
+        if self.group_size > 1:
+            response = torch.nn.functional.pad(self.mask[s:e], (1, 0), value=False)
+            layout = group_layout(tokens, self.prompt_lens[s:e], response, self.group_size)
+        if layout is None:
+            return logprobs_and_entropy(full_logits(model, tokens[:, :-1]) / temperature, tokens[:, 1:])
+        return shared_prompt_logprobs(model, layout, e - s, tokens.shape[1] - 1, temperature)
 
 
 def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
@@ -54,16 +72,10 @@ def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
 
 @shims_suspended()
 @torch.no_grad()
-def policy_stats(model, tokens: torch.Tensor, temperature: float, micro_batch: int):
+def policy_stats(model, batch: RLBatch, temperature: float, micro_batch: int):
     """Log-probs and entropies of ``tokens[:, 1:]`` under ``model`` at the sampling temperature."""
-    logps, ents = [], []
-    for s in range(0, tokens.shape[0], micro_batch):
-        chunk = tokens[s:s + micro_batch]
-        logits = full_logits(model, chunk[:, :-1]) / temperature
-        lp, ent = logprobs_and_entropy(logits, chunk[:, 1:])
-        logps.append(lp)
-        ents.append(ent)
-    return torch.cat(logps), torch.cat(ents)
+    parts = [batch.forward(model, s, e, temperature) for s, e in batch.micro_batches(micro_batch)]
+    return torch.cat([lp for lp, _ in parts]), torch.cat([ent for _, ent in parts])
 
 
 def _global_values(x: torch.Tensor) -> torch.Tensor:
@@ -92,18 +104,21 @@ def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg,
     ``can_reuse_update_forward``): ``rl_update.update`` then fills ``old_logp`` / ``entropy`` / ``cov``."""
     tokens = rollouts.tokens
     mask = rollouts.response_mask[:, 1:]
-    old_logp, entropy = (None, None) if old_from_update else policy_stats(model, tokens, rollout_cfg.temperature,
-                                                                          micro_batch)
+    batch = RLBatch(tokens, mask, adv.view(-1, 1), old_logp=None, entropy=None,
+                    sample_logp=rollouts.sample_logprobs[:, 1:], train_mask=mask, weights=None,
+                    prompt_lens=rollouts.prompt_lens, group_size=rollout_cfg.group_size if algo.share_prompt else 1)
+    if not old_from_update:
+        batch.old_logp, batch.entropy = policy_stats(model, batch, rollout_cfg.temperature, micro_batch)
+    old_logp, entropy = batch.old_logp, batch.entropy
     train_mask = mask
     if algo.forking_rho > 0:
         threshold_src = _global_values(entropy[mask])
         if threshold_src.numel():
             tau = torch.quantile(threshold_src.float(), 1.0 - algo.forking_rho)
             train_mask = mask & (entropy >= tau)
-    weights = aggregation_weights(train_mask, algo.loss_agg, dp_sum(float(train_mask.sum())),
-                                  dp_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
-    batch = RLBatch(tokens, mask, adv.view(-1, 1), old_logp, entropy, rollouts.sample_logprobs[:, 1:],
-                    train_mask, weights)
+    batch.train_mask = train_mask
+    batch.weights = aggregation_weights(train_mask, algo.loss_agg, dp_sum(float(train_mask.sum())),
+                                        dp_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
     if old_logp is not None:
         batch.cov = token_covariance(old_logp, batch.adv.expand_as(old_logp), mask)
     if algo.policy_loss == "clip_cov":
@@ -114,7 +129,7 @@ def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg,
     if algo.kl_coef > 0:
         if ref_model is None:
             raise ValueError("algo.kl_coef > 0 needs a reference model")
-        batch.ref_logp, _ = policy_stats(ref_model, tokens, rollout_cfg.temperature, micro_batch)
+        batch.ref_logp, _ = policy_stats(ref_model, batch, rollout_cfg.temperature, micro_batch)
     return batch
 
 

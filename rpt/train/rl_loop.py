@@ -103,7 +103,7 @@ def entropy_analysis(cfg, batch, rollouts, tok, step: int, init_model=None) -> d
         "forking_token_share": float((batch.entropy[mask] > ac.forking_threshold).float().mean()) if mask.any() else 0.0,
     }
     if init_model is not None and ac.overlap_every and step % ac.overlap_every == 0 and mask.any():
-        _, init_entropy = policy_stats(init_model, batch.tokens, cfg.rollout.temperature, cfg.rpt.micro_batch_size)
+        _, init_entropy = policy_stats(init_model, batch, cfg.rollout.temperature, cfg.rpt.micro_batch_size)
         now, then = forking_mask(batch.entropy, mask, ac.overlap_rho), forking_mask(init_entropy, mask, ac.overlap_rho)
         out["forking_overlap_with_init"] = float((now & then).sum()) / max(float(now.sum()), 1.0)
     return out

@@ -13,7 +13,6 @@ import torch
 from rpt.algo.losses import kl_k3, policy_terms
 from rpt.algo.masks import token_covariance
 from rpt.model.cpu_compat import shims_suspended
-from rpt.model.forward import full_logits, logprobs_and_entropy
 from rpt.runtime import dp_sum
 
 
@@ -39,9 +38,7 @@ def _accumulate_gradients(trainable, batch, algo, temperature, micro_batch, dp_s
         batch.old_logp = torch.zeros(batch.mask.shape, dtype=torch.float32, device=batch.tokens.device)
         batch.entropy = torch.zeros_like(batch.old_logp)
     for s, e in batch.micro_batches(micro_batch):
-        tokens = batch.tokens[s:e]
-        logits = full_logits(trainable.model, tokens[:, :-1]) / temperature
-        logp, entropy = logprobs_and_entropy(logits, tokens[:, 1:])
+        logp, entropy = batch.forward(trainable.model, s, e, temperature)
         if fill:
             batch.old_logp[s:e] = logp.detach()
             batch.entropy[s:e] = entropy.detach()
