@@ -49,6 +49,27 @@ def test_lean_decoder_logits_equal_a_plain_forward(runtime, qkv_bias, tied):
         make_decoder(model, 3, 11, "vllm")
 
 
+def test_lean_decoder_ragged_prefill_equals_each_rows_own_forward(tiny_model):
+    """Prompts of different lengths (two rows sharing one) are prefilled at once: the logits after each prompt, and
+    after every later token, equal a plain forward over that row alone."""
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randint(3, 300, (n,), generator=g) for n in (7, 3, 7, 1)]
+    rows.insert(1, rows[0].clone())  # rows 0 and 1 adjacent copies: prefilled once
+    rows += [torch.tensor([9, 9, 4]), torch.tensor([9, 4])]  # different prompts that look alike once left-padded
+    lens = torch.tensor([len(r) for r in rows])
+    follow = torch.randint(3, 300, (len(rows), 4), generator=g)
+    prompts = torch.zeros(len(rows), int(lens.max()), dtype=torch.long)
+    for i, r in enumerate(rows):
+        prompts[i, :len(r)] = r
+    decoder = LeanDecoder(tiny_model, batch=len(rows), max_len=int(lens.max()) + 4)
+    steps = [decoder.prefill(prompts, lens)] + [decoder.forward(follow[:, t:t + 1]) for t in range(3)]
+    with torch.no_grad():
+        for i, r in enumerate(rows):
+            reference = full_logits(tiny_model, torch.cat([r, follow[i, :3]]).unsqueeze(0))[0]
+            for t, logits in enumerate(steps):
+                torch.testing.assert_close(logits[i], reference[len(r) - 1 + t], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cached_greedy_matches_uncached_for_mixed_prompt_lengths(tiny_model, tokenizer, engine):
     prompts = [tokenizer.encode("3 + 4 = <think>"), tokenizer.encode("12 - 3 + 5 - 7 = <think>"), [5]]

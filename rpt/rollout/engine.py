@@ -1,10 +1,12 @@
 """Batched, KV-cached sampling of completions: the lean decoder (``rpt.rollout.lean_decoder``) where the model
 qualifies, megatron-core's ``StaticInferenceContext`` path otherwise (``rollout.engine`` chooses).
 
-All sequences of a batch advance in lockstep: the cache is prefilled with the shortest prompt, then each step
-feeds one token per sequence, the prompt's own token while a longer prompt is still being read (teacher forcing)
-and the sampled one afterwards. Positions therefore match a plain causal forward exactly (no left padding, no
-position shift), so the trainer's recomputed log-probs are comparable with the sampler's.
+Each step feeds one token per sequence. The lean decoder prefills every prompt whole (ragged lengths, each row
+at its own positions), so generation takes ``max_new_tokens`` steps whatever the spread of prompt lengths. The
+megatron path advances all rows in lockstep instead: its cache is prefilled with the shortest prompt and a longer
+prompt's remaining tokens are fed one per step (teacher forcing). Either way every token sits at the position a
+plain causal forward over its own row gives it, so the trainer's recomputed log-probs are comparable with the
+sampler's. Rows are written at per-row columns (``col``), right-padded, in the same layout for both.
 
 The log-prob of every sampled token under the sampling distribution (``logits / temperature`` after top-p) is
 kept for the train/rollout gap metric. Sampling draws from an explicit ``torch.Generator`` so a rollout is a pure
@@ -108,26 +110,33 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     was_training = model.training
     model.eval()
     decoder = make_decoder(model, n, total, engine)
-    start = int(lens.min())
-    logits = decoder.forward(tokens[:, :start])
-    for t in range(start, total):
+    if getattr(decoder, "ragged_prefill", False):
+        logits = decoder.prefill(tokens[:, :int(lens.max())], lens)
+        col = lens.clone()  # the column each row writes next
+    else:
+        start = int(lens.min())
+        logits = decoder.forward(tokens[:, :start])
+        col = torch.full_like(lens, start)
+    rows = torch.arange(n, device=device)
+    while True:
         sampled, lp = _sample(logits, temperature, top_p, generator)
-        in_prompt = t < lens
+        in_prompt = col < lens
         gen = ~in_prompt & ~done
-        tokens[:, t] = torch.where(in_prompt, tokens[:, t], torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
-        mask[:, t] = gen
-        sample_lp[:, t] = torch.where(gen, lp, torch.zeros_like(lp))
-        finished = (sampled == eos_id) | (t + 1 - lens >= max_new_tokens)
+        tokens[rows, col] = torch.where(in_prompt, tokens[rows, col],
+                                        torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
+        mask[rows, col] = gen
+        sample_lp[rows, col] = torch.where(gen, lp, torch.zeros_like(lp))
+        finished = (sampled == eos_id) | (col + 1 - lens >= max_new_tokens)
         if stop is not None:
-            rows = gen.nonzero().squeeze(-1).tolist()
             ids = sampled.tolist()
-            for i in rows:
+            for i in gen.nonzero().squeeze(-1).tolist():
                 if stop.update(i, ids[i]):
                     finished[i] = True
         done |= gen & finished
-        if bool(done.all()) or t + 1 == total:
+        if bool(done.all()) or int(col.max()) + 1 == total:
             break
-        logits = decoder.forward(tokens[:, t:t + 1])
+        logits = decoder.forward(tokens[rows, col].unsqueeze(1))
+        col = col + 1
     model.train(was_training)
     width = int((mask.any(0).nonzero().max() + 1) if mask.any() else lens.max())
     return Rollouts(tokens[:, :width].clone(), lens, mask[:, :width].clone(), sample_lp[:, :width].clone())

@@ -41,7 +41,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class LeanDecoder:
-    """Prefill once, then one token per sequence per step, against a preallocated KV cache of ``max_len``."""
+    """Prefill every row's prompt (ragged lengths allowed: ``prefill``), then one token per sequence per step,
+    against a preallocated KV cache of ``max_len``.
+
+    Ragged prompts are stored left-padded: row i's cache starts at column ``offsets[i]``, its token at column c
+    has rotary position ``c - offsets[i]``, and padded columns are masked out of attention. The positions a token
+    sees are therefore exactly those of a plain causal forward over its own row."""
+
+    ragged_prefill = True  # ``rpt.rollout.engine.generate`` may hand over all prompts at once
 
     def __init__(self, model, batch: int, max_len: int):
         self.model = model
@@ -57,8 +64,26 @@ class LeanDecoder:
         freqs = torch.outer(positions, model.rotary_pos_emb.inv_freq.float().to(param.device))
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, head_dim]
         self.cos, self.sin = emb.cos().to(param.dtype), emb.sin().to(param.dtype)
-        self.length = 0  # positions already in the cache
+        self.length = 0  # cache columns filled
+        self.offsets = None  # [batch] left padding of each row's cache; None = no row is padded
         self._copies = None  # during a shared prefill: how many cache rows each computed row fills
+        self._rows_offsets = None  # offsets of the rows being computed in this call
+        self._mask_cache = None  # this call's (cos, sin, mask), computed at layer 0
+
+    def _rope_and_mask(self, b: int, s: int, device):
+        """cos/sin for this call's columns and the boolean attention mask (None: plain causal / full)."""
+        start, end = self.length, self.length + s
+        offsets = self._rows_offsets
+        if offsets is None:
+            return self.cos[start:end], self.sin[start:end], None
+        cols = torch.arange(start, end, device=device)
+        pos = (cols.view(1, -1) - offsets.view(-1, 1)).clamp(min=0)  # [b, s]
+        keys = torch.arange(end, device=device)
+        mask = keys.view(1, 1, -1) >= offsets.view(-1, 1, 1)  # [b, 1, end]: not left padding
+        if s > 1:  # prefill: causal as well; a padding query keeps itself so its softmax has a key
+            mask = (mask & (keys.view(1, -1) <= cols.view(-1, 1))) | torch.eye(s, end, dtype=torch.bool,
+                                                                                device=device)
+        return self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1), mask.unsqueeze(1)
 
     def _attention(self, layer, index: int, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -70,7 +95,8 @@ class LeanDecoder:
         k = qkv[:, :, :, per].transpose(1, 2)  # [b, g, s, d]
         v = qkv[:, :, :, per + 1].transpose(1, 2)
         start, end = self.length, self.length + s
-        cos, sin = self.cos[start:end], self.sin[start:end]
+        cos, sin, mask = self._mask_cache if index else self._rope_and_mask(b, s, x.device)
+        self._mask_cache = (cos, sin, mask)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         if self._copies is not None:  # prefill of unique rows: attend within them, fill every copy's cache
@@ -82,7 +108,8 @@ class LeanDecoder:
             self.v_cache[index][:, :, start:end] = v
             keys, values = self.k_cache[index][:, :, :end], self.v_cache[index][:, :, :end]
         # a prefill attends causally within itself; a single new token attends to everything cached
-        out = F.scaled_dot_product_attention(q, keys, values, is_causal=s > 1 and start == 0, scale=self.scale,
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                             is_causal=mask is None and s > 1 and start == 0, scale=self.scale,
                                              enable_gqa=self.groups != self.heads)
         out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
         return F.linear(out, attn.linear_proj.weight)
@@ -92,13 +119,27 @@ class LeanDecoder:
         return F.linear(F.silu(gate) * up, layer.mlp.linear_fc2.weight)
 
     @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[b, vocab]`` after the last token of each prompt; ``tokens`` ``[b, max(lens)]`` right-padded."""
+        width = tokens.shape[1]
+        offsets = width - lens.to(tokens.device)
+        if bool((offsets == 0).all()):
+            return self.forward(tokens)
+        cols = torch.arange(width, device=tokens.device)
+        self.offsets = offsets
+        return self.forward(tokens.gather(1, (cols.view(1, -1) - offsets.view(-1, 1)).clamp(min=0)))
+
+    @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits ``[b, vocab]`` (float32) after the last of ``tokens`` ``[b, s]``, which follow the cache."""
         if tokens.shape[1] > 1 and self.length > 0:
             raise ValueError("LeanDecoder: multi-token steps are only supported as the first (prefill) call")
         model = self.model
+        self._rows_offsets = self.offsets
         if tokens.shape[1] > 1:
-            tokens, self._copies = _unique_runs(tokens)
+            first, self._copies = _unique_runs(tokens, self.offsets)
+            tokens = tokens[first]
+            self._rows_offsets = None if self.offsets is None else self.offsets[first]
         x = F.embedding(tokens, model.embedding.word_embeddings.weight)
         for index, layer in enumerate(model.decoder.layers):
             x = x + self._attention(layer, index, layer.input_layernorm(x))
@@ -113,10 +154,13 @@ class LeanDecoder:
         return logits
 
 
-def _unique_runs(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first row of every run of identical consecutive rows, and each run's length."""
+def _unique_runs(tokens: torch.Tensor, offsets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the first row of every run of identical consecutive rows (same tokens and same left padding),
+    and each run's length."""
     starts = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     starts[1:] = (tokens[1:] != tokens[:-1]).any(1)
+    if offsets is not None:
+        starts[1:] |= offsets[1:] != offsets[:-1]
     first = starts.nonzero().squeeze(-1)
     ends = torch.cat([first[1:], first.new_tensor([tokens.shape[0]])])
-    return tokens[first], ends - first
+    return first, ends - first
