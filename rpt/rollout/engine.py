@@ -9,8 +9,10 @@ plain causal forward over its own row gives it, so the trainer's recomputed log-
 sampler's. Rows are written at per-row columns (``col``), right-padded, in the same layout for both.
 
 The log-prob of every sampled token under the sampling distribution (``logits / temperature`` after top-p) is
-kept for the train/rollout gap metric. Sampling draws from an explicit ``torch.Generator`` so a rollout is a pure
-function of (weights, prompts, seed): resumed runs reproduce it exactly.
+kept for the train/rollout gap metric. The k-th generated token of row i is drawn with the uniform number
+``U[i, k]`` of one table drawn up front from an explicit ``torch.Generator``, so a rollout is a pure function of
+(weights, prompts, seed), whichever engine or prefill produced the logits: resumed runs reproduce it exactly and
+the lean and megatron engines (used by one process and by tensor-parallel runs) sample the same tokens.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class Rollouts:
         return self.tokens[i][self.response_mask[i]].tolist()
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; returns (tokens, their log-prob under the sampling distribution)."""
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row by inverting its CDF at ``uniform`` (``[rows]`` in [0, 1)); returns (tokens, their
+    log-prob under the sampling distribution)."""
     if temperature <= 0:
         tok = logits.argmax(-1)
         return tok, torch.zeros_like(tok, dtype=torch.float32)
@@ -51,7 +55,9 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
         sorted_lp = sorted_lp.masked_fill(~keep, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_lp)
         logp = torch.log_softmax(logp, dim=-1)
-    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    cdf = logp.exp().cumsum(-1)
+    point = (uniform * cdf[:, -1]).unsqueeze(-1)  # scaled by the float total, so every point lands in the CDF
+    tok = torch.searchsorted(cdf, point, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
     return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
 
 
@@ -104,7 +110,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     mask = torch.zeros(n, total, dtype=torch.bool, device=device)
     sample_lp = torch.zeros(n, total, dtype=torch.float32, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    uniforms = torch.rand(n, max_new_tokens, generator=torch.Generator().manual_seed(seed)).to(device)
     if stop is not None:
         stop.reset(n)
     was_training = model.training
@@ -119,8 +125,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         col = torch.full_like(lens, start)
     rows = torch.arange(n, device=device)
     while True:
-        sampled, lp = _sample(logits, temperature, top_p, generator)
         in_prompt = col < lens
+        sampled, lp = _sample(logits, temperature, top_p,
+                              uniforms[rows, (col - lens).clamp(0, max_new_tokens - 1)])
         gen = ~in_prompt & ~done
         tokens[rows, col] = torch.where(in_prompt, tokens[rows, col],
                                         torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
