@@ -34,7 +34,7 @@ class SharedPrefixMask:
     prompt_cols: int  # P: columns holding the (padded) prompt
     group_size: int  # G: responses per row
     response_cols: int  # R: columns per (padded) response
-    response_keys: torch.Tensor  # [rows * G, 1, R, P + R] bool, True = may attend
+    response_keys: torch.Tensor  # [rows * G or 1, 1, R, P + R] bool, True = may attend
 
     def attend(self, q, k, v, scale: float, dropout: float) -> torch.Tensor:
         """SDPA over the shared layout. ``q``: ``[b, h, S, d]``, ``k``/``v``: ``[b, hk, S, d]``; returns ``[b, h, S, d]``."""
@@ -112,7 +112,10 @@ def group_layout(tokens: torch.Tensor, prompt_lens: torch.Tensor, response_mask:
     keys = torch.arange(P + R, device=device)
     prompt_keys = (keys < P) & (keys.view(1, -1) < plen.view(-1, 1))  # [rows, P + R]
     own_keys = (keys >= P) & (keys.view(1, -1) - P <= t.view(-1, 1))  # [R, P + R]
-    response_keys = prompt_keys.repeat_interleave(G, 0).view(n, 1, 1, P + R) | own_keys.view(1, 1, R, P + R)
+    if bool((plen == P).all()):  # one prompt length (e.g. contexts cut to a fixed budget): one mask for all rows
+        response_keys = (prompt_keys[:1] | own_keys).view(1, 1, R, P + R)
+    else:
+        response_keys = prompt_keys.repeat_interleave(G, 0).view(n, 1, 1, P + R) | own_keys.view(1, 1, R, P + R)
     return GroupLayout(shared, positions, SharedPrefixMask(P, G, R, response_keys), source, targets, valid,
                        prompt_lens.to(device).view(-1, 1) - 1 + t)
 
