@@ -153,7 +153,7 @@ class AlgoConfig:
 class TrainLoopConfig:
     steps: int = 60  # RL steps (one rollout batch + one update each)
     prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
-    micro_batch_size: int = 64  # sequences per forward/backward micro-batch
+    micro_batch_size: int = 64  # sequences per forward/backward micro-batch (cut between groups: at least one group)
     ppo_epochs: int = 1  # passes over each rollout batch
     lr: float = 1.5e-4  # peak learning rate (RL updates are Adam-normalised: keep it small)
     min_lr: float = 1.5e-4  # final learning rate

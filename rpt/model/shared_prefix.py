@@ -15,7 +15,8 @@ prompt ``P``, each response to its longest response ``R``) and the model runs on
 
 megatron-core's packed-sequence path (THD, ``PackedSeqParams``) cannot express "many sequences share one prefix"
 and needs Transformer Engine, hence this module. The log-probs and entropies come back in the plain
-``[n, T-1]`` layout (aligned with ``tokens[:, 1:]``, zero outside the responses) so nothing downstream changes.
+``[n, T-1]`` layout (aligned with ``tokens[:, 1:]``, zero outside the responses) so nothing downstream changes;
+the output layer runs only on the hidden states that predict a response token (``output_columns``).
 """
 
 from __future__ import annotations
@@ -133,17 +134,32 @@ def rotary_positions(gpt_model, positions: torch.Tensor):
         handle.remove()
 
 
+@contextlib.contextmanager
+def output_columns(gpt_model, cols: torch.Tensor, rows: torch.Tensor):
+    """Run ``gpt_model``'s output layer only on the hidden states at ``(cols[i, t], rows[i])``: the forward then
+    returns logits ``[n, R, V]`` for those positions instead of ``[rows, S, V]`` for all (with a 150k vocabulary
+    the prompt's logits would be most of the activation memory)."""
+
+    def select(module, args, kwargs):  # hidden states arrive as [S, rows, h]
+        return (args[0][cols.t(), rows.view(1, -1)], *args[1:]), kwargs
+
+    handle = gpt_model.output_layer.register_forward_pre_hook(select, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def shared_prompt_logprobs(model, layout: GroupLayout, n: int, width: int, temperature: float):
     """Log-probs and full-distribution entropies of every response token, in the plain ``[n, width]`` layout
     (``width = T - 1``; zero outside the responses)."""
     gpt = model
     while hasattr(gpt, "module"):
         gpt = gpt.module
-    with rotary_positions(gpt, layout.positions):
+    rows = torch.arange(n, device=layout.tokens.device) // layout.mask.group_size
+    with rotary_positions(gpt, layout.positions), output_columns(gpt, layout.source_cols, rows):
         logits = model(layout.tokens, layout.positions, layout.mask, runtime_gather_output=True)
-    G = layout.mask.group_size
-    rows = torch.arange(n, device=logits.device) // G
-    picked = logits[rows.view(-1, 1), layout.source_cols].float() / temperature  # [n, R, V]
+    picked = logits.float() / temperature  # [n, R, V]
     logp_all = torch.log_softmax(picked, dim=-1)
     logp = logp_all.gather(-1, layout.targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -151,6 +167,6 @@ def shared_prompt_logprobs(model, layout: GroupLayout, n: int, width: int, tempe
     where = (seq, layout.plain_index[seq, tok])
 
     def plain(values):  # out-of-place index_put keeps the autograd graph
-        return torch.zeros(n, width, dtype=torch.float32, device=logits.device).index_put(where, values[seq, tok])
+        return torch.zeros(n, width, dtype=torch.float32, device=picked.device).index_put(where, values[seq, tok])
 
     return plain(logp), plain(entropy)
