@@ -2,7 +2,7 @@
 
 - rollout: prefill and decode tokens/s of our KV-cached sampler (and of megatron-core's own inference path), against
   HF ``transformers`` ``generate`` on the same architecture with the same weights (exported through
-  ``rpt.model.hf``);
+  ``rpt.model.hf``); ``rollout_ragged``: whole ``generate`` calls on prompts of different lengths (RPT's contexts);
 - train: forward+backward+step tokens/s (and MFU on GPU), against a plain HF forward/backward + torch AdamW;
 - scoring: top-k entropy scoring tokens/s against a plain forward over the same tokens, and (``scoring_processes``)
   the same scoring run by 1 and by 2 data-parallel processes (``rpt.bench_scaling``);
@@ -98,6 +98,37 @@ def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
         out["hf_decode_tok_s"] = n_new / max(hf_s - hf_prefill_s, 1e-9)
         out["decode_speedup_vs_hf"] = out["decode_tok_s"] / out["hf_decode_tok_s"]
         out["generate_speedup_vs_hf"] = hf_s / total_s  # whole generate call, prefill included
+    return out
+
+
+def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
+    """RPT-shaped rollouts: contexts of different lengths (evenly spread from ``prompt_len // 4`` to
+    ``2 * prompt_len``), each completed with ``new_tokens``. Whole ``generate`` calls: the lean decoder's one-call
+    ragged prefill, megatron's lockstep path (prompts beyond the shortest fed one token per step), and HF
+    ``generate`` on the same prompts left-padded with an attention mask (its own way of batching ragged prompts)."""
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.linspace(max(1, bc.prompt_len // 4), 2 * bc.prompt_len, bc.batch_size).long().tolist()
+    prompt_list = [torch.randint(5, vocab, (n,), generator=g).tolist() for n in lengths]
+    model.eval()
+
+    def ours(engine):
+        return lambda: generate(model, prompt_list, bc.new_tokens, 1.0, 1.0, eos_id=-1, pad_id=0, seed=0,
+                                device=device, engine=engine)
+
+    out = {"prompt_lens": [min(lengths), max(lengths)], "generate_s": _timed(ours("auto"), bc.repeats),
+           "megatron_generate_s": _timed(ours("megatron"), bc.repeats)}
+    out["speedup_vs_megatron_path"] = out["megatron_generate_s"] / out["generate_s"]
+    if hf is not None:
+        width = max(lengths)
+        ids = torch.zeros(len(lengths), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompt_list):
+            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+        kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
+              "temperature": 1.0, "top_k": 0, "pad_token_id": 0, "attention_mask": mask.to(device)}
+        with torch.inference_mode():
+            out["hf_generate_s"] = _timed(lambda: hf.generate(ids.to(device), **kw), bc.repeats)
+        out["speedup_vs_hf"] = out["hf_generate_s"] / out["generate_s"]
     return out
 
 
@@ -225,6 +256,8 @@ def run_bench(cfg, rt) -> dict:
         log.info("bench: %s", name)
         if name == "rollout":
             result["rollout"] = bench_rollout(model, hf, bc, vocab, rt.device)
+        elif name == "rollout_ragged":
+            result["rollout_ragged"] = bench_rollout_ragged(model, hf, bc, vocab, rt.device)
         elif name == "train":
             result["train"] = bench_train(cfg.model, vocab, rt, hf, bc, n_params)
         elif name == "scoring":
@@ -236,8 +269,8 @@ def run_bench(cfg, rt) -> dict:
         elif name == "trl_grpo_step":  # last: TRL trains the HF peer's weights in place
             result["trl_grpo_step"] = bench_trl_grpo_step(hf or _hf_peer(model, mc, rt.dtype), cfg, vocab, bc)
         else:
-            raise ValueError(f"bench.parts: unknown part {name!r} (rollout, train, scoring, scoring_processes, "
-                             "rpt_step, trl_grpo_step)")
+            raise ValueError(f"bench.parts: unknown part {name!r} (rollout, rollout_ragged, train, scoring, "
+                             "scoring_processes, rpt_step, trl_grpo_step)")
     if "rpt_step_s" in result.get("rpt_step", {}) and "trl_grpo_step_s" in result.get("trl_grpo_step", {}):
         result["rpt_step"]["rpt_step_speedup_vs_trl"] = (result["trl_grpo_step"]["trl_grpo_step_s"]
                                                          / result["rpt_step"]["rpt_step_s"])

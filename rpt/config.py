@@ -217,8 +217,9 @@ class HFConfig:
 
 @dataclass
 class BenchConfig:
-    parts: list[str] = field(default_factory=lambda: ["rollout", "train", "scoring", "scoring_processes", "rpt_step",
-                                                      "trl_grpo_step"])  # what to time (trl_grpo_step needs trl)
+    parts: list[str] = field(default_factory=lambda: ["rollout", "rollout_ragged", "train", "scoring",
+                                                      "scoring_processes", "rpt_step", "trl_grpo_step"])
+    # what to time (trl_grpo_step needs trl)
     processes: list[int] = field(default_factory=lambda: [1, 2])  # scoring_processes: process counts compared
     batch_size: int = 16  # sequences per batch
     prompt_len: int = 64  # prompt tokens (rollout)

@@ -17,6 +17,10 @@ def test_bench_emits_every_figure(tmp_path):
     assert json.loads(proc.stdout) == result  # stdout is exactly the JSON: logs and peer chatter go to stderr
     for key in ("prefill_tok_s", "decode_tok_s", "hf_decode_tok_s", "decode_speedup_vs_hf"):
         assert result["rollout"][key] > 0, key
+    ragged = result["rollout_ragged"]
+    assert ragged["prompt_lens"] == [2, 16]
+    for key in ("generate_s", "megatron_generate_s", "hf_generate_s", "speedup_vs_hf", "speedup_vs_megatron_path"):
+        assert ragged[key] > 0, key
     for key in ("train_tok_s", "hf_train_tok_s", "train_speedup_vs_hf"):
         assert result["train"][key] > 0, key
     assert result["scoring"]["scoring_tok_s"] > 0 and result["scoring"]["plain_forward_tok_s"] > 0
