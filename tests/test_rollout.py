@@ -62,7 +62,7 @@ def test_lean_decoder_ragged_prefill_equals_each_rows_own_forward(tiny_model):
     for i, r in enumerate(rows):
         prompts[i, :len(r)] = r
     decoder = LeanDecoder(tiny_model, batch=len(rows), max_len=int(lens.max()) + 4)
-    steps = [decoder.prefill(prompts, lens)] + [decoder.forward(follow[:, t:t + 1]) for t in range(3)]
+    steps = [decoder.prefill(prompts, lens)[0]] + [decoder.forward(follow[:, t:t + 1]) for t in range(3)]
     with torch.no_grad():
         for i, r in enumerate(rows):
             reference = full_logits(tiny_model, torch.cat([r, follow[i, :3]]).unsqueeze(0))[0]

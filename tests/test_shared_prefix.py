@@ -52,7 +52,7 @@ def test_shared_prompt_forward_matches_plain_forward(runtime, prompt_lens, respo
     G = 2
     model = _model()
     tokens, plens, response = _ragged_groups(prompt_lens, response_lens, G)
-    layout = group_layout(tokens, plens, response, G, PAD)
+    layout = group_layout(tokens, plens, response.sum(1), G, PAD)
     assert layout is not None
     assert layout.tokens.numel() < tokens.numel() or len(set(response_lens)) == 1
     weights = torch.randn(tokens.shape[0], tokens.shape[1] - 1, generator=torch.Generator().manual_seed(1))
@@ -73,8 +73,8 @@ def test_shared_prompt_forward_matches_plain_forward(runtime, prompt_lens, respo
 
 def test_rows_that_are_not_groups_get_no_shared_layout(runtime):
     tokens, plens, response = _ragged_groups([4, 6], [2, 3, 2, 3], 2)
-    assert group_layout(tokens, plens, response, 3, PAD) is None  # 4 rows are not groups of 3
-    assert group_layout(tokens, plens, response, 1, PAD) is None  # nothing to share
+    assert group_layout(tokens, plens, response.sum(1), 3, PAD) is None  # 4 rows are not groups of 3
+    assert group_layout(tokens, plens, response.sum(1), 1, PAD) is None  # nothing to share
     different = tokens.clone()
     different[1, 0] = (different[1, 0] % 59) + 1  # second member of group 0 has another prompt
-    assert group_layout(different, plens, response, 2, PAD) is None
+    assert group_layout(different, plens, response.sum(1), 2, PAD) is None

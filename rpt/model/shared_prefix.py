@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rpt.model.forward import logprobs_and_entropy
+
 
 @dataclass
 class SharedPrefixMask:
@@ -74,10 +76,10 @@ class GroupLayout:
     plain_index: torch.Tensor  # [n, R] index into the plain [T-1] axis (prompt_len - 1 + t)
 
 
-def group_layout(tokens: torch.Tensor, prompt_lens: torch.Tensor, response_mask: torch.Tensor,
+def group_layout(tokens: torch.Tensor, prompt_lens: torch.Tensor, response_lens: torch.Tensor,
                  group_size: int, pad_id: int = 0) -> GroupLayout | None:
-    """The shared layout of ``tokens`` (``[n, T]``, prompt then response, right-padded; ``response_mask`` ``[n, T]``),
-    or None when the rows are not groups of ``group_size`` sharing one prompt (then use the plain forward)."""
+    """The shared layout of ``tokens`` (``[n, T]``: prompt, then response, then right padding), or None when the
+    rows are not groups of ``group_size`` sharing one prompt (then use the plain forward)."""
     n, T = tokens.shape
     G = group_size
     if G < 2 or n % G:
@@ -92,7 +94,7 @@ def group_layout(tokens: torch.Tensor, prompt_lens: torch.Tensor, response_mask:
     first = tokens.view(-1, G, T)[:, :1]
     if not bool(((tokens.view(-1, G, T) == first) | ~in_prompt.view(-1, G, T)).all()):
         return None
-    response_lens = response_mask.sum(1)
+    response_lens = response_lens.to(device)
     R = max(int(response_lens.max()), 1)
     rows, S = n // G, P + G * R
     plen = lens[:, 0]  # [rows]
@@ -159,14 +161,11 @@ def shared_prompt_logprobs(model, layout: GroupLayout, n: int, width: int, tempe
     rows = torch.arange(n, device=layout.tokens.device) // layout.mask.group_size
     with rotary_positions(gpt, layout.positions), output_columns(gpt, layout.source_cols, rows):
         logits = model(layout.tokens, layout.positions, layout.mask, runtime_gather_output=True)
-    picked = logits.float() / temperature  # [n, R, V]
-    logp_all = torch.log_softmax(picked, dim=-1)
-    logp = logp_all.gather(-1, layout.targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    logp, entropy = logprobs_and_entropy(logits.float() / temperature, layout.targets)  # [n, R] each
     seq, tok = layout.valid.nonzero(as_tuple=True)
     where = (seq, layout.plain_index[seq, tok])
 
     def plain(values):  # out-of-place index_put keeps the autograd graph
-        return torch.zeros(n, width, dtype=torch.float32, device=picked.device).index_put(where, values[seq, tok])
+        return torch.zeros(n, width, dtype=torch.float32, device=logp.device).index_put(where, values[seq, tok])
 
     return plain(logp), plain(entropy)

@@ -78,6 +78,12 @@ class MegatronDecoder:
         self.ctx.sequence_len_offset = self.length
         return logits[:, -1].float()
 
+    def prefill(self, tokens: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shortest prompt's length of every row (lockstep): logits after it, and the column each row writes
+        next; longer prompts' remaining tokens are fed by ``generate`` one per step."""
+        start = int(lens.min())
+        return self.forward(tokens[:, :start]), torch.full_like(lens, start)
+
 
 def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
     """``auto``: the lean decoder where the model qualifies, else megatron's path; ``lean`` / ``megatron``: force."""
@@ -116,13 +122,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     was_training = model.training
     model.eval()
     decoder = make_decoder(model, n, total, engine)
-    if getattr(decoder, "ragged_prefill", False):
-        logits = decoder.prefill(tokens[:, :int(lens.max())], lens)
-        col = lens.clone()  # the column each row writes next
-    else:
-        start = int(lens.min())
-        logits = decoder.forward(tokens[:, :start])
-        col = torch.full_like(lens, start)
+    logits, col = decoder.prefill(tokens[:, :int(lens.max())], lens)  # col: the column each row writes next
     rows = torch.arange(n, device=device)
     while True:
         in_prompt = col < lens

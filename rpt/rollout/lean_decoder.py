@@ -48,8 +48,6 @@ class LeanDecoder:
     has rotary position ``c - offsets[i]``, and padded columns are masked out of attention. The positions a token
     sees are therefore exactly those of a plain causal forward over its own row."""
 
-    ragged_prefill = True  # ``rpt.rollout.engine.generate`` may hand over all prompts at once
-
     def __init__(self, model, batch: int, max_len: int):
         self.model = model
         config = model.config
@@ -66,14 +64,11 @@ class LeanDecoder:
         self.cos, self.sin = emb.cos().to(param.dtype), emb.sin().to(param.dtype)
         self.length = 0  # cache columns filled
         self.offsets = None  # [batch] left padding of each row's cache; None = no row is padded
-        self._copies = None  # during a shared prefill: how many cache rows each computed row fills
-        self._rows_offsets = None  # offsets of the rows being computed in this call
-        self._mask_cache = None  # this call's (cos, sin, mask), computed at layer 0
 
-    def _rope_and_mask(self, b: int, s: int, device):
-        """cos/sin for this call's columns and the boolean attention mask (None: plain causal / full)."""
+    def _rope_and_mask(self, offsets, s: int, device):
+        """cos/sin for this call's columns of rows with left padding ``offsets`` and the boolean attention mask
+        (None: plain causal / full)."""
         start, end = self.length, self.length + s
-        offsets = self._rows_offsets
         if offsets is None:
             return self.cos[start:end], self.sin[start:end], None
         cols = torch.arange(start, end, device=device)
@@ -85,7 +80,8 @@ class LeanDecoder:
                                                                                 device=device)
         return self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1), mask.unsqueeze(1)
 
-    def _attention(self, layer, index: int, x: torch.Tensor) -> torch.Tensor:
+    def _attention(self, layer, index: int, x: torch.Tensor, cos, sin, mask, copies) -> torch.Tensor:
+        """One layer's attention; ``copies`` (a prefill of unique rows) says how many cache rows each row fills."""
         b, s, _ = x.shape
         attn = layer.self_attention
         qkv = F.linear(x, attn.linear_qkv.weight, attn.linear_qkv.bias)
@@ -95,13 +91,11 @@ class LeanDecoder:
         k = qkv[:, :, :, per].transpose(1, 2)  # [b, g, s, d]
         v = qkv[:, :, :, per + 1].transpose(1, 2)
         start, end = self.length, self.length + s
-        cos, sin, mask = self._mask_cache if index else self._rope_and_mask(b, s, x.device)
-        self._mask_cache = (cos, sin, mask)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        if self._copies is not None:  # prefill of unique rows: attend within them, fill every copy's cache
-            self.k_cache[index][:, :, start:end] = k.repeat_interleave(self._copies, 0)
-            self.v_cache[index][:, :, start:end] = v.repeat_interleave(self._copies, 0)
+        if copies is not None:  # prefill of unique rows: attend within them, fill every copy's cache
+            self.k_cache[index][:, :, start:end] = k.repeat_interleave(copies, 0)
+            self.v_cache[index][:, :, start:end] = v.repeat_interleave(copies, 0)
             keys, values = k, v
         else:
             self.k_cache[index][:, :, start:end] = k
@@ -119,15 +113,16 @@ class LeanDecoder:
         return F.linear(F.silu(gate) * up, layer.mlp.linear_fc2.weight)
 
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """Logits ``[b, vocab]`` after the last token of each prompt; ``tokens`` ``[b, max(lens)]`` right-padded."""
+    def prefill(self, tokens: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every prompt whole: logits ``[b, vocab]`` after the last token of each, and the column each row writes
+        next (its length). ``tokens`` ``[b, max(lens)]`` right-padded."""
         width = tokens.shape[1]
         offsets = width - lens.to(tokens.device)
         if bool((offsets == 0).all()):
-            return self.forward(tokens)
+            return self.forward(tokens), lens.clone()
         cols = torch.arange(width, device=tokens.device)
         self.offsets = offsets
-        return self.forward(tokens.gather(1, (cols.view(1, -1) - offsets.view(-1, 1)).clamp(min=0)))
+        return self.forward(tokens.gather(1, (cols.view(1, -1) - offsets.view(-1, 1)).clamp(min=0))), lens.clone()
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -135,23 +130,22 @@ class LeanDecoder:
         if tokens.shape[1] > 1 and self.length > 0:
             raise ValueError("LeanDecoder: multi-token steps are only supported as the first (prefill) call")
         model = self.model
-        self._rows_offsets = self.offsets
-        if tokens.shape[1] > 1:
-            first, self._copies = _unique_runs(tokens, self.offsets)
+        offsets, copies = self.offsets, None
+        if tokens.shape[1] > 1:  # prefill: each run of identical rows is computed once
+            first, copies = _unique_runs(tokens, offsets)
             tokens = tokens[first]
-            self._rows_offsets = None if self.offsets is None else self.offsets[first]
+            offsets = None if offsets is None else offsets[first]
+        cos, sin, mask = self._rope_and_mask(offsets, tokens.shape[1], tokens.device)
         x = F.embedding(tokens, model.embedding.word_embeddings.weight)
         for index, layer in enumerate(model.decoder.layers):
-            x = x + self._attention(layer, index, layer.input_layernorm(x))
+            x = x + self._attention(layer, index, layer.input_layernorm(x), cos, sin, mask, copies)
             x = x + self._mlp(layer, layer.pre_mlp_layernorm(x))
         self.length += tokens.shape[1]
         x = model.decoder.final_layernorm(x[:, -1])
         out_weight = (model.shared_embedding_or_output_weight() if model.share_embeddings_and_output_weights
                       else model.output_layer.weight)
         logits = F.linear(x, out_weight).float()
-        if self._copies is not None:
-            logits, self._copies = logits.repeat_interleave(self._copies, 0), None
-        return logits
+        return logits if copies is None else logits.repeat_interleave(copies, 0)
 
 
 def _unique_runs(tokens: torch.Tensor, offsets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

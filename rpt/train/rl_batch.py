@@ -52,8 +52,7 @@ class RLBatch:
         tokens = self.tokens[s:e]
         layout = None
         if self.group_size > 1:
-            response = torch.nn.functional.pad(self.mask[s:e], (1, 0), value=False)
-            layout = group_layout(tokens, self.prompt_lens[s:e], response, self.group_size)
+            layout = group_layout(tokens, self.prompt_lens[s:e], self.mask[s:e].sum(1), self.group_size)
         if layout is None:
             return logprobs_and_entropy(full_logits(model, tokens[:, :-1]) / temperature, tokens[:, 1:])
         return shared_prompt_logprobs(model, layout, e - s, tokens.shape[1] - 1, temperature)
