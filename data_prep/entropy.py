@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import full_logits, topk_entropy
 from rpt.rundir import atomic_path
 
@@ -36,7 +35,6 @@ def _windows(docs: list[np.ndarray], seq_length: int) -> list[tuple[int, int, np
     return out
 
 
-@shims_suspended()
 @torch.inference_mode()
 def score_documents(model, docs: list[np.ndarray], seq_length: int, top_k: int, batch_size: int, device,
                     dp_rank: int = 0, dp_size: int = 1, progress=lambda x, **k: x) -> list[np.ndarray]:

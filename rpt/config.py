@@ -4,6 +4,10 @@ The YAML files under ``conf/`` only choose group entries and override values; th
 one-line meaning of every field live here. Because the composed config is built on these dataclasses, a
 misspelled or mistyped override (``pretrain.stpes=3``, ``model.hidden_size=big``) is an error naming the key,
 never a silently ignored default.
+
+The CLI turns the composed config into these dataclasses once (``load``); each section's ``__post_init__``
+checks its enum-like fields and cross-field rules there, so a bad value fails before any stage starts, and
+library code receives typed sections (``AlgoConfig``, ``RolloutConfig``, ...), never untyped slices.
 """
 
 from __future__ import annotations
@@ -12,6 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+ENGINES = ("auto", "lean", "megatron")  # rollout.engine
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # algo.loss_agg
+
+
+def _one_of(section: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{section}.{name} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass
@@ -24,6 +37,10 @@ class RunConfig:
     tensor_parallel: int = 1  # megatron tensor-model-parallel size
     pipeline_parallel: int = 1  # megatron pipeline-model-parallel size (1 only for now)
     log_level: str = "INFO"  # python logging level for library code
+
+    def __post_init__(self):
+        _one_of("run", "device", self.device, ("auto", "cpu", "cuda"))
+        _one_of("run", "dtype", self.dtype, ("auto", "float32", "bfloat16"))
 
 
 @dataclass
@@ -72,6 +89,9 @@ class DataConfig:
     tokenizer_sample_docs: int = 200000  # user sources: the tokenizer trains on the first this-many good documents
     seq_length: int = 128  # tokens per training sequence
 
+    def __post_init__(self):
+        _one_of("data", "tokenizer_type", self.tokenizer_type, ("bpe", "unigram"))
+
 
 @dataclass
 class PretrainConfig:
@@ -103,6 +123,9 @@ class SelectConfig:
     batch_size: int = 32  # sequences per scoring forward
     shard_docs: int = 1000  # documents per scoring shard (the unit of resumption)
 
+    def __post_init__(self):
+        _one_of("select", "mode", self.mode, ("threshold", "top_fraction", "random"))
+
 
 @dataclass
 class RolloutConfig:
@@ -121,18 +144,23 @@ class RolloutConfig:
                "begin with a space; do not use \\text{{}}.\n\n### Context\n{context}<think>"),
     })  # prompt templates; {context} is the document prefix
 
+    def __post_init__(self):
+        _one_of("rollout", "engine", self.engine, ENGINES)
+        _one_of("rollout", "template", self.template, tuple(self.templates))
+
 
 @dataclass
 class AlgoConfig:
     clip_low: float = 0.2  # PPO lower clip epsilon
-    clip_high: float = 0.28  # PPO upper clip epsilon (clip-higher)
+    clip_high: float = 0.2  # PPO upper clip epsilon (> clip_low: clip-higher, DAPO's 0.28)
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    advantage: str = "grpo"  # advantage estimator (rpt.algo.advantages registry)
     norm_adv_by_std: bool = True  # GRPO: divide advantages by the group std (False = Dr.GRPO)
     adv_eps: float = 1e-6  # std floor in advantage normalisation
     kl_coef: float = 0.0  # KL(policy || reference) penalty (paper: 0)
     entropy_coef: float = 0.0  # entropy bonus (paper: 0)
     forking_rho: float = 0.0  # >0: train only on the top-rho entropy tokens of the global batch (0.2 in 80/20)
-    policy_loss: str = "ppo"  # ppo | gppo | clip_cov | kl_cov
+    policy_loss: str = "ppo"  # ppo | gppo | clip_cov | kl_cov (rpt.algo.losses registry)
     gppo_beta_low: float = 1.0  # GPPO gradient scale on the low-clipped branch
     gppo_beta_high: float = 1.0  # GPPO gradient scale on the high-clipped branch
     clip_cov_ratio: float = 2e-4  # Clip-Cov: share of tokens whose gradient is detached
@@ -148,6 +176,24 @@ class AlgoConfig:
     share_prompt: bool = True  # trainer forwards score a group's G responses over one copy of their prompt
     # (rpt.model.shared_prefix; same numbers to float rounding, ~(G-1)/G of the prompt compute saved)
 
+    def __post_init__(self):
+        from rpt.algo.advantages import ADVANTAGES
+        from rpt.algo.losses import POLICY_LOSSES
+
+        _one_of("algo", "loss_agg", self.loss_agg, AGG_MODES)
+        _one_of("algo", "policy_loss", self.policy_loss, tuple(POLICY_LOSSES))
+        _one_of("algo", "advantage", self.advantage, tuple(ADVANTAGES))
+
+    def needs_moving_policy(self) -> Optional[str]:
+        """The setting that acts only once the policy moves within a rollout (None if no such setting)."""
+        from rpt.algo.losses import get_policy_loss
+
+        if get_policy_loss(self.policy_loss).needs_moving_policy:
+            return f"algo.policy_loss={self.policy_loss}"
+        if self.policy_loss in ("ppo", "gppo") and self.clip_high != self.clip_low:
+            return f"clip-higher (algo.clip_high={self.clip_high} != algo.clip_low={self.clip_low})"
+        return None
+
 
 @dataclass
 class TrainLoopConfig:
@@ -155,6 +201,9 @@ class TrainLoopConfig:
     prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
     micro_batch_size: int = 64  # sequences per forward/backward micro-batch (cut between groups: at least one group)
     ppo_epochs: int = 1  # passes over each rollout batch
+    ppo_mini_batch_size: Optional[int] = None  # prompts per optimizer step (global, like verl's); None: all of the
+    # step's prompts (one optimizer step per epoch). Smaller: prompts_per_step / this many steps per epoch, off-policy
+    # from the second on (where clipping, clip-higher, GPPO and KL-Cov act)
     lr: float = 1.5e-4  # peak learning rate (RL updates are Adam-normalised: keep it small)
     min_lr: float = 1.5e-4  # final learning rate
     warmup_steps: int = 5  # linear warm-up steps
@@ -162,6 +211,15 @@ class TrainLoopConfig:
     clip_grad: float = 1.0  # global gradient-norm clip
     checkpoint_every: int = 20  # steps between checkpoints
     init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | path)
+
+    def updates_per_rollout(self) -> int:
+        return self.ppo_epochs * (self.prompts_per_step // (self.ppo_mini_batch_size or self.prompts_per_step))
+
+    def check(self, section: str) -> None:
+        mini = self.ppo_mini_batch_size or self.prompts_per_step
+        if self.ppo_epochs < 1 or mini < 1 or self.prompts_per_step % mini:
+            raise ValueError(f"{section}.ppo_mini_batch_size={mini} must divide {section}.prompts_per_step="
+                             f"{self.prompts_per_step} (and {section}.ppo_epochs >= 1)")
 
 
 @dataclass
@@ -239,6 +297,9 @@ class LoggingConfig:
     wandb_entity: Optional[str] = None  # W&B entity (team); None = default
     progress: bool = True  # show progress bars
 
+    def __post_init__(self):
+        _one_of("logging", "wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
+
 
 @dataclass
 class RootConfig:
@@ -261,6 +322,30 @@ class RootConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     hf: HFConfig = field(default_factory=HFConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self):
+        _one_of("rl_task", "source", self.rl_task.source, ("reasoning_gym", "dataset"))
+        for section in ("rpt", "rl"):
+            getattr(self, section).check(section)
+        for section in self.rl_sections():
+            loop = getattr(self, section)
+            remedy = self.algo.needs_moving_policy()
+            if remedy and loop.updates_per_rollout() == 1:
+                raise ValueError(
+                    f"{remedy} has no effect with one optimizer step per rollout in `{section}`: the importance "
+                    f"ratio is exactly 1, so it would train exactly like plain GRPO. Take several optimizer steps "
+                    f"per rollout: {section}.ppo_mini_batch_size=<a divisor of {section}.prompts_per_step="
+                    f"{loop.prompts_per_step} below it> or {section}.ppo_epochs=2 or more.")
+
+    def rl_sections(self) -> list[str]:
+        """The RL loop sections (``rpt``, ``rl``) this invocation will train."""
+        stages = self.stages if self.stage == "pipeline" else [self.stage]
+        return [s for s in ("rpt", "rl") if s in stages]
+
+
+def load(cfg: DictConfig) -> RootConfig:
+    """The composed Hydra config as typed dataclasses, validated (the one conversion, done by the CLI)."""
+    return OmegaConf.to_object(cfg)
 
 
 def register() -> None:

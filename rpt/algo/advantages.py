@@ -1,23 +1,48 @@
-"""GRPO advantages: rewards normalised within each group of G completions of the same prompt.
+"""Advantage estimators in a registry (``algo.advantage`` names one); sequence-level, one value per response.
 
-A_i = (r_i − mean_g r) / (std_g r + eps) with ``norm_by_std``; without it (Dr.GRPO) A_i = r_i − mean_g r.
-The std is the population std of the group (as in verl). Groups are contiguous blocks of ``group_size``.
+An estimator is ``(rewards [N], group_size, algo) -> advantages [N]`` registered with ``@register_advantage``;
+groups are contiguous blocks of ``group_size`` responses to the same prompt.
+
+- ``grpo``: A_i = (r_i − mean_g r) / (std_g r + eps) with ``algo.norm_adv_by_std`` (population std, as verl);
+  without it (Dr.GRPO) A_i = r_i − mean_g r.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def register_advantage(name: str):
+    def register(fn):
+        ADVANTAGES[name] = fn
+        return fn
+    return register
+
+
+def compute_advantages(rewards: torch.Tensor, group_size: int, algo) -> torch.Tensor:
+    if algo.advantage not in ADVANTAGES:
+        raise ValueError(f"algo.advantage must be one of {sorted(ADVANTAGES)}, got {algo.advantage!r}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    return ADVANTAGES[algo.advantage](rewards, group_size, algo)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, norm_by_std: bool = True,
                      eps: float = 1e-6) -> torch.Tensor:
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     grouped = rewards.float().view(-1, group_size)
     adv = grouped - grouped.mean(dim=1, keepdim=True)
     if norm_by_std:
         adv = adv / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
     return adv.view(-1)
+
+
+@register_advantage("grpo")
+def grpo_advantages(rewards: torch.Tensor, group_size: int, algo) -> torch.Tensor:
+    return group_advantages(rewards, group_size, algo.norm_adv_by_std, algo.adv_eps)
 
 
 def all_equal_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:

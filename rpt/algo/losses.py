@@ -1,21 +1,35 @@
-"""Policy-gradient losses for GRPO-style training, as pure per-token tensor functions.
+"""Policy-gradient losses as pure per-token tensor functions, in a registry (``algo.policy_loss`` names one).
 
-Variants (``algo.policy_loss``): PPO-clip with separate low/high clip (clip-higher, DAPO), GPPO (clipped tokens
-keep a scaled gradient, arXiv 2508.07629), Clip-Cov (gradient detached on chosen tokens) and KL-Cov
-(β·|log π − log π_old| on chosen tokens) from arXiv 2505.22617.
+A variant is a function ``(logp, old_logp, adv, algo, chosen) -> PolicyTerms`` registered with
+``@register_policy_loss(name, choose=..., needs_moving_policy=...)``, like verl's ``register_policy_loss``:
+- ``choose(cov, mask, algo, generator)`` (optional) picks tokens over the global batch before the update (the
+  Cov methods); its result reaches the loss as ``chosen``;
+- ``needs_moving_policy`` says the variant does nothing while the importance ratio is 1, i.e. with one optimizer
+  step per rollout; such a configuration is refused (``rpt.config``) instead of silently training plain GRPO.
 
-Aggregation (``algo.loss_agg``) is a *sum* of per-token terms times weights that were fixed from global batch
-counts before the update, so the loss value and gradient do not depend on the micro-batch or data-parallel split:
-- token-mean: every token weighs 1 / (tokens in the global batch);
-- seq-mean-token-mean: a token of sequence s weighs 1 / (len_s · sequences in the global batch);
-- seq-mean-token-sum-norm (Dr.GRPO): 1 / (max_response_len · sequences in the global batch).
+Variants: ``ppo`` (PPO-clip with separate low/high epsilon: clip-higher when they differ, DAPO), ``gppo``
+(clipped tokens keep a scaled gradient, arXiv 2508.07629), ``clip_cov`` and ``kl_cov`` (arXiv 2505.22617, as
+verl implements them: Clip-Cov zeroes the clipped-objective term of its chosen tokens, KL-Cov uses the
+*unclipped* ratio everywhere plus β·|log r| on its chosen tokens). Differences from verl: the Cov choices are made
+once per rollout batch over the global batch from the old-policy log-probs (verl: per micro-batch, current
+log-probs), so Clip-Cov cannot exclude tokens that PPO clips later in the update; those have no gradient from
+the clipped objective anyway.
+
+Aggregation (``algo.loss_agg``) is a *sum* of per-token terms times weights fixed from global counts before each
+optimizer step, so the loss and its gradient do not depend on the micro-batch or data-parallel split:
+- token-mean: every token weighs 1 / (tokens in the global mini-batch);
+- seq-mean-token-mean: a token of sequence s weighs 1 / (len_s · sequences in the global mini-batch);
+- seq-mean-token-sum-norm (Dr.GRPO): 1 / (max_response_len · sequences in the global mini-batch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
+
+from rpt.algo.masks import clip_cov_mask, kl_cov_mask
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -33,46 +47,113 @@ def aggregation_weights(mask: torch.Tensor, mode: str, global_tokens: float, glo
     raise ValueError(f"algo.loss_agg must be one of {AGG_MODES}, got {mode!r}")
 
 
-def _scale_grad(x: torch.Tensor, beta: float) -> torch.Tensor:
-    """Value of ``x``; gradient scaled by ``beta``."""
-    return beta * x + (1.0 - beta) * x.detach()
-
-
 @dataclass
 class PolicyTerms:
     loss: torch.Tensor  # [b, t] per-token loss (before aggregation weights)
     clipped_low: torch.Tensor  # [b, t] bool: A<0 and ratio below 1-eps_low
     clipped_high: torch.Tensor  # [b, t] bool: A>0 and ratio above 1+eps_high
-    ratio: torch.Tensor  # [b, t]
 
 
-def policy_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, algo,
-                 detach_mask: torch.Tensor | None = None, kl_cov_mask: torch.Tensor | None = None) -> PolicyTerms:
-    """Per-token policy loss for the configured variant. ``adv`` broadcasts to ``logp``'s shape."""
+@dataclass(frozen=True)
+class PolicyLoss:
+    name: str
+    fn: Callable[..., PolicyTerms]
+    choose: Optional[Callable[..., torch.Tensor]]  # global token choice before the update
+    needs_moving_policy: bool  # no effect at ratio 1 (one optimizer step per rollout)
+
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str, choose: Optional[Callable] = None, needs_moving_policy: bool = False):
+    def register(fn):
+        POLICY_LOSSES[name] = PolicyLoss(name, fn, choose, needs_moving_policy)
+        return fn
+    return register
+
+
+def get_policy_loss(name: str) -> PolicyLoss:
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"algo.policy_loss must be one of {sorted(POLICY_LOSSES)}, got {name!r}")
+    return POLICY_LOSSES[name]
+
+
+def _ratio_and_clips(logp, old_logp, adv, algo):
+    ratio = torch.exp(logp - old_logp)
+    lo, hi = 1.0 - algo.clip_low, 1.0 + algo.clip_high
+    return ratio, lo, hi, (adv < 0) & (ratio < lo), (adv > 0) & (ratio > hi)
+
+
+def _clipped_objective(adv, ratio, lo, hi) -> torch.Tensor:
+    return torch.maximum(-adv * ratio, -adv * ratio.clamp(lo, hi))
+
+
+def _scale_grad(x: torch.Tensor, beta: float) -> torch.Tensor:
+    """Value of ``x``; gradient scaled by ``beta``."""
+    return beta * x + (1.0 - beta) * x.detach()
+
+
+@register_policy_loss("ppo")
+def ppo_loss(logp, old_logp, adv, algo, chosen=None) -> PolicyTerms:
+    adv = adv.expand_as(logp)
+    ratio, lo, hi, clipped_low, clipped_high = _ratio_and_clips(logp, old_logp, adv, algo)
+    return PolicyTerms(_clipped_objective(adv, ratio, lo, hi), clipped_low, clipped_high)
+
+
+@register_policy_loss("gppo", needs_moving_policy=True)
+def gppo_loss(logp, old_logp, adv, algo, chosen=None) -> PolicyTerms:
+    """Forward value = clip-higher PPO; in the clipped cases the bound keeps a gradient through ratio/sg(ratio),
+    scaled by ``gppo_beta_low`` / ``gppo_beta_high``."""
+    adv = adv.expand_as(logp)
+    ratio, lo, hi, clipped_low, clipped_high = _ratio_and_clips(logp, old_logp, adv, algo)
+    through = ratio / ratio.detach()
+    surrogate = torch.where(clipped_low, lo * _scale_grad(through, algo.gppo_beta_low),
+                            torch.where(clipped_high, hi * _scale_grad(through, algo.gppo_beta_high), ratio))
+    return PolicyTerms(-adv * surrogate, clipped_low, clipped_high)
+
+
+def _choose_clip_cov(cov, mask, algo, generator):
+    return clip_cov_mask(cov, mask, algo.clip_cov_ratio, algo.clip_cov_low, algo.clip_cov_high, generator)
+
+
+@register_policy_loss("clip_cov", choose=_choose_clip_cov)
+def clip_cov_loss(logp, old_logp, adv, algo, chosen=None) -> PolicyTerms:
+    """The clipped objective, zeroed (no value, no gradient) on the chosen tokens."""
+    terms = ppo_loss(logp, old_logp, adv, algo)
+    if chosen is not None:
+        terms.loss = torch.where(chosen, torch.zeros_like(terms.loss), terms.loss)
+    return terms
+
+
+def _choose_kl_cov(cov, mask, algo, generator):
+    return kl_cov_mask(cov, mask, algo.kl_cov_ratio)
+
+
+@register_policy_loss("kl_cov", choose=_choose_kl_cov, needs_moving_policy=True)
+def kl_cov_loss(logp, old_logp, adv, algo, chosen=None) -> PolicyTerms:
+    """−A·ratio (no clipping) everywhere, plus ``kl_cov_coef``·|log π − log π_old| on the chosen tokens."""
     adv = adv.expand_as(logp)
     log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
-    lo, hi = 1.0 - algo.clip_low, 1.0 + algo.clip_high
-    clipped_low = (adv < 0) & (ratio < lo)
-    clipped_high = (adv > 0) & (ratio > hi)
-    if algo.policy_loss == "gppo":
-        # forward value = clip-higher PPO; in clipped cases the bound keeps a gradient through ratio/sg(ratio)
-        through = ratio / ratio.detach()
-        surrogate = torch.where(clipped_low, lo * _scale_grad(through, algo.gppo_beta_low),
-                                torch.where(clipped_high, hi * _scale_grad(through, algo.gppo_beta_high), ratio))
-        loss = -adv * surrogate
-    else:
-        if algo.policy_loss == "clip_cov" and detach_mask is not None:
-            ratio = torch.where(detach_mask, ratio.detach(), ratio)
-        loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(lo, hi))
-        if algo.policy_loss == "kl_cov" and kl_cov_mask is not None:
-            loss = loss + algo.kl_cov_coef * torch.where(kl_cov_mask, log_ratio.abs(), torch.zeros_like(loss))
-    if algo.policy_loss not in ("ppo", "gppo", "clip_cov", "kl_cov"):
-        raise ValueError(f"algo.policy_loss must be ppo, gppo, clip_cov or kl_cov, got {algo.policy_loss!r}")
-    return PolicyTerms(loss, clipped_low, clipped_high, ratio)
+    loss = -adv * torch.exp(log_ratio)
+    if chosen is not None:
+        loss = loss + algo.kl_cov_coef * torch.where(chosen, log_ratio.abs(), torch.zeros_like(loss))
+    unclipped = torch.zeros_like(loss, dtype=torch.bool)
+    return PolicyTerms(loss, unclipped, unclipped)
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(π || π_ref): exp(ref − logp) − (ref − logp) − 1 (≥ 0, unbiased)."""
-    d = ref_logp - logp
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π || π_ref): exp(d) − d − 1 with d = ref − logp (≥ 0), 0 outside ``mask``.
+    The difference is masked *before* ``exp``: at padding or prompt positions it can be large enough to overflow,
+    and inf·0 in the weighted sum would be NaN."""
+    d = torch.where(mask, ref_logp - logp, torch.zeros_like(logp))
     return torch.exp(d) - d - 1.0
+
+
+def token_losses(terms: PolicyTerms, logp, entropy, ref_logp, mask, algo) -> torch.Tensor:
+    """The per-token objective of one micro-batch: policy term, minus the entropy bonus, plus the k3 KL penalty."""
+    per_token = terms.loss
+    if algo.entropy_coef:
+        per_token = per_token - algo.entropy_coef * entropy
+    if algo.kl_coef:
+        per_token = per_token + algo.kl_coef * kl_k3(logp, ref_logp, mask)
+    return per_token

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from rpt.model.cpu_compat import shims_suspended
 from rpt.model.forward import last_token_logits
 from rpt.reward.next_token import prefix_reward
-from rpt.rollout.engine import generate
+from rpt.rollout.engine import SamplingParams, generate
 
 
-@shims_suspended()
 @torch.inference_mode()
 def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[float]:
     """Greedy next token straight from the context (no reasoning), scored by the prefix reward."""
@@ -23,16 +21,16 @@ def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[
     return scores
 
 
-def reasoning_first(model, task, items, samples: int, temperature: float, max_new_tokens: int, seed: int,
-                    device, stop=None, batch_size: int = 256) -> list[float]:
-    """Mean reward per item over ``samples`` completions (temperature 0 → one greedy completion)."""
+def reasoning_first(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,
+                    batch_size: int = 256) -> list[float]:
+    """Mean reward per item over ``samples`` completions sampled as ``sampling`` says (temperature 0 → one
+    greedy completion)."""
     tok = task.tokenizer
-    n = 1 if temperature <= 0 else samples
+    n = 1 if sampling.temperature <= 0 else samples
     prompts = [task.prompt_ids(it) for it in items for _ in range(n)]
     rewards = []
     for s in range(0, len(prompts), batch_size):
-        ro = generate(model, prompts[s:s + batch_size], max_new_tokens, temperature, 1.0, tok.eos_id, tok.pad_id,
-                      seed + s, device, stop=stop)
+        ro = generate(model, prompts[s:s + batch_size], sampling, seed + s, device)
         rewards += [task.reward(items[(s + i) // n], tok.decode(ro.response_ids(i)))
                     for i in range(len(ro.prompt_lens))]
     return [sum(rewards[i * n:(i + 1) * n]) / n for i in range(len(items))]

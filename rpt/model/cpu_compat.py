@@ -12,9 +12,12 @@ CUDA we install a handful of small shims, all here, all idempotent, and all skip
   ``Tensor.type()`` name CPU tensors ``torch.cuda.*`` (gradient clipping asserts it);
 - (E) the RNG tracker is seeded with ``model_parallel_cuda_manual_seed`` on a CPU-safe path (see ``seed_all``).
 
-The model's own forward and backward need none of (D), and a function mode costs a Python call per torch op
-(measured: 25% of a CPU decode step, 5-10% of a training step of the tiny model), so the hot loops run inside
-``shims_suspended()``; optimizer steps, checkpointing and setup keep the mode.
+(A)-(C) are installed once per process. (D) costs a Python call per torch op (measured: 25% of a CPU decode
+step, 5-10% of a training step of the tiny model) and the model's own forward and backward do not need it, so it
+is active only inside ``megatron_cuda_calls()``, around the megatron entry points that hard-code CUDA: building
+the DDP wrapper and the optimizer, the optimizer step (gradient clipping), dist-checkpoint save and load, and
+megatron's own inference path (``rollout.engine=megatron``). Rollout, eval, scoring and the trainer's forward and
+backward run without it.
 
 Nothing else in rpt patches megatron-core.
 """
@@ -22,6 +25,7 @@ Nothing else in rpt patches megatron-core.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -33,7 +37,6 @@ from torch.overrides import TorchFunctionMode
 log = logging.getLogger(__name__)
 
 _INSTALLED = False
-_MODE: "_CudaToCpuMode | None" = None
 
 
 class _CpuEvent:
@@ -84,31 +87,26 @@ class _CudaToCpuMode(TorchFunctionMode):
 
 def install() -> None:
     """Install the shims once if CUDA is unavailable (no-op on GPU machines)."""
-    global _INSTALLED, _MODE
+    global _INSTALLED
     if _INSTALLED or torch.cuda.is_available():
         return
     torch.cuda.current_device = lambda: "cpu"  # (A)
     torch.cuda.synchronize = lambda *a, **k: None  # (B)
     torch.cuda.Event = _CpuEvent  # (C)
-    _MODE = _CudaToCpuMode()
-    _MODE.__enter__()  # (D) stays active for the life of the process, except inside shims_suspended()
     _INSTALLED = True
     log.debug("megatron-core CPU compatibility shims installed")
 
 
-@contextlib.contextmanager
-def shims_suspended():
-    """Pure model compute (forward, backward, sampling) without the function mode (D); a no-op on GPU, before
-    ``install()``, or when another function mode sits above ours."""
-    stack = torch.overrides._get_current_function_mode_stack() if _MODE is not None else []
-    if not stack or stack[-1] is not _MODE:
-        yield
-        return
-    _MODE.__exit__(None, None, None)
-    try:
-        yield
-    finally:
-        _MODE.__enter__()
+def megatron_cuda_calls(fn=None):
+    """Context manager (or decorator) around a megatron call that hard-codes CUDA: the function mode (D) while
+    it runs on a CPU machine; nothing on GPU or before ``install()``."""
+    if fn is not None:
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with megatron_cuda_calls():
+                return fn(*args, **kwargs)
+        return wrapped
+    return _CudaToCpuMode() if _INSTALLED else contextlib.nullcontext()
 
 
 def seed_all(seed: int) -> None:

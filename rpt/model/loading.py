@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rpt.model.build import build_model
-from rpt.train import checkpoint
+from rpt import checkpoint
 
 
 def checkpoint_dir(rd, source: str) -> Path:
@@ -18,8 +18,9 @@ def checkpoint_dir(rd, source: str) -> Path:
     return step_dir
 
 
-def load_eval_model(cfg, rt, rd, source: str, vocab_size: int):
-    model = build_model(cfg.model, cfg.model.vocab_size or vocab_size, rt.dtype)
+def load_eval_model(model_cfg, rt, rd, source: str, vocab_size: int):
+    """The model of ``model_cfg`` with ``source``'s latest weights, in eval mode."""
+    model = build_model(model_cfg, model_cfg.vocab_size or vocab_size, rt.dtype)
     checkpoint.load_model_weights(checkpoint_dir(rd, source), model)
     model.eval()
     return model

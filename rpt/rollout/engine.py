@@ -17,13 +17,39 @@ the lean and megatron engines (used by one process and by tensor-parallel runs) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
 
-from rpt.model.cpu_compat import shims_suspended
+from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.rollout import lean_decoder
+from rpt.rollout.stopping import BoxedAnswerStop
+
+ENGINES = ("auto", "lean", "megatron")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How ``generate`` samples; built from ``RolloutConfig`` in one place (``from_rollout``), so training, eval
+    and the benchmarks sample the same way."""
+
+    max_new_tokens: int
+    temperature: float  # 0: greedy
+    eos_id: int
+    pad_id: int
+    top_p: float = 1.0
+    engine: str = "auto"  # auto | lean | megatron (``make_decoder``)
+    stop: Optional[BoxedAnswerStop] = None  # ends a row once its answer box closes
+
+    @classmethod
+    def from_rollout(cls, rollout_cfg, tokenizer, **overrides) -> "SamplingParams":
+        stop = BoxedAnswerStop(tokenizer.token_bytes) if rollout_cfg.stop_at_answer else None
+        params = cls(max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
+                     eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, top_p=rollout_cfg.top_p,
+                     engine=rollout_cfg.engine, stop=stop)
+        return replace(params, **overrides)
 
 
 @dataclass
@@ -37,8 +63,31 @@ class Rollouts:
     def response_lens(self) -> torch.Tensor:
         return self.response_mask.sum(1)
 
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
     def response_ids(self, i: int) -> list[int]:
         return self.tokens[i][self.response_mask[i]].tolist()
+
+    def select(self, rows: torch.Tensor | slice) -> "Rollouts":
+        """The rollouts of ``rows`` (indices, a bool mask or a slice)."""
+        return Rollouts(self.tokens[rows], self.prompt_lens[rows], self.response_mask[rows],
+                        self.sample_logprobs[rows])
+
+    @staticmethod
+    def concat(parts: list["Rollouts"], pad_id: int) -> "Rollouts":
+        """Rows of every part, right-padded to the widest (no parts: an empty batch)."""
+        if not parts:
+            return Rollouts(torch.full((0, 1), pad_id, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0, 1, dtype=torch.bool), torch.zeros(0, 1))
+        width = max(p.tokens.shape[1] for p in parts)
+
+        def cat(name, value):
+            return torch.cat([torch.nn.functional.pad(getattr(p, name), (0, width - p.tokens.shape[1]), value=value)
+                              for p in parts])
+
+        return Rollouts(cat("tokens", pad_id), torch.cat([p.prompt_lens for p in parts]),
+                        cat("response_mask", False), cat("sample_logprobs", 0.0))
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor
@@ -64,10 +113,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, uniform: tor
 class MegatronDecoder:
     """The reference incremental forward: megatron-core's own KV-cached inference path (any parallel layout)."""
 
+    @megatron_cuda_calls
     def __init__(self, model, batch: int, max_len: int):
         self.model, self.ctx = model, StaticInferenceContext(batch, max_len)
         self.length = 0
 
+    @megatron_cuda_calls
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         s = tokens.shape[1]
         pos = torch.arange(self.length, self.length + s, device=tokens.device).unsqueeze(0).expand_as(tokens)
@@ -87,8 +138,8 @@ class MegatronDecoder:
 
 def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
     """``auto``: the lean decoder where the model qualifies, else megatron's path; ``lean`` / ``megatron``: force."""
-    if engine not in ("auto", "lean", "megatron"):
-        raise ValueError(f"rollout.engine must be auto, lean or megatron, got {engine!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"rollout.engine must be one of {ENGINES}, got {engine!r}")
     if engine == "lean" and not lean_decoder.supports(model):
         raise ValueError("rollout.engine=lean needs tensor/pipeline parallel size 1 and rpt's GPT architecture")
     if engine == "lean" or (engine == "auto" and lean_decoder.supports(model)):
@@ -96,15 +147,12 @@ def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
     return MegatronDecoder(model, batch, max_len)
 
 
-@shims_suspended()
 @torch.inference_mode()
-def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
-             eos_id: int, pad_id: int, seed: int, device, stop=None, engine: str = "auto") -> Rollouts:
-    """Complete every prompt once (replicate prompts G times beforehand for G samples each).
-
-    ``stop`` (optional, e.g. ``BoxedAnswerStop``) ends a sequence early once its answer is complete; ``engine``
-    picks the incremental forward (``make_decoder``).
-    """
+def generate(model, prompts: list[list[int]], sampling: SamplingParams, seed: int, device) -> Rollouts:
+    """Complete every prompt once (replicate prompts G times beforehand for G samples each), as ``sampling``
+    says; a pure function of (weights, prompts, sampling, seed)."""
+    max_new_tokens, temperature, top_p = sampling.max_new_tokens, sampling.temperature, sampling.top_p
+    eos_id, pad_id, stop = sampling.eos_id, sampling.pad_id, sampling.stop
     n = len(prompts)
     lens = torch.tensor([len(p) for p in prompts], device=device)
     if int(lens.min()) < 1:
@@ -121,7 +169,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         stop.reset(n)
     was_training = model.training
     model.eval()
-    decoder = make_decoder(model, n, total, engine)
+    decoder = make_decoder(model, n, total, sampling.engine)
     logits, col = decoder.prefill(tokens[:, :int(lens.max())], lens)  # col: the column each row writes next
     rows = torch.arange(n, device=device)
     while True:

@@ -41,8 +41,3 @@ class BoxedAnswerStop:
                 if st[2] == 0:
                     return True
         return False
-
-
-def answer_stop(rollout_cfg, tokenizer) -> BoxedAnswerStop | None:
-    """The stop rule the rollout config asks for (None: run to end-of-sequence or the length cap)."""
-    return BoxedAnswerStop(tokenizer.token_bytes) if rollout_cfg.stop_at_answer else None

@@ -12,12 +12,13 @@ import logging
 
 import torch
 
-from rpt.model.cpu_compat import shims_suspended
+from rpt.checkpoint import latest_step_dir
+from rpt.distributed import dp_mean
 from rpt.model.forward import last_token_logits
 from rpt.model.loading import checkpoint_dir
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
-from rpt.train import checkpoint, preemption
+from rpt.train.loop import LoopSpec, run_loop
 from rpt.train.optim import build_trainable
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,17 @@ def run(ctx) -> dict:
     tok = Tokenizer.from_run(rd)
     task = NextTokenTask(rd.positions / "train.jsonl", tok, cfg.rollout.templates[cfg.rollout.template])
     trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, lc, lc.steps)
-    ckpt_dir = rd.checkpoints("cnt")
-    start, wandb_id = checkpoint.resume_or_init(ckpt_dir, trainable, checkpoint_dir(rd, lc.init_from))
-    metrics = ctx.metrics(wandb_id=wandb_id, resume_step=start + 1)
     per_step = lc.prompts_per_step * cfg.rollout.group_size
-    trainable.model.train()
-    loss = None
-    for step in ctx.progress(range(start, lc.steps), desc="cnt", initial=start, total=lc.steps):
+
+    def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         items = task.items_for_step(step, per_step, cfg.run.seed)[rt.dp_rank::rt.dp_size]
         trainable.zero_grad()
-        with shims_suspended():
-            loss = next_token_loss(trainable.model, items, rt.device)
-            loss.backward()
-        applied, grad_norm = trainable.step()
-        metrics.log(step + 1, {"loss": loss.item(), "grad_norm": grad_norm, "lr": trainable.lr})
-        preemption.end_of_step("cnt", step + 1, lc.steps, lc.checkpoint_every, ckpt_dir, trainable, metrics)
-    metrics.close()
-    return {"steps": lc.steps, "final_loss": None if loss is None else loss.item(),
-            "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir))}
+        loss = next_token_loss(trainable.model, items, rt.device)
+        loss.backward()
+        _, grad_norm = trainable.step()
+        return {"loss": dp_mean(loss.item()), "grad_norm": grad_norm, "lr": trainable.lr}, state
+
+    spec = LoopSpec("cnt", lc.steps, lc.checkpoint_every, checkpoint_dir(rd, lc.init_from), postfix=("loss",))
+    history = run_loop(ctx, spec, trainable, step_fn)
+    return {"steps": lc.steps, "final_loss": history[-1]["loss"] if history else None,
+            "checkpoint": str(latest_step_dir(rd.checkpoints("cnt")))}

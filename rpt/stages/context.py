@@ -1,11 +1,11 @@
-"""What every stage receives: the composed config, the process runtime, the run directory and a metrics logger."""
+"""What every stage receives: the typed config (``RootConfig``), the process runtime, the run directory and a metrics logger."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from omegaconf import DictConfig, OmegaConf
-
+from rpt.config import RootConfig
+from rpt.distributed import barrier
 from rpt.metrics import MetricsLogger
 from rpt.rundir import RunDir
 from rpt.runtime import Runtime
@@ -13,21 +13,18 @@ from rpt.runtime import Runtime
 
 @dataclass
 class StageContext:
-    cfg: DictConfig
+    cfg: RootConfig
     rt: Runtime
     rd: RunDir
     stage: str
 
     def metrics(self, wandb_id=None, resume_step=None, stage=None) -> MetricsLogger:
         return MetricsLogger(self.rd.metrics, stage or self.stage, self.cfg.logging, self.rd.path,
-                             OmegaConf.to_container(self.cfg, resolve=True), enabled=self.rt.is_main,
+                             asdict(self.cfg), enabled=self.rt.is_main,
                              wandb_id=wandb_id, resume_step=resume_step)
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
+        barrier()
 
     def progress(self, iterable=None, **kwargs):
         from tqdm.auto import tqdm

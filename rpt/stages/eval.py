@@ -9,17 +9,18 @@ positions), "medium" > 1.0, "hard" > 1.5. Downstream: greedy and k-sample accura
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
 from rpt.eval.accuracy import direct_next_token, reasoning_first
 from rpt.model.loading import load_eval_model
-from rpt.rollout.stopping import answer_stop
+from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tasks.downstream import build_downstream_task
 from rpt.tokenizer import Tokenizer
-from rpt.train import checkpoint
+from rpt import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,19 @@ def run(ctx) -> dict:
     pick = sorted(rng.permutation(len(nt_task))[:ec.max_positions].tolist())
     items = [nt_task.items[i] for i in pick]
     thresholds = cfg.select.difficulty_thresholds
-    stop = answer_stop(cfg.rollout, tok)
+    # the rollout's sampling (engine, top_p, stop rule) at eval's length and temperature; greedy for the greedy runs
+    sampled = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=ec.max_new_tokens,
+                                          temperature=ec.temperature)
+    greedy = replace(sampled, temperature=0.0)
     next_token = {}
     for source in [s for s in ("pretrain", "rpt", "cnt") if rd.is_done(s)]:
-        model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
+        model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
         label = "base" if source == "pretrain" else source
         runs = {
             "direct": direct_next_token(model, nt_task, items, rt.device),
-            "reasoning_greedy": reasoning_first(model, nt_task, items, 1, 0.0, ec.max_new_tokens, cfg.run.seed,
-                                                rt.device, stop),
-            f"reasoning_avg@{ec.samples}": reasoning_first(model, nt_task, items, ec.samples, ec.temperature,
-                                                           ec.max_new_tokens, cfg.run.seed, rt.device, stop),
+            "reasoning_greedy": reasoning_first(model, nt_task, items, 1, greedy, cfg.run.seed, rt.device),
+            f"reasoning_avg@{ec.samples}": reasoning_first(model, nt_task, items, ec.samples, sampled, cfg.run.seed,
+                                                           rt.device),
         }
         next_token[label] = {mode: by_bucket(items, scores, thresholds) for mode, scores in runs.items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
@@ -70,12 +73,11 @@ def run(ctx) -> dict:
     for label, source in sources:
         if checkpoint.latest_step_dir(rd.checkpoints(source)) is None:
             continue
-        model = load_eval_model(cfg, rt, rd, source, tok.vocab_size)
-        greedy = reasoning_first(model, test, test_items, 1, 0.0, ec.max_new_tokens, cfg.run.seed, rt.device,
-                                 stop)
-        sampled = reasoning_first(model, test, test_items, ec.samples, ec.temperature, ec.max_new_tokens,
-                                  cfg.run.seed, rt.device, stop)
-        downstream[label] = {"greedy": float(np.mean(greedy)), f"avg@{ec.samples}": float(np.mean(sampled)),
+        model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
+        greedy_scores = reasoning_first(model, test, test_items, 1, greedy, cfg.run.seed, rt.device)
+        sampled_scores = reasoning_first(model, test, test_items, ec.samples, sampled, cfg.run.seed, rt.device)
+        downstream[label] = {"greedy": float(np.mean(greedy_scores)),
+                             f"avg@{ec.samples}": float(np.mean(sampled_scores)),
                              "n": len(test_items)}
         log.info("eval downstream %s: %s", label, downstream[label])
     if rt.is_main:

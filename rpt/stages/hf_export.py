@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from dataclasses import asdict
 
 from rpt.model.hf import export_hf
 from rpt.model.loading import load_eval_model
@@ -18,8 +18,8 @@ def run(ctx) -> dict:
     if cfg.run.tensor_parallel != 1:
         raise ValueError("hf_export runs with run.tensor_parallel=1 (the checkpoint reshards on load)")
     vocab = cfg.model.vocab_size or Tokenizer.from_run(rd).vocab_size
-    model = load_eval_model(cfg, rt, rd, cfg.hf.source, vocab)
-    mc = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": vocab}
+    model = load_eval_model(cfg.model, rt, rd, cfg.hf.source, vocab)
+    mc = {**asdict(cfg.model), "vocab_size": vocab}
     out = Path(cfg.hf.export_dir or rd.path / "hf" / cfg.hf.source)
     if rt.is_main:
         export_hf(model, mc, out, cfg.hf.architecture, rd.tokenizer if rd.tokenizer.exists() else None)

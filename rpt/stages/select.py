@@ -28,7 +28,7 @@ def run(ctx) -> dict:
     if sc.proxy == "pretrain":
         rd.require("pretrain")
     tok = Tokenizer.from_run(rd)
-    model = load_eval_model(cfg, rt, rd, sc.proxy, cfg.model.vocab_size or tok.vocab_size)
+    model = load_eval_model(cfg.model, rt, rd, sc.proxy, cfg.model.vocab_size or tok.vocab_size)
     corpus = IndexedDocs(rd.data / "rpt")
     docs = [corpus.tokens(i) for i in range(len(corpus))]
     entropies = score_corpus(model, docs, rd.positions / "entropy_shards", sc.shard_docs, cfg.data.seq_length,

@@ -5,25 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rpt.reward.next_token import extract_answer, prefix_reward
+from rpt.reward.answer import extract_answer
+from rpt.reward.next_token import prefix_reward
 from rpt.rundir import read_jsonl
-from rpt.tasks.base import epoch_order, render_prompt
+from rpt.tasks.base import Task, render_prompt
 
 
-class NextTokenTask:
+class NextTokenTask(Task):
     def __init__(self, positions_file: Path, tokenizer, template: str, format_reward: float = 0.0):
-        self.items = read_jsonl(positions_file)
-        if not self.items:
+        items = read_jsonl(positions_file)
+        if not items:
             raise ValueError(f"no positions in {positions_file}")
-        self.tokenizer = tokenizer
+        super().__init__(items, tokenizer)
         self.template = template
         self.format_reward = format_reward
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def items_for_step(self, step: int, count: int, seed: int) -> list[dict]:
-        return [self.items[i] for i in epoch_order(len(self.items), step, count, seed)]
 
     def prompt_ids(self, item: dict) -> list[int]:
         return render_prompt(self.tokenizer, self.template, item["context"])

@@ -14,6 +14,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from rpt.model.build import build_model
+from rpt.model.cpu_compat import megatron_cuda_calls
 
 
 @dataclass
@@ -33,9 +34,10 @@ class Trainable:
         init_lr = 0 during warm-up, which would make the first update a no-op, and the last step lands exactly on
         min_lr. ``lr`` then reports the rate the last update used, and the scheduler's count equals the number
         of completed steps (what a checkpoint stores)."""
-        self.model.finish_grad_sync()
-        self.scheduler.step(increment=1)
-        applied, grad_norm, _ = self.optimizer.step()
+        with megatron_cuda_calls():
+            self.model.finish_grad_sync()
+            self.scheduler.step(increment=1)
+            applied, grad_norm, _ = self.optimizer.step()
         return bool(applied), float(grad_norm or 0.0)
 
     @property
@@ -43,6 +45,7 @@ class Trainable:
         return self.optimizer.param_groups[0]["lr"]
 
 
+@megatron_cuda_calls
 def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int) -> Trainable:
     gpt = build_model(model_cfg, vocab_size, rt.dtype)
     ddp = DistributedDataParallel(

@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 import signal
 
-import torch
-import torch.distributed as dist
-
-from rpt.train import checkpoint
+from rpt import checkpoint
+from rpt.distributed import world_any
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +38,18 @@ def install() -> None:
 
 
 def should_stop() -> bool:
-    flag = torch.tensor([1.0 if _requested else 0.0])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    """True on every rank once any rank has received the signal (a world collective: every rank calls it)."""
+    return world_any(_requested)
 
 
-def end_of_step(stage: str, step: int, total: int, every: int, ckpt_dir, trainable, metrics) -> None:
-    """After ``step`` completed steps: checkpoint ``trainable`` (with the W&B run id of ``metrics``) when due:
-    every ``every`` steps, at the end, or on a preemption signal; on a signal also close ``metrics`` and raise
-    ``Preempted``."""
+def end_of_step(stage: str, step: int, total: int, every: int, ckpt_dir, trainable, metrics,
+                loop_state: dict | None = None) -> None:
+    """After ``step`` completed steps: checkpoint ``trainable`` (with the W&B run id of ``metrics`` and the loop's
+    ``loop_state``, e.g. a data cursor) when due: every ``every`` steps, at the end, or on a preemption signal; on
+    a signal also close ``metrics`` and raise ``Preempted``."""
     stop = should_stop()
     if step % every == 0 or step == total or stop:
-        checkpoint.save(ckpt_dir, step, trainable, {"wandb_id": metrics.wandb_id})
+        checkpoint.save(ckpt_dir, step, trainable, {"wandb_id": metrics.wandb_id, "loop_state": loop_state or {}})
     if stop:
         metrics.close()
         raise Preempted(stage, step)

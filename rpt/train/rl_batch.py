@@ -1,138 +1,102 @@
-"""Turn rollouts into a training batch: trainer-side log-probs and entropies (the "old" policy), and every
-per-token quantity that must be fixed over the *global* batch before the update (aggregation weights, the
-forking-token mask, Clip-Cov / KL-Cov choices, reference log-probs).
+"""Rollouts → the training batch: trainer-side log-probs and entropies (``policy_values``: the old policy, the
+reference), and every per-token choice fixed over the *global* batch before the update (the forking mask, the
+loss variant's Cov choice). ``build_batch`` returns the complete batch; nothing is filled in later.
 
 Token t of a sequence is predicted from positions < t, so all per-token tensors here are ``[N, T-1]`` aligned with
 ``tokens[:, 1:]``. Rows come in GRPO groups of G consecutive sequences; micro-batches hold whole groups, so every
-trainer forward (``RLBatch.forward``) can score a group over one copy of its prompt (``algo.share_prompt``).
+trainer forward (``trainer_forward``) can score a group over one copy of its prompt (``algo.share_prompt``). A
+rank may hold no rows at all (dynamic sampling kept none of its groups): every function here still takes part in
+the same collectives and returns empty ``[0, T-1]`` tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
-import torch.distributed as dist
 
-from rpt.algo.losses import aggregation_weights
-from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
-from rpt.model.cpu_compat import shims_suspended
+from rpt.algo.losses import get_policy_loss
+from rpt.algo.masks import forking_mask, token_covariance
 from rpt.model.forward import full_logits, logprobs_and_entropy
 from rpt.model.shared_prefix import group_layout, shared_prompt_logprobs
-from rpt.runtime import dp_sum
 from rpt.rollout.engine import Rollouts
 
 
-@dataclass
-class RLBatch:
-    tokens: torch.Tensor  # [N, T]
-    mask: torch.Tensor  # [N, T-1] response tokens
-    adv: torch.Tensor  # [N, 1]
-    old_logp: torch.Tensor | None  # [N, T-1]; None until the update's own forward fills it (``reuse_update_forward``)
-    entropy: torch.Tensor | None  # [N, T-1]; as old_logp
-    sample_logp: torch.Tensor  # [N, T-1]
-    train_mask: torch.Tensor  # [N, T-1] tokens that receive gradient (forking mask applied)
-    weights: torch.Tensor | None  # [N, T-1] aggregation weights (global normalisation); set by build_batch
-    detach_mask: torch.Tensor | None = None  # Clip-Cov
-    kl_cov_mask: torch.Tensor | None = None  # KL-Cov
-    ref_logp: torch.Tensor | None = None  # reference policy (KL penalty)
-    cov: torch.Tensor | None = None  # per-token covariance statistics
-    prompt_lens: torch.Tensor | None = None  # [N]
-    group_size: int = 1  # G > 1: forwards share each group's prompt (``forward``)
-
-    def micro_batches(self, size: int):
-        """Row ranges of at most ``size`` sequences (at least one group), cut between groups."""
-        size = max(self.group_size, size - size % self.group_size)
-        for s in range(0, self.tokens.shape[0], size):
-            yield s, min(s + size, self.tokens.shape[0])
-
-    def forward(self, model, s: int, e: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs and entropies (``[e-s, T-1]``) of rows ``s:e`` under ``model`` at ``temperature``; over one copy of
-        each group's prompt when the rows are groups sharing it, otherwise a plain causal forward."""
-        tokens = self.tokens[s:e]
-        layout = None
-        if self.group_size > 1:
-            layout = group_layout(tokens, self.prompt_lens[s:e], self.mask[s:e].sum(1), self.group_size)
-        if layout is None:
-            return logprobs_and_entropy(full_logits(model, tokens[:, :-1]) / temperature, tokens[:, 1:])
-        return shared_prompt_logprobs(model, layout, e - s, tokens.shape[1] - 1, temperature)
+@dataclass(frozen=True)
+class PolicyValues:
+    logp: torch.Tensor  # [N, T-1] log-prob of each next token at the sampling temperature
+    entropy: torch.Tensor  # [N, T-1] entropy of the whole next-token distribution
 
 
-def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
-    width = max(p.tokens.shape[1] for p in parts)
-
-    def pad(x, value):
-        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
-
-    return Rollouts(torch.cat([pad(p.tokens, pad_id) for p in parts]), torch.cat([p.prompt_lens for p in parts]),
-                    torch.cat([pad(p.response_mask, False) for p in parts]),
-                    torch.cat([pad(p.sample_logprobs, 0.0) for p in parts]))
+def micro_batches(rows: range, size: int, group_size: int) -> list[range]:
+    """``rows`` cut into chunks of at most ``size`` rows (at least one group), between groups."""
+    size = max(group_size, size - size % group_size)
+    return [range(s, min(s + size, rows.stop)) for s in range(rows.start, rows.stop, size)]
 
 
-@shims_suspended()
+def trainer_forward(model, rollouts: Rollouts, rows: range, group_size: int, temperature: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies (``[len(rows), T-1]``) of ``rows`` under ``model`` at ``temperature``: over one copy
+    of each group's prompt when ``group_size > 1`` and the rows are such groups, else a plain causal forward."""
+    part = rollouts.select(slice(rows.start, rows.stop))
+    layout = None
+    if group_size > 1:
+        layout = group_layout(part.tokens, part.prompt_lens, part.response_lens, group_size)
+    if layout is None:
+        logits = full_logits(model, part.tokens[:, :-1]) / temperature
+        return logprobs_and_entropy(logits, part.tokens[:, 1:])
+    return shared_prompt_logprobs(model, layout, len(part), part.tokens.shape[1] - 1, temperature)
+
+
 @torch.no_grad()
-def policy_stats(model, batch: RLBatch, temperature: float, micro_batch: int):
-    """Log-probs and entropies of ``tokens[:, 1:]`` under ``model`` at the sampling temperature."""
-    parts = [batch.forward(model, s, e, temperature) for s, e in batch.micro_batches(micro_batch)]
-    return torch.cat([lp for lp, _ in parts]), torch.cat([ent for _, ent in parts])
+def policy_values(model, rollouts: Rollouts, group_size: int, share_prompt: bool, temperature: float,
+                  micro_batch: int) -> PolicyValues:
+    """Log-probs and entropies of every rollout token under ``model`` (no gradient)."""
+    shared = group_size if share_prompt else 1
+    parts = [trainer_forward(model, rollouts, rows, shared, temperature)
+             for rows in micro_batches(range(len(rollouts)), micro_batch, group_size)]
+    if not parts:
+        empty = torch.zeros(0, rollouts.tokens.shape[1] - 1, device=rollouts.tokens.device)
+        return PolicyValues(empty, empty)
+    return PolicyValues(torch.cat([lp for lp, _ in parts]), torch.cat([ent for _, ent in parts]))
 
 
-def _global_values(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor across data-parallel ranks (for global quantiles and top-k)."""
-    from megatron.core import parallel_state
+@dataclass(frozen=True)
+class RLBatch:
+    rollouts: Rollouts
+    mask: torch.Tensor  # [N, T-1] response tokens
+    adv: torch.Tensor  # [N, 1] sequence advantages
+    train_mask: torch.Tensor  # [N, T-1] tokens that receive gradient (forking mask applied)
+    group_size: int  # G: consecutive rows answer the same prompt (micro- and mini-batches hold whole groups)
+    old: Optional[PolicyValues]  # None only when the update's own first forward supplies them
+    chosen: Optional[torch.Tensor] = None  # [N, T-1] the loss variant's token choice (Clip-Cov / KL-Cov)
+    ref_logp: Optional[torch.Tensor] = None  # [N, T-1] reference policy (KL penalty)
+    share_prompt: bool = True  # forwards score each group over one copy of its prompt
 
-    group = parallel_state.get_data_parallel_group()
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return x
-    parts = [None] * dist.get_world_size(group)
-    dist.all_gather_object(parts, x.cpu(), group=group)
-    return torch.cat(parts).to(x.device)
-
-
-def can_reuse_update_forward(algo, ppo_epochs: int) -> bool:
-    """True when the old-policy log-probs may come from the update's own first forward instead of a separate pass:
-    one PPO epoch (so they are the same weights on the same tokens) and no loss part that needs whole-batch
-    statistics before the first backward (forking mask, Clip-Cov, KL-Cov)."""
-    return (algo.reuse_update_forward and ppo_epochs == 1 and algo.forking_rho == 0
-            and algo.policy_loss not in ("clip_cov", "kl_cov"))
+    @property
+    def shared_group(self) -> int:
+        """The group size ``trainer_forward`` shares prompts over (1: plain rows)."""
+        return self.group_size if self.share_prompt else 1
 
 
-def build_batch(model, rollouts: Rollouts, adv: torch.Tensor, algo, rollout_cfg, micro_batch: int,
-                generator: torch.Generator, ref_model=None, old_from_update: bool = False) -> RLBatch:
-    """The batch with every pre-update statistic; ``old_from_update`` skips the old-policy forward (see
-    ``can_reuse_update_forward``): ``rl_update.update`` then fills ``old_logp`` / ``entropy`` / ``cov``."""
-    tokens = rollouts.tokens
+def needs_old_values(algo, updates_per_rollout: int) -> bool:
+    """Whether the batch needs a separate old-policy pass before the update. Not when there is exactly one
+    optimizer step per rollout (same weights on the same tokens: the update's first forward gives the same
+    values) and no loss part needs whole-batch statistics before the first backward (forking mask, Cov choice)."""
+    return (not algo.reuse_update_forward or updates_per_rollout > 1 or algo.forking_rho > 0
+            or get_policy_loss(algo.policy_loss).choose is not None)
+
+
+def build_batch(rollouts: Rollouts, adv: torch.Tensor, old: Optional[PolicyValues], algo, group_size: int,
+                generator: torch.Generator, ref_logp: Optional[torch.Tensor] = None) -> RLBatch:
+    """The batch with every pre-update choice made over the global batch (collectives: every rank calls it)."""
     mask = rollouts.response_mask[:, 1:]
-    batch = RLBatch(tokens, mask, adv.view(-1, 1), old_logp=None, entropy=None,
-                    sample_logp=rollouts.sample_logprobs[:, 1:], train_mask=mask, weights=None,
-                    prompt_lens=rollouts.prompt_lens, group_size=rollout_cfg.group_size if algo.share_prompt else 1)
-    if not old_from_update:
-        batch.old_logp, batch.entropy = policy_stats(model, batch, rollout_cfg.temperature, micro_batch)
-    old_logp, entropy = batch.old_logp, batch.entropy
-    train_mask = mask
+    adv = adv.view(-1, 1).to(mask.device)
+    train_mask, chosen = mask, None
     if algo.forking_rho > 0:
-        threshold_src = _global_values(entropy[mask])
-        if threshold_src.numel():
-            tau = torch.quantile(threshold_src.float(), 1.0 - algo.forking_rho)
-            train_mask = mask & (entropy >= tau)
-    batch.train_mask = train_mask
-    batch.weights = aggregation_weights(train_mask, algo.loss_agg, dp_sum(float(train_mask.sum())),
-                                        dp_sum(float(train_mask.any(1).sum())), float(rollout_cfg.max_new_tokens))
-    if old_logp is not None:
-        batch.cov = token_covariance(old_logp, batch.adv.expand_as(old_logp), mask)
-    if algo.policy_loss == "clip_cov":
-        batch.detach_mask = clip_cov_mask(batch.cov, mask, algo.clip_cov_ratio, algo.clip_cov_low,
-                                          algo.clip_cov_high, generator)
-    elif algo.policy_loss == "kl_cov":
-        batch.kl_cov_mask = kl_cov_mask(batch.cov, mask, algo.kl_cov_ratio)
-    if algo.kl_coef > 0:
-        if ref_model is None:
-            raise ValueError("algo.kl_coef > 0 needs a reference model")
-        batch.ref_logp, _ = policy_stats(ref_model, batch, rollout_cfg.temperature, micro_batch)
-    return batch
-
-
-def forking_share(entropy: torch.Tensor, mask: torch.Tensor, rho: float = 0.2) -> float:
-    """Mean entropy of the top-``rho`` tokens (the forking tokens), for logging."""
-    chosen = forking_mask(entropy, mask, rho)
-    return float(entropy[chosen].mean()) if chosen.any() else 0.0
+        train_mask = forking_mask(old.entropy, mask, algo.forking_rho)
+    policy_loss = get_policy_loss(algo.policy_loss)
+    if policy_loss.choose is not None:
+        chosen = policy_loss.choose(token_covariance(old.logp, adv.expand_as(old.logp), mask), mask, algo, generator)
+    return RLBatch(rollouts, mask, adv, train_mask, group_size, old, chosen, ref_logp, algo.share_prompt)

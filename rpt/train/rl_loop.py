@@ -1,30 +1,36 @@
-"""The RL loop shared by the `rpt` and `rl` stages: rollout → reward → GRPO advantages → update, every step.
+"""The RL step shared by the `rpt` and `rl` stages, and the stage around it.
 
-Each step: this rank's share of the step's prompts is sampled G times; rewards come from the task's verifier;
-with dynamic sampling, groups whose rewards are all equal are dropped and more prompts are rolled out (up to
-``algo.max_refills`` extra batches); the policy is updated once per PPO epoch. Everything a step draws (prompts,
-sampling noise, Clip-Cov choices) is derived from (seed, step), so a run resumed from a checkpoint reproduces the
-uninterrupted one exactly.
+One step, each value returned by the one before (nothing filled in later):
+``collect`` (rollouts and rewards, with dynamic-sampling refills) → ``compute_advantages`` → ``policy_values``
+(old policy, reference) → ``build_batch`` (global token choices) → ``update`` (mini-batched optimizer steps) →
+``step_metrics``. Everything a step draws (prompts, sampling noise, Clip-Cov choices) is derived from (seed, step)
+and the data cursor, so a run resumed from a checkpoint reproduces the uninterrupted one exactly.
+
+Every rank takes the same collectives whatever its data: refills and "nothing to learn" are decided over the
+whole data-parallel batch, and a rank left without groups still runs every reduction and optimizer step.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
-from rpt.algo.advantages import all_equal_groups, group_advantages
-from rpt.model.loading import checkpoint_dir, load_eval_model
-from rpt.rollout.engine import generate
-from rpt.rollout.stopping import answer_stop
-from rpt.train import checkpoint, preemption
-from rpt.train.optim import build_trainable
-from rpt.algo.masks import forking_mask
+from rpt.algo.advantages import all_equal_groups, compute_advantages
+from rpt.algo.masks import forking_mask, token_covariance
 from rpt.analysis.planning import planning_token_mask
-from rpt.train.rl_batch import build_batch, can_reuse_update_forward, concat_rollouts, forking_share, policy_stats
-from rpt.runtime import dp_sum
-from rpt.train.rl_update import update
+from rpt.checkpoint import latest_step_dir
+from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, TrainLoopConfig
+from rpt.distributed import dp_max, dp_mean_of, dp_sum
+from rpt.model.loading import checkpoint_dir, load_eval_model
+from rpt.rollout.engine import Rollouts, SamplingParams, generate
+from rpt.train.loop import LoopSpec, run_loop
+from rpt.train.optim import build_trainable
+from rpt.train.rl_batch import PolicyValues, build_batch, needs_old_values, policy_values
+from rpt.train.rl_update import UpdateResult, update
 
 log = logging.getLogger(__name__)
 
@@ -34,151 +40,179 @@ def _step_seed(seed: int, step: int, *more: int) -> int:
         hash((seed, step, *more)) & 0xFFFFFFFFFFFF)).item())
 
 
-def collect(ctx, model, task, tok, step: int, loop_cfg) -> tuple:
-    """Roll out this rank's prompts (with dynamic-sampling refills); returns rollouts, rewards and counts."""
-    cfg, rt = ctx.cfg, ctx.rt
-    G, algo = cfg.rollout.group_size, cfg.algo
-    per_rank = max(1, loop_cfg.prompts_per_step // rt.dp_size)
-    kept_parts, kept_rewards, all_rewards, all_equal, groups_seen, refills = [], [], [], 0, 0, 0
-    while True:
-        items = task.items_for_step(step * (algo.max_refills + 1) + refills, per_rank * rt.dp_size,
-                                    cfg.run.seed)[rt.dp_rank::rt.dp_size]
-        prompts = [ids for it in items for ids in [task.prompt_ids(it)] * G]
-        ro = generate(model, prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
-                      tok.eos_id, tok.pad_id, _step_seed(cfg.run.seed, step, refills, rt.dp_rank), rt.device,
-                      stop=answer_stop(cfg.rollout, tok), engine=cfg.rollout.engine)
-        rewards = torch.tensor([task.reward(items[i // G], tok.decode(ro.response_ids(i))) for i in range(len(prompts))])
-        all_rewards.append(rewards)
+@dataclass
+class RLSetup:
+    """What an RL stage trains with, built once by ``train``."""
+
+    trainable: Any  # rpt.train.optim.Trainable
+    task: Any  # rpt.tasks.base.Task
+    rollout: RolloutConfig
+    algo: AlgoConfig
+    loop: TrainLoopConfig
+    analysis: AnalysisConfig
+    sampling: SamplingParams
+    rt: Any  # rpt.runtime.Runtime
+    seed: int
+    ref_model: Any = None  # the initial policy, for the KL penalty
+    init_model: Any = None  # the initial policy, for the forking-token overlap analysis
+
+    @property
+    def n_mini(self) -> int:
+        """Optimizer steps per epoch: prompts per step over prompts per mini-batch."""
+        return self.loop.prompts_per_step // (self.loop.ppo_mini_batch_size or self.loop.prompts_per_step)
+
+
+@dataclass(frozen=True)
+class Collected:
+    rollouts: Rollouts  # this rank's kept groups (possibly none)
+    rewards: torch.Tensor  # [rows]
+    stats: dict
+    cursor: int  # the next prompt batch to draw
+
+
+def collect(run: RLSetup, step: int, cursor: int) -> Collected:
+    """Roll out this rank's share of the step's prompts, G samples each. With dynamic sampling, groups whose
+    rewards are all equal are dropped and further prompt batches drawn until every rank holds its share or
+    ``algo.max_refills`` extra batches are spent (a global decision). Each drawn batch advances the cursor, so the
+    epoch walk covers every item once per epoch whatever the refills."""
+    rt, algo, G = run.rt, run.algo, run.rollout.group_size
+    per_rank = run.loop.prompts_per_step // rt.dp_size
+    tok = run.task.tokenizer
+    kept, kept_rewards, sampled, all_equal, groups_seen, n_kept = [], [], [], 0, 0, 0
+    for refill in range(algo.max_refills + 1 if algo.dynamic_sampling else 1):
+        items = run.task.items_for_step(cursor, per_rank * rt.dp_size, run.seed)[rt.dp_rank::rt.dp_size]
+        cursor += 1
+        prompts = [ids for it in items for ids in [run.task.prompt_ids(it)] * G]
+        ro = generate(run.trainable.model.module, prompts, run.sampling,
+                      _step_seed(run.seed, step, refill, rt.dp_rank), rt.device)
+        rewards = torch.tensor([run.task.reward(items[i // G], tok.decode(ro.response_ids(i)))
+                                for i in range(len(prompts))])
+        sampled.append(rewards)
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
-        all_equal += int(equal.sum())
-        groups_seen += len(items)
-        keep = ~equal if algo.dynamic_sampling else torch.ones_like(equal)
-        if keep.any():
-            seq_keep = keep.repeat_interleave(G)
-            kept_parts.append(type(ro)(ro.tokens[seq_keep], ro.prompt_lens[seq_keep], ro.response_mask[seq_keep],
-                                       ro.sample_logprobs[seq_keep]))
-            kept_rewards.append(rewards[seq_keep])
-        n_kept = sum(len(r) for r in kept_rewards) // G
-        if not algo.dynamic_sampling or n_kept >= per_rank or refills >= algo.max_refills:
+        all_equal, groups_seen = all_equal + int(equal.sum()), groups_seen + len(items)
+        keep = (~equal if algo.dynamic_sampling else torch.ones_like(equal)).repeat_interleave(G)
+        kept.append(ro.select(keep))
+        kept_rewards.append(rewards[keep])
+        n_kept += int(keep.sum()) // G
+        if not algo.dynamic_sampling or dp_sum(min(n_kept, per_rank)) >= run.loop.prompts_per_step:
             break
-        refills += 1
-    sampled = torch.cat(all_rewards)
-    stats = {"all_equal_share": dp_sum(all_equal) / max(dp_sum(groups_seen), 1), "refills": refills,
-             "reward_mean": _dp_mean(sampled), "accuracy": _dp_mean((sampled > 0.5).float())}
-    if not kept_parts:
-        return None, None, stats
-    rollouts = concat_rollouts(kept_parts, tok.pad_id)
-    rewards = torch.cat(kept_rewards)
-    if algo.dynamic_sampling and len(rewards) > per_rank * G:
-        rollouts = type(rollouts)(*(x[:per_rank * G] for x in (rollouts.tokens, rollouts.prompt_lens,
-                                                                rollouts.response_mask, rollouts.sample_logprobs)))
-        rewards = rewards[:per_rank * G]
-    return rollouts, rewards, stats
+    rollouts = Rollouts.concat(kept, tok.pad_id).select(slice(0, per_rank * G))
+    rewards = torch.cat(kept_rewards)[:per_rank * G]
+    sampled = torch.cat(sampled)
+    shares = dp_sum(all_equal, groups_seen)
+    stats = {"all_equal_share": shares[0] / max(shares[1], 1.0), "refills": refill,
+             "reward_mean": dp_mean_of(sampled), "accuracy": dp_mean_of((sampled > 0.5).float())}
+    return Collected(rollouts, rewards, stats, cursor)
 
 
-def _dp_mean(values: torch.Tensor) -> float:
-    """Mean over the whole data-parallel batch (every rank's share), as one process would have logged it."""
-    return dp_sum(float(values.float().sum())) / max(dp_sum(float(values.numel())), 1.0)
-
-
-def _global_max(x: torch.Tensor) -> float:
-    import torch.distributed as dist
-
-    value = torch.tensor([float(x.max()) if x.numel() else 0.0])
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return float(value)
-
-
-def entropy_analysis(cfg, batch, rollouts, tok, step: int, init_model=None) -> dict:
-    """Planning vs execution entropy, forking-token share and the top-rho overlap with the initial model."""
-    ac = cfg.analysis
-    mask = batch.mask
-    planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, tok, ac.strategic_grams)[:, 1:] & mask
-    execution = mask & ~planning
-    out = {
-        "entropy_planning": float(batch.entropy[planning].mean()) if planning.any() else None,
-        "entropy_execution": float(batch.entropy[execution].mean()) if execution.any() else None,
-        "planning_token_share": float(planning.sum()) / max(float(mask.sum()), 1.0),
-        "forking_token_share": float((batch.entropy[mask] > ac.forking_threshold).float().mean()) if mask.any() else 0.0,
-    }
-    if init_model is not None and ac.overlap_every and step % ac.overlap_every == 0 and mask.any():
-        _, init_entropy = policy_stats(init_model, batch, cfg.rollout.temperature, cfg.rpt.micro_batch_size)
-        now, then = forking_mask(batch.entropy, mask, ac.overlap_rho), forking_mask(init_entropy, mask, ac.overlap_rho)
-        out["forking_overlap_with_init"] = float((now & then).sum()) / max(float(now.sum()), 1.0)
-    return out
-
-
-def rl_step(ctx, trainable, task, tok, step: int, loop_cfg, ref_model=None, init_model=None) -> dict:
-    cfg, rt = ctx.cfg, ctx.rt
+def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
+    """One RL step; returns its metrics and the data cursor after it."""
     t0 = time.perf_counter()
-    rollouts, rewards, sample_stats = collect(ctx, trainable.model.module, task, tok, step, loop_cfg)
+    got = collect(run, step, cursor)
+    rollouts, G, algo, model = got.rollouts, run.rollout.group_size, run.algo, run.trainable.model
     t_rollout = time.perf_counter() - t0
-    metrics = dict(sample_stats)
-    if rollouts is None:  # every group all-equal and refills exhausted: nothing to learn from this step
-        metrics.update(update_applied=0.0, rollout_s=t_rollout)
-        return metrics
     t1 = time.perf_counter()
-    adv = group_advantages(rewards, cfg.rollout.group_size, cfg.algo.norm_adv_by_std, cfg.algo.adv_eps)
-    gen = torch.Generator().manual_seed(_step_seed(cfg.run.seed, step, 7))
-    learn = _global_max(adv.abs()) > 0.0 or bool(cfg.algo.entropy_coef) or bool(cfg.algo.kl_coef)
-    batch = build_batch(trainable.model, rollouts, adv.to(rt.device), cfg.algo, cfg.rollout,
-                        loop_cfg.micro_batch_size, gen, ref_model,
-                        old_from_update=learn and can_reuse_update_forward(cfg.algo, loop_cfg.ppo_epochs))
+    adv = compute_advantages(got.rewards, G, algo)
+    learn = dp_max(float(adv.abs().max()) if adv.numel() else 0.0) > 0 or bool(algo.entropy_coef or algo.kl_coef)
+    updates = run.loop.ppo_epochs * run.n_mini
+    mb, temp = run.loop.micro_batch_size, run.rollout.temperature
+    old = None
+    if not learn or needs_old_values(algo, updates):
+        old = policy_values(model, rollouts, G, algo.share_prompt, temp, mb)
+    ref_logp = None
+    if algo.kl_coef:
+        ref_logp = policy_values(run.ref_model, rollouts, G, algo.share_prompt, temp, mb).logp
+    gen = torch.Generator().manual_seed(_step_seed(run.seed, step, 7))
+    batch = build_batch(rollouts, adv, old, algo, G, gen, ref_logp)
     t_score = time.perf_counter() - t1
     t2 = time.perf_counter()
     if learn:
-        upd = update(trainable, batch, cfg.algo, cfg.rollout.temperature, loop_cfg.ppo_epochs,
-                     loop_cfg.micro_batch_size, rt.dp_size)
-    else:
-        # no group carries a learning signal: an Adam step on zero gradients would still move the weights
-        upd = {"clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl_to_old": 0.0, "loss": 0.0, "grad_norm": 0.0,
-               "update_applied": 0.0}
+        result = update(run.trainable, batch, algo, temp, run.loop.ppo_epochs, run.n_mini, mb,
+                        run.rollout.max_new_tokens, run.rt.dp_size)
+    else:  # no group carries a signal anywhere: an Adam step on zero gradients would still move the weights
+        result = UpdateResult({"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl_to_old": 0.0,
+                               "grad_norm": 0.0, "update_applied": 0.0, "optimizer_steps": 0.0}, None)
     t_update = time.perf_counter() - t2
+    values = old if old is not None else result.old
+    metrics = {**got.stats, **result.stats, **step_metrics(batch, values, got.rewards),
+               "rollout_s": t_rollout, "score_s": t_score, "update_s": t_update, "lr": run.trainable.lr}
+    metrics["tokens_per_s"] = dp_sum(float(rollouts.response_mask.sum())) / (time.perf_counter() - t0)
+    metrics.update(entropy_analysis(run, rollouts, batch.mask, values, step))
+    return metrics, got.cursor
+
+
+def step_metrics(batch, values: PolicyValues, rewards: torch.Tensor) -> dict:
+    """Whole-batch (data-parallel) statistics of the policy on the step's rollouts."""
     mask = batch.mask
-    n_resp = float(mask.sum())
-    response_tokens = dp_sum(float(rollouts.response_mask.sum()))
-    metrics.update(upd)
-    metrics.update(  # data-parallel means; forking share, cov_max and the entropy analysis are rank 0's share
-        reward_trained_mean=_dp_mean(rewards),
-        entropy=_dp_mean(batch.entropy[mask]),
-        entropy_forking=forking_share(batch.entropy, mask),
-        entropy_trained=_dp_mean(batch.entropy[batch.train_mask]),
-        trained_token_share=dp_sum(float(batch.train_mask.sum())) / max(dp_sum(n_resp), 1.0),
-        cov_mean=_dp_mean(batch.cov[mask]),
-        cov_max=float(batch.cov[mask].max()) if n_resp else 0.0,
-        response_length=_dp_mean(rollouts.response_lens),
-        train_rollout_gap=_dp_mean((batch.old_logp - batch.sample_logp).abs()[mask]),
-        rollout_s=t_rollout, score_s=t_score, update_s=t_update, lr=trainable.lr,
-        tokens_per_s=response_tokens / (time.perf_counter() - t0))
-    metrics.update(entropy_analysis(cfg, batch, rollouts, tok, step, init_model))
-    return metrics
+    cov = token_covariance(values.logp, batch.adv.expand_as(values.logp), mask)
+    forking = forking_mask(values.entropy, mask, 0.2)
+    trained, total = dp_sum(float(batch.train_mask.sum()), float(mask.sum()))
+    sample_logp = batch.rollouts.sample_logprobs[:, 1:]
+    return {
+        "reward_trained_mean": dp_mean_of(rewards),
+        "entropy": dp_mean_of(values.entropy[mask]),
+        "entropy_forking": dp_mean_of(values.entropy[forking]),
+        "entropy_trained": dp_mean_of(values.entropy[batch.train_mask]),
+        "trained_token_share": trained / max(total, 1.0),
+        "cov_mean": dp_mean_of(cov[mask]),
+        "cov_max": dp_max(float(cov[mask].max()) if mask.any() else float("-inf")),
+        "response_length": dp_mean_of(batch.rollouts.response_lens),
+        "train_rollout_gap": dp_mean_of((values.logp - sample_logp).abs()[mask]),
+    }
 
 
-def train(ctx, task, stage_name: str, init_source: str, loop_cfg) -> dict:
+def entropy_analysis(run: RLSetup, rollouts: Rollouts, mask: torch.Tensor, values: PolicyValues, step: int) -> dict:
+    """Planning vs execution entropy, forking-token share and the top-rho overlap with the initial model."""
+    ac = run.analysis
+    planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, run.task.tokenizer,
+                                   ac.strategic_grams)[:, 1:] & mask
+    execution = mask & ~planning
+    planned, total = dp_sum(float(planning.sum()), float(mask.sum()))
+    out = {
+        "entropy_planning": dp_mean_of(values.entropy[planning], empty=None),
+        "entropy_execution": dp_mean_of(values.entropy[execution], empty=None),
+        "planning_token_share": planned / max(total, 1.0),
+        "forking_token_share": dp_mean_of((values.entropy[mask] > ac.forking_threshold).float()),
+    }
+    if run.init_model is not None and ac.overlap_every and step % ac.overlap_every == 0:
+        init = policy_values(run.init_model, rollouts, run.rollout.group_size, run.algo.share_prompt,
+                             run.rollout.temperature, run.loop.micro_batch_size)
+        now, then = forking_mask(values.entropy, mask, ac.overlap_rho), forking_mask(init.entropy, mask, ac.overlap_rho)
+        both, chosen = dp_sum(float((now & then).sum()), float(now.sum()))
+        out["forking_overlap_with_init"] = both / max(chosen, 1.0)
+    return out
+
+
+def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfig) -> dict:
     """Run (or resume) an RL stage from ``init_source``'s checkpoint; checkpoints go to ``checkpoints/<stage_name>``."""
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
-    tok = task.tokenizer
-    vocab = cfg.model.vocab_size or tok.vocab_size
+    check_layout(loop_cfg, rt.dp_size, stage_name)
+    vocab = cfg.model.vocab_size or task.tokenizer.vocab_size
     trainable = build_trainable(cfg.model, vocab, rt, loop_cfg, loop_cfg.steps)
-    ckpt_dir = rd.checkpoints(stage_name)
-    start, wandb_id = checkpoint.resume_or_init(ckpt_dir, trainable, checkpoint_dir(rd, init_source))
-    ref_model = load_eval_model(cfg, rt, rd, init_source, vocab) if cfg.algo.kl_coef > 0 else None
+    ref_model: Optional[Any] = load_eval_model(cfg.model, rt, rd, init_source, vocab) if cfg.algo.kl_coef else None
     init_model = ref_model
     if init_model is None and cfg.analysis.overlap_every:
-        init_model = load_eval_model(cfg, rt, rd, init_source, vocab)
-    metrics_log = ctx.metrics(wandb_id=wandb_id, resume_step=start + 1, stage=stage_name)
-    trainable.model.train()
-    history = []
-    bar = ctx.progress(range(start, loop_cfg.steps), desc=stage_name, initial=start, total=loop_cfg.steps)
-    for step in bar:
-        m = rl_step(ctx, trainable, task, tok, step, loop_cfg, ref_model, init_model)
-        metrics_log.log(step + 1, m)
-        history.append(m)
-        bar.set_postfix(reward=f"{m.get('reward_mean', 0):.3f}", H=f"{m.get('entropy', 0):.2f}")
-        preemption.end_of_step(stage_name, step + 1, loop_cfg.steps, loop_cfg.checkpoint_every, ckpt_dir, trainable,
-                               metrics_log)
-    metrics_log.close()
+        init_model = load_eval_model(cfg.model, rt, rd, init_source, vocab)
+    run = RLSetup(trainable, task, cfg.rollout, cfg.algo, loop_cfg, cfg.analysis,
+                  SamplingParams.from_rollout(cfg.rollout, task.tokenizer), rt, cfg.run.seed, ref_model, init_model)
+
+    def step_fn(step: int, state: dict) -> tuple[dict, dict]:
+        metrics, cursor = rl_step(run, step, state["cursor"])
+        return metrics, {"cursor": cursor}
+
+    spec = LoopSpec(stage_name, loop_cfg.steps, loop_cfg.checkpoint_every, checkpoint_dir(rd, init_source),
+                    postfix=("reward_mean", "entropy"), state={"cursor": 0})
+    history = run_loop(ctx, spec, trainable, step_fn)
     tail = history[-max(1, len(history) // 4):] if history else []
-    return {"steps": loop_cfg.steps, "checkpoint": str(checkpoint.latest_step_dir(ckpt_dir)),
+    return {"steps": loop_cfg.steps, "checkpoint": str(latest_step_dir(rd.checkpoints(stage_name))),
             "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail))}
+
+
+def check_layout(loop_cfg: TrainLoopConfig, dp_size: int, section: str) -> None:
+    """Prompts must split evenly over the data-parallel ranks and the mini-batches."""
+    if loop_cfg.prompts_per_step % dp_size:
+        raise ValueError(f"{section}: prompts_per_step={loop_cfg.prompts_per_step} does not split over "
+                         f"{dp_size} data-parallel ranks")
+    mini = loop_cfg.ppo_mini_batch_size or loop_cfg.prompts_per_step
+    if (mini // dp_size) * dp_size != mini:
+        raise ValueError(f"{section}: ppo_mini_batch_size={mini} does not split over {dp_size} data-parallel ranks")

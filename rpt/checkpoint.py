@@ -1,4 +1,5 @@
 """Checkpoints that resume exactly: megatron dist_checkpointing for model + optimizer, plus a small state file.
+(A top-level module because model loading, the training loop and the stages all read checkpoints.)
 
 Layout: ``checkpoints/<stage>/step_000123/`` holds the distributed checkpoint (reshardable across TP/DP layouts)
 and ``state.pt`` (step, scheduler, RNG states of python/numpy/torch/megatron, data cursor, W&B run id, any extra
@@ -19,6 +20,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, tensor_parallel
 
+from rpt.distributed import barrier
+from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.rundir import write_text
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ def latest_step_dir(stage_dir: Path) -> Optional[Path]:
     return Path(stage_dir) / pointer.read_text().strip()
 
 
+@megatron_cuda_calls
 def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int = 2) -> Path:
     """Save everything needed to resume after ``step`` completed steps."""
     stage_dir = Path(stage_dir)
@@ -66,8 +70,7 @@ def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int
         if step_dir.exists():
             shutil.rmtree(step_dir)
         step_dir.mkdir(parents=True)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     model_sd = trainable.model.module.sharded_state_dict()
     sharded = {"model": model_sd}
     has_optimizer_state = _has_optimizer_state(trainable.optimizer)
@@ -82,12 +85,12 @@ def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int
         old = sorted(p for p in stage_dir.glob("step_*") if p != step_dir)
         for p in old[:-max(keep - 1, 0)] if keep > 1 else old:
             shutil.rmtree(p, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     log.info("saved checkpoint %s", step_dir)
     return step_dir
 
 
+@megatron_cuda_calls
 def load(step_dir: Path, trainable) -> dict:
     """Restore model, optimizer, scheduler and RNG from ``step_dir``; returns the state (step, extra)."""
     state = torch.load(Path(step_dir) / "state.pt", weights_only=True)
@@ -105,23 +108,25 @@ def load(step_dir: Path, trainable) -> dict:
     return state
 
 
-def resume_or_init(stage_dir: Path, trainable, init_dir: Optional[Path] = None) -> tuple[int, Optional[str]]:
+def resume_or_init(stage_dir: Path, trainable, init_dir: Optional[Path] = None) -> tuple[int, dict[str, Any]]:
     """Resume from the newest checkpoint in ``stage_dir`` if there is one, else load the weights of ``init_dir``
-    (when given); returns (first step to run, W&B run id to continue or None)."""
+    (when given); returns (first step to run, the ``extra`` dict saved with the checkpoint, empty when fresh)."""
     if (latest := latest_step_dir(stage_dir)) is not None:
         state = load(latest, trainable)
-        return state["step"], state["extra"].get("wandb_id")
+        return state["step"], state["extra"]
     if init_dir is not None:
         load_model_weights(init_dir, trainable.model.module)
-    return 0, None
+    return 0, {}
 
 
+@megatron_cuda_calls
 def load_model_weights(step_dir: Path, model) -> None:
     """Load only the model weights (a GPTModel, unwrapped) from a checkpoint, e.g. to start a later stage."""
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(step_dir))
     model.load_state_dict(loaded["model"])
 
 
+@megatron_cuda_calls
 def save_model_only(stage_dir: Path, model) -> Path:
     """A weights-only checkpoint (e.g. an imported HF model) that ``load_model_weights`` and stages can start from."""
     stage_dir = Path(stage_dir)
@@ -130,11 +135,9 @@ def save_model_only(stage_dir: Path, model) -> Path:
     if rank0:
         shutil.rmtree(step_dir, ignore_errors=True)
         step_dir.mkdir(parents=True)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     dist_checkpointing.save({"model": model.sharded_state_dict()}, str(step_dir))
     if rank0:
         write_text(stage_dir / "latest", step_dir.name)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return step_dir

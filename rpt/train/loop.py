@@ -1,0 +1,50 @@
+"""The one training-loop skeleton every training stage runs (pretrain, cnt, rpt, rl): it owns resume, metrics,
+the progress bar, preemption and checkpoints, so a stage writes only its step.
+
+A step is ``step_fn(step, state) -> (metrics or None, state)``: ``step`` counts from 0, ``state`` is the loop's
+own JSON-able state (e.g. the RL data cursor), saved in every checkpoint and handed back on resume. Metrics rows
+are logged as step ``step + 1`` (completed steps); on resume, rows after the checkpoint's step are dropped first,
+so an interrupted and resumed stage leaves exactly the rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from rpt import checkpoint
+from rpt.train import preemption
+
+StepFn = Callable[[int, dict], tuple[Optional[dict], dict]]
+
+
+@dataclass
+class LoopSpec:
+    stage: str  # checkpoints/<stage>/ and the metrics rows' "stage"
+    steps: int  # total optimizer steps of the stage
+    checkpoint_every: int  # steps between checkpoints (also at the end and on a preemption signal)
+    init_dir: Optional[Path] = None  # weights to start from when there is nothing to resume
+    postfix: tuple[str, ...] = ()  # metric keys shown on the progress bar
+    state: dict[str, Any] = field(default_factory=dict)  # the loop state of a fresh start
+
+
+def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
+    """Run (or resume) ``spec.stage``; returns the metrics rows of the steps this call ran."""
+    ckpt_dir = ctx.rd.checkpoints(spec.stage)
+    start, extra = checkpoint.resume_or_init(ckpt_dir, trainable, spec.init_dir)
+    state = {**spec.state, **extra.get("loop_state", {})}
+    metrics = ctx.metrics(wandb_id=extra.get("wandb_id"), resume_step=start + 1, stage=spec.stage)
+    trainable.model.train()
+    history = []
+    bar = ctx.progress(range(start, spec.steps), desc=spec.stage, initial=start, total=spec.steps)
+    for step in bar:
+        row, state = step_fn(step, state)
+        if row is not None:
+            metrics.log(step + 1, row)
+            history.append(row)
+            bar.set_postfix({k: f"{row[k]:.3f}" for k in spec.postfix if row.get(k) is not None})
+        preemption.end_of_step(spec.stage, step + 1, spec.steps, spec.checkpoint_every, ckpt_dir, trainable,
+                               metrics, state)
+    metrics.close()
+    return history
