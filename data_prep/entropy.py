@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from rpt.distributed import barrier, gather_objects
 from rpt.model.forward import full_logits, topk_entropy
 from rpt.rundir import atomic_path
 
@@ -55,9 +55,7 @@ def score_documents(model, docs: list[np.ndarray], seq_length: int, top_k: int, 
             results[i] = ent[row, :len(windows[i][2]) - 1]
     log.info("scored %d tokens in %d batch slots (padding %.2f%%)", real, slots, 100 * (1 - real / max(slots, 1)))
     if dp_size > 1:
-        gathered = [None] * dp_size
-        dist.all_gather_object(gathered, results)
-        results = {k: v for part in gathered for k, v in part.items()}
+        results = {k: v for part in gather_objects(results) for k, v in part.items()}
     per_doc = [np.full(len(t), np.nan, dtype=np.float32) for t in docs]
     for i, (d, start, w) in enumerate(windows):
         # logits at window position j predict token start + j + 1
@@ -86,8 +84,7 @@ def score_corpus(model, docs: list[np.ndarray], out_dir: Path, shard_docs: int, 
             if is_main:
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.savez(f, entropy=np.concatenate(scored), lengths=np.array([len(d) for d in chunk]))
-            if dist.is_initialized():
-                dist.barrier()
+            barrier()
         with np.load(path) as z:
             bounds = np.cumsum(z["lengths"])[:-1]
             result += np.split(z["entropy"], bounds)

@@ -87,6 +87,26 @@ def dp_gather(values: torch.Tensor) -> tuple[torch.Tensor, int]:
     return whole, sum(counts[:rank])
 
 
+def gather_objects(obj, data_parallel: bool = True) -> list:
+    """Every rank's picklable ``obj`` in rank order, on every rank (over the data-parallel group, or the world)."""
+    group = _dp_group() if data_parallel else None
+    n = _size(group)
+    if n == 1:
+        return [obj]
+    out = [None] * n
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def broadcast_from_main(obj):
+    """Rank 0's picklable ``obj`` on every rank of the world."""
+    if _size(None) == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def world_any(flag: bool) -> bool:
     """True on every rank when any rank of the world passes True."""
     return bool(_all_reduce([1.0 if flag else 0.0], dist.ReduceOp.MAX, None)[0])

@@ -118,25 +118,3 @@ def shutdown() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def dp_sum(value: float) -> float:
-    """Sum of a per-rank scalar over the data-parallel group. Tensor-parallel ranks hold the same data, so the
-    world group would count it once per TP rank."""
-    from megatron.core import parallel_state
-
-    group = parallel_state.get_data_parallel_group()
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, group=group)
-    return float(t.item())
-
-
-def dp_mean(value: float) -> float:
-    """Mean of a per-rank scalar over the data-parallel group (what a single process would have logged)."""
-    from megatron.core import parallel_state
-
-    if not dist.is_initialized():
-        return value
-    return dp_sum(value) / dist.get_world_size(parallel_state.get_data_parallel_group())

@@ -21,15 +21,21 @@ def demo_data_cfg(**kw):
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
+def tokenizer_file(tmp_path_factory):
+    """A sentencepiece model trained on demo documents plus a few unusual strings."""
     from data_prep.demo_corpus import generate_documents
     from data_prep.tokenizer_train import train_tokenizer
-    from rpt.tokenizer import Tokenizer
 
     docs = generate_documents(demo_data_cfg(), 300, 0.5, seed=0)
     extra = ["unicode é 数学 ∑x² — naïve café\n", "  two  spaces\tand\ttabs\n\n", "$\\frac{a}{b} = \\sqrt{x^2}$"]
-    out = tmp_path_factory.mktemp("tok")
-    return Tokenizer(train_tokenizer(docs + extra, out, 320, "bpe"))
+    return train_tokenizer(docs + extra, tmp_path_factory.mktemp("tok"), 320, "bpe")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_file):
+    from rpt.tokenizer import Tokenizer
+
+    return Tokenizer(tokenizer_file)
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,19 @@ import pytest
 import torch
 
 from rpt.algo.advantages import all_equal_groups, group_advantages
-from rpt.algo.losses import aggregation_weights, kl_k3, policy_terms
+from rpt.algo.losses import aggregation_weights, get_policy_loss, kl_k3, token_losses
 from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
 
 
 def algo(**kw):
     base = dict(clip_low=0.2, clip_high=0.28, policy_loss="ppo", gppo_beta_low=1.0, gppo_beta_high=1.0,
-                kl_cov_coef=1.0)
+                kl_cov_coef=1.0, entropy_coef=0.0, kl_coef=0.0)
     return SimpleNamespace(**{**base, **kw})
+
+
+def policy_terms(logp, old, adv, cfg, chosen=None):
+    """The registered variant ``cfg.policy_loss`` on one micro-batch."""
+    return get_policy_loss(cfg.policy_loss).fn(logp, old, adv, cfg, chosen)
 
 
 def test_group_advantages_hand_values():
@@ -56,22 +61,50 @@ def test_ppo_clipped_tokens_have_no_gradient_but_gppo_keeps_it():
         assert torch.allclose(logp.grad, torch.tensor([expected])), (variant, logp.grad)
 
 
-def test_clip_cov_detaches_and_kl_cov_penalises():
+def test_clip_cov_zeroes_chosen_tokens_and_kl_cov_penalises():
     old = torch.zeros(1, 3)
     adv = torch.tensor([[1.0, 1.0, -1.0]])
     chosen = torch.tensor([[True, False, False]])
     logp = torch.log(torch.tensor([[1.1, 1.1, 0.9]])).requires_grad_()
-    t = policy_terms(logp, old, adv, algo(policy_loss="clip_cov"), detach_mask=chosen)
+    t = policy_terms(logp, old, adv, algo(policy_loss="clip_cov"), chosen)
     t.loss.sum().backward()
+    assert t.loss[0, 0] == 0  # verl multiplies the chosen tokens' clipped objective by 0: no value, no gradient
     assert logp.grad[0, 0] == 0 and torch.isclose(logp.grad[0, 1], torch.tensor(-1.1))
     logp2 = torch.log(torch.tensor([[1.1, 1.1, 0.9]]))
-    t2 = policy_terms(logp2, old, adv, algo(policy_loss="kl_cov"), kl_cov_mask=chosen)
+    t2 = policy_terms(logp2, old, adv, algo(policy_loss="kl_cov"), chosen)
     assert torch.allclose(t2.loss, torch.tensor([[-1.1 + math.log(1.1), -1.1, 0.9]]))
+
+
+def test_kl_cov_uses_the_unclipped_ratio():
+    """KL-Cov (paper and verl) has no PPO clip: a token far outside the clip range keeps its gradient −A·ratio,
+    where PPO-clip gives it none; the chosen token adds β·sign(log r)."""
+    old = torch.zeros(1, 2)
+    adv = torch.tensor([[1.0, 1.0]])
+    chosen = torch.tensor([[False, True]])
+    grads = {}
+    for variant in ("ppo", "kl_cov"):
+        logp = torch.log(torch.tensor([[1.5, 1.5]])).requires_grad_()
+        t = policy_terms(logp, old, adv, algo(policy_loss=variant), chosen)
+        t.loss.sum().backward()
+        grads[variant] = logp.grad
+        if variant == "kl_cov":
+            assert torch.allclose(t.loss, torch.tensor([[-1.5, -1.5 + math.log(1.5)]]))
+            assert not t.clipped_high.any()
+    assert torch.all(grads["ppo"] == 0)
+    assert torch.allclose(grads["kl_cov"], torch.tensor([[-1.5, -1.5 + 1.0]]))
 
 
 def test_unknown_loss_is_an_error():
     with pytest.raises(ValueError, match="policy_loss"):
         policy_terms(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), algo(policy_loss="nope"))
+
+
+def test_registry_names_every_variant_and_which_need_a_moving_policy():
+    from rpt.algo.losses import POLICY_LOSSES
+
+    assert set(POLICY_LOSSES) >= {"ppo", "gppo", "clip_cov", "kl_cov"}
+    moving = {name for name, loss in POLICY_LOSSES.items() if loss.needs_moving_policy}
+    assert moving == {"gppo", "kl_cov"}  # Clip-Cov's zeroing acts at ratio 1; GPPO and KL-Cov do not
 
 
 def test_aggregation_modes_hand_values_and_split_invariance():
@@ -99,8 +132,26 @@ def test_forking_mask_keeps_top_rho():
     ent = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.7], [0.2, 0.8, 0.6, 0.4, 0.0]])
     mask = torch.ones_like(ent, dtype=torch.bool)
     mask[1, 4] = False  # padding is never selected
-    kept = forking_mask(ent, mask, 0.2)  # 9 tokens -> top 20% quantile: 0.9 and 0.8 survive
+    kept = forking_mask(ent, mask, 0.2)  # 9 tokens -> ceil(0.2 * 9) = 2: 0.9 and 0.8 survive
     assert kept.sum() == 2 and kept[0, 1] and kept[1, 1]
+
+
+def test_forking_mask_keeps_exactly_the_share_on_ties():
+    """All entropies equal: a quantile threshold keeps every token (100%); top-k keeps ⌈rho·N⌉."""
+    ent = torch.full((4, 10), 0.7)
+    mask = torch.ones_like(ent, dtype=torch.bool)
+    mask[3, 5:] = False
+    kept = forking_mask(ent, mask, 0.2)
+    assert int(kept.sum()) == math.ceil(0.2 * 35) and not (kept & ~mask).any()
+
+
+def test_forking_mask_above_two_to_the_24_values():
+    """The paper's batch is 2^24 response tokens; torch.quantile refuses inputs that large."""
+    n = 2**24 + 8
+    ent = torch.arange(n, dtype=torch.float32).view(1, n) / n
+    kept = forking_mask(ent, torch.ones_like(ent, dtype=torch.bool), 0.2)
+    k = math.ceil(0.2 * n)
+    assert int(kept.sum()) == k and bool(kept[0, n - k:].all())
 
 
 def test_covariance_and_cov_masks():
@@ -117,7 +168,32 @@ def test_covariance_and_cov_masks():
     assert int(picked.sum()) == 1 and not picked[0, 1] and not picked[0, 3]
 
 
+def test_cov_methods_take_at_least_one_token_when_the_ratio_is_positive():
+    """The paper's ratios (2e-4, 2e-3) give ⌊r·N⌋ = 0 below 5,000 (500) tokens: one token is still chosen."""
+    cov = torch.tensor([[2.0, 3.0, 0.1, 4.0]])
+    mask = torch.ones_like(cov, dtype=torch.bool)
+    g = torch.Generator().manual_seed(0)
+    assert int(clip_cov_mask(cov, mask, 2e-4, 1.0, 5.0, g).sum()) == 1
+    assert kl_cov_mask(cov, mask, 2e-4).tolist() == [[False, False, False, True]]
+    assert not clip_cov_mask(cov, mask, 0.0, 1.0, 5.0, g).any() and not kl_cov_mask(cov, mask, 0.0).any()
+
+
 def test_k3_kl_is_zero_at_equal_policies_and_positive_otherwise():
     lp = torch.tensor([-1.0, -2.0])
-    assert torch.all(kl_k3(lp, lp) == 0)
-    assert torch.all(kl_k3(lp, lp - 0.5) > 0)
+    every = torch.ones(2, dtype=torch.bool)
+    assert torch.all(kl_k3(lp, lp, every) == 0)
+    assert torch.all(kl_k3(lp, lp - 0.5, every) > 0)
+
+
+def test_k3_kl_is_finite_at_padding_and_prompt_positions():
+    """A padding position can hold any log-prob (here −200 against 0): exp(200) overflows float32, and inf times a
+    zero aggregation weight is NaN. The difference is masked before exp."""
+    logp = torch.tensor([[-1.0, -200.0]], requires_grad=True)
+    ref = torch.tensor([[-1.2, 0.0]])
+    mask = torch.tensor([[True, False]])
+    per_token = token_losses(SimpleNamespace(loss=torch.zeros(1, 2)), logp, torch.zeros(1, 2), ref, mask,
+                             algo(kl_coef=0.1))
+    weights = mask.float()
+    loss = (per_token * weights).sum()
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[0, 1] == 0

@@ -1,6 +1,7 @@
 """One real GRPO step (rollout → reward → advantages → update) on a tiny megatron model, for every loss variant
-and entropy-toolkit switch: the update is applied, every metric is finite, and the first update is exactly
-on-policy (KL to the rollout-time policy is 0)."""
+and entropy-toolkit switch: the update is applied, every metric is finite, the first update is exactly on-policy;
+every remedy trains differently from plain GRPO under a configuration where it can act, and a configuration where
+it cannot is refused; the data cursor walks every prompt once per epoch whatever the refill setting."""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ from hydra import compose, initialize_config_dir
 
 from rpt import config as schema
 from rpt.cli import CONF_DIR
-from rpt.rundir import RunDir
-from rpt.stages.context import StageContext
 from rpt.tasks.base import epoch_order
 from rpt.train.optim import build_trainable
-from rpt.train.rl_loop import rl_step
+from rpt.train.rl_loop import collect, make_setup, rl_step
 
 schema.register()
 
@@ -24,15 +23,18 @@ schema.register()
 class DigitShareTask:
     """A verifiable toy task: reward = share of digit characters in the response (varies across samples)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, prompts=("1 + 2 = ", "3 + 4 + 5 = ", "9 - 3 = ", "2 + 2 + 2 = ")):
         self.tokenizer = tokenizer
-        self.prompts = ["1 + 2 = ", "3 + 4 + 5 = ", "9 - 3 = ", "2 + 2 + 2 = "]
+        self.prompts = list(prompts)
+        self.drawn = []  # every item handed out, in order
 
     def __len__(self):
         return len(self.prompts)
 
     def items_for_step(self, step, count, seed):
-        return [self.prompts[i] for i in epoch_order(len(self.prompts), step, count, seed)]
+        items = [self.prompts[i] for i in epoch_order(len(self.prompts), step, count, seed)]
+        self.drawn += items
+        return items
 
     def prompt_ids(self, item):
         return self.tokenizer.encode(item)
@@ -43,38 +45,51 @@ class DigitShareTask:
 
 def _cfg(overrides):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["experiment=smoke", "rollout.stop_at_answer=false",
-                                                        "rollout.max_new_tokens=8", *overrides])
+        composed = compose(config_name="config", overrides=["experiment=smoke", "stage=rpt",
+                                                             "rollout.stop_at_answer=false",
+                                                             "rollout.max_new_tokens=8", *overrides])
+    return schema.load(composed)
+
+
+def _setup(cfg, runtime, tokenizer, task=None, ref=False):
+    torch.manual_seed(0)
+    trainable = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, cfg.rpt.steps)
+    ref_model = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, 1).model.module if ref else None
+    return make_setup(cfg, runtime, trainable, task or DigitShareTask(tokenizer), cfg.rpt, ref_model)
+
+
+def _weights(run):
+    return [p.detach().clone() for p in run.trainable.model.module.parameters()]
 
 
 @pytest.mark.parametrize("overrides", [
     [],
-    ["algo=gppo"],
+    ["algo=gppo", "rpt.ppo_mini_batch_size=2"],
+    ["algo=clip_higher", "rpt.ppo_epochs=2"],
     ["algo=clip_cov", "algo.clip_cov_ratio=0.2", "algo.clip_cov_low=-10", "algo.clip_cov_high=10"],
-    ["algo=kl_cov", "algo.kl_cov_ratio=0.1"],
+    ["algo=kl_cov", "algo.kl_cov_ratio=0.1", "rpt.ppo_mini_batch_size=1"],
     ["algo=forking"],
     ["algo.loss_agg=seq-mean-token-mean", "algo.norm_adv_by_std=false"],
     ["algo.loss_agg=seq-mean-token-sum-norm", "algo.entropy_coef=0.01"],
     ["algo.dynamic_sampling=true", "algo.max_refills=1"],
-    ["algo.kl_coef=0.1"],
+    ["algo.kl_coef=0.1", "algo.share_prompt=false"],
     ["rpt.ppo_epochs=2", "rpt.micro_batch_size=4"],
     ["algo.reuse_update_forward=false"],  # a separate old-policy pass: the KL to it must still be exactly 0
 ])
-def test_rl_step_variants(overrides, runtime, tokenizer, tmp_path):
+def test_rl_step_variants(overrides, runtime, tokenizer):
     cfg = _cfg(overrides)
-    ctx = StageContext(cfg=cfg, rt=runtime, rd=RunDir(tmp_path, "x"), stage="rpt")
-    torch.manual_seed(0)
-    trainable = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, cfg.rpt.steps)
-    ref = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, 1).model.module if cfg.algo.kl_coef else None
-    before = [p.detach().clone() for p in trainable.model.module.parameters()]
-    m = rl_step(ctx, trainable, DigitShareTask(tokenizer), tokenizer, step=0, loop_cfg=cfg.rpt, ref_model=ref)
-    assert m["update_applied"] == 1.0
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainable.model.module.parameters()))
+    run = _setup(cfg, runtime, tokenizer, ref=bool(cfg.algo.kl_coef))
+    before = _weights(run)
+    m, cursor = rl_step(run, step=0, cursor=0)
+    assert m["update_applied"] == 1.0 and m["optimizer_steps"] == cfg.rpt.updates_per_rollout()
+    assert cursor == 1 + m["refills"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run)))
     for key in ("reward_mean", "entropy", "entropy_forking", "clip_frac_low", "clip_frac_high", "cov_mean",
-                "response_length", "train_rollout_gap", "all_equal_share", "rollout_s", "update_s",
-                "tokens_per_s", "entropy_execution", "forking_token_share"):
+                "response_length", "train_rollout_gap", "all_equal_share", "rollout_s", "update_s", "loss",
+                "tokens_per_s", "entropy_execution", "forking_token_share", "grad_norm"):
         assert math.isfinite(m[key]), key
-    assert m["kl_to_old"] == 0.0  # the first pass of the first epoch is exactly on-policy
+    if cfg.rpt.updates_per_rollout() == 1:
+        assert m["kl_to_old"] == 0.0  # a single update is exactly on-policy
     assert m["train_rollout_gap"] < 1e-3  # sampler and trainer agree up to float reordering
     if cfg.algo.forking_rho:
         assert 0.1 < m["trained_token_share"] <= 0.35
@@ -83,17 +98,14 @@ def test_rl_step_variants(overrides, runtime, tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [[], ["algo.loss_agg=seq-mean-token-sum-norm", "algo.entropy_coef=0.01"]])
-def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenizer, tmp_path):
-    """With one PPO epoch, old log-probs taken from the update's own forward give the same metrics and the same
-    updated weights as a separate old-policy pass."""
+def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenizer):
+    """With one optimizer step per rollout, old log-probs taken from the update's own forward give the same
+    metrics and the same updated weights as a separate old-policy pass."""
     results = []
     for reuse in (True, False):
-        cfg = _cfg([*overrides, f"algo.reuse_update_forward={str(reuse).lower()}"])
-        ctx = StageContext(cfg=cfg, rt=runtime, rd=RunDir(tmp_path, "x"), stage="rpt")
-        torch.manual_seed(0)
-        trainable = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, cfg.rpt.steps)
-        m = rl_step(ctx, trainable, DigitShareTask(tokenizer), tokenizer, step=0, loop_cfg=cfg.rpt)
-        results.append((m, [p.detach().clone() for p in trainable.model.module.parameters()]))
+        run = _setup(_cfg([*overrides, f"algo.reuse_update_forward={str(reuse).lower()}"]), runtime, tokenizer)
+        m, _ = rl_step(run, step=0, cursor=0)
+        results.append((m, _weights(run)))
     (fast, w_fast), (slow, w_slow) = results
     assert fast["update_applied"] == slow["update_applied"] == 1.0
     for key in slow:
@@ -103,3 +115,57 @@ def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenize
             assert fast[key] == pytest.approx(slow[key], rel=1e-6, abs=1e-7), key
     for a, b in zip(w_fast, w_slow):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+# Four optimizer steps per rollout (one prompt each) at a learning rate large enough that tokens leave the clip
+# range after the first step: the setting under which every remedy can act.
+MOVING = ["rpt.ppo_mini_batch_size=1", "rpt.lr=0.05", "rpt.min_lr=0.05", "rpt.warmup_steps=0",
+          "rollout.max_new_tokens=12"]
+REMEDIES = {
+    "clip_higher": ["algo=clip_higher"],
+    "gppo": ["algo=gppo"],
+    "clip_cov": ["algo=clip_cov"],
+    "kl_cov": ["algo=kl_cov"],
+    "forking": ["algo=forking"],
+}
+
+
+def test_every_remedy_changes_training(runtime, tokenizer):
+    """Under mini-batches each remedy's trained weights differ from plain GRPO's (from the same start, on the same
+    rollouts: the first draw is identical because sampling happens before any update)."""
+    base = _setup(_cfg(MOVING), runtime, tokenizer)
+    m_base, _ = rl_step(base, step=0, cursor=0)
+    assert m_base["optimizer_steps"] == 4
+    assert m_base["clip_frac_low"] + m_base["clip_frac_high"] > 0  # the clip is live: GPPO and clip-higher can act
+    w_base = _weights(base)
+    for name, overrides in REMEDIES.items():
+        run = _setup(_cfg([*MOVING, *overrides]), runtime, tokenizer)
+        m, _ = rl_step(run, step=0, cursor=0)
+        assert m["response_length"] == m_base["response_length"], name  # same rollouts
+        diff = max(float((a - b).abs().max()) for a, b in zip(_weights(run), w_base))
+        assert diff > 1e-6, f"{name} trained the same weights as grpo"
+
+
+@pytest.mark.parametrize("overrides", [["algo=gppo"], ["algo=kl_cov"], ["algo=clip_higher"],
+                                       ["algo.clip_high=0.28"]])
+def test_a_remedy_that_cannot_act_is_refused(overrides):
+    with pytest.raises(ValueError, match="one optimizer step per rollout"):
+        _cfg(overrides)
+    _cfg([*overrides, "rpt.ppo_mini_batch_size=2"])  # several steps per rollout: accepted
+    _cfg([*overrides, "rpt.ppo_epochs=2"])
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_the_cursor_walks_every_prompt_once_per_epoch(dynamic, runtime, tokenizer):
+    """Prompt batches are drawn at a cursor advanced once per draw, so consecutive draws walk the seeded epoch
+    permutation: eight prompts, two per draw, four draws cover all eight whatever ``max_refills`` is."""
+    prompts = [f"{a} + {a} = " for a in range(1, 9)]
+    cfg = _cfg(["rpt.prompts_per_step=2", "algo.max_refills=2", f"algo.dynamic_sampling={str(dynamic).lower()}"])
+    task = DigitShareTask(tokenizer, prompts)
+    run = _setup(cfg, runtime, tokenizer, task)
+    cursor = step = 0
+    while len(task.drawn) < len(prompts):
+        cursor = collect(run, step, cursor).cursor
+        step += 1
+    assert cursor * 2 == len(task.drawn)
+    assert sorted(task.drawn[:8]) == sorted(prompts)

@@ -26,13 +26,13 @@ def register_advantage(name: str):
 def compute_advantages(rewards: torch.Tensor, group_size: int, algo) -> torch.Tensor:
     if algo.advantage not in ADVANTAGES:
         raise ValueError(f"algo.advantage must be one of {sorted(ADVANTAGES)}, got {algo.advantage!r}")
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     return ADVANTAGES[algo.advantage](rewards, group_size, algo)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, norm_by_std: bool = True,
                      eps: float = 1e-6) -> torch.Tensor:
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     grouped = rewards.float().view(-1, group_size)
     adv = grouped - grouped.mean(dim=1, keepdim=True)
     if norm_by_std:

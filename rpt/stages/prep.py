@@ -14,12 +14,12 @@ import hashlib
 import itertools
 import logging
 
-import torch.distributed as dist
 
 from data_prep.corpus import IngestStats, doc_id, iter_documents, log_summary
 from data_prep.demo_corpus import generate_documents
 from data_prep.indexed import IndexedDocs, IndexedWriter, remove_indexed, write_indexed
 from data_prep.tokenizer_train import train_tokenizer
+from rpt.distributed import broadcast_from_main, gather_objects
 from rpt.rundir import write_json
 from rpt.tokenizer import Tokenizer
 
@@ -116,8 +116,7 @@ def run(ctx) -> dict:
         tok = Tokenizer.from_run(rd)
         stats, summary["splits"] = _write_part(cfg, rd, ctx, tok)
         if rt.world_size > 1:
-            shard_stats = [None] * rt.world_size
-            dist.all_gather_object(shard_stats, stats)
+            shard_stats = gather_objects(stats, data_parallel=False)
             if rt.is_main:
                 summary["splits"], stats = _merge_parts(cfg, rd, rt.world_size, shard_stats, tok.vocab_size)
                 log_summary(stats)
@@ -127,10 +126,7 @@ def run(ctx) -> dict:
         empty = [name for name, manifest in summary["splits"].items() if not manifest["documents"]]
         if empty:
             error = f"prep: the {empty[0]} split is empty (source {cfg.data.source!r}, {stats.as_dict()})"
-    if rt.world_size > 1:  # every rank raises the same error instead of waiting for rank 0 forever
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
+    error = broadcast_from_main(error)  # every rank raises the same error instead of waiting for rank 0 forever
     if error:
         raise ValueError(error)
     summary["ingest"] = stats.as_dict()

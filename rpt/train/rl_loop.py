@@ -193,8 +193,7 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     init_model = ref_model
     if init_model is None and cfg.analysis.overlap_every:
         init_model = load_eval_model(cfg.model, rt, rd, init_source, vocab)
-    run = RLSetup(trainable, task, cfg.rollout, cfg.algo, loop_cfg, cfg.analysis,
-                  SamplingParams.from_rollout(cfg.rollout, task.tokenizer), rt, cfg.run.seed, ref_model, init_model)
+    run = make_setup(cfg, rt, trainable, task, loop_cfg, ref_model, init_model)
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         metrics, cursor = rl_step(run, step, state["cursor"])
@@ -206,6 +205,12 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(latest_step_dir(rd.checkpoints(stage_name))),
             "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail))}
+
+
+def make_setup(cfg, rt, trainable, task, loop_cfg: TrainLoopConfig, ref_model=None, init_model=None) -> RLSetup:
+    """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo and analysis sections) for one RL loop section."""
+    return RLSetup(trainable, task, cfg.rollout, cfg.algo, loop_cfg, cfg.analysis,
+                   SamplingParams.from_rollout(cfg.rollout, task.tokenizer), rt, cfg.run.seed, ref_model, init_model)
 
 
 def check_layout(loop_cfg: TrainLoopConfig, dp_size: int, section: str) -> None:
