@@ -8,14 +8,14 @@ summary logged at the end and kept in the prep manifest.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
+
+from rpt.sources import local_files
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,6 @@ class IngestStats:
 
     def as_dict(self) -> dict:
         return {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped)}
-
-
-def local_files(source: str, extensions, key: str) -> tuple[list[str], str] | None:
-    """The files a path or glob ``source`` names and their one shared extension, or None when ``source`` names
-    no file and looks like a hub dataset name; ``key`` names the config field in errors."""
-    files = sorted(glob.glob(os.path.expanduser(source)))
-    if files:
-        exts = {os.path.splitext(f)[1].lower() for f in files}
-        if len(exts) != 1 or next(iter(exts)) not in extensions:
-            raise ValueError(f"{key} files must share one of {sorted(extensions)}; got {sorted(exts)}")
-        return files, exts.pop()
-    if os.path.sep in source or source.startswith("."):
-        raise FileNotFoundError(f"{key} {source!r} matches no file")
-    return None
 
 
 def _load(data_cfg):

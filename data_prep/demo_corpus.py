@@ -15,6 +15,7 @@ import random
 import reasoning_gym
 
 from data_prep.tokenizer_train import THINK_CLOSE, THINK_OPEN
+from rpt.tasks.filters import uses_only
 
 
 def evaluate_steps(expression: str) -> list[tuple[int, str, int, int]]:
@@ -56,11 +57,6 @@ def render_problem(expression: str, answer: str, worked: bool) -> str:
 
 def running_total_nonnegative(expression: str) -> bool:
     return all(result >= 0 for *_, result in evaluate_steps(expression))
-
-
-def uses_only(expression: str, operators) -> bool:
-    """True if every operator of a chain expression is in ``operators`` (None: any)."""
-    return operators is None or all(op in operators for op in expression.split()[1::2])
 
 
 def _keep(data_cfg, expression: str) -> bool:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.resources
 import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -45,11 +45,12 @@ def run_stage(ctx_factory, stage: str, force: bool) -> dict:
     return summary
 
 
-def main_from_config(cfg: DictConfig) -> None:
+def main_from_config(composed: DictConfig) -> None:
     from rpt import runtime
     from rpt.rundir import RunDir, write_text
     from rpt.stages.context import StageContext
 
+    cfg = config_schema.load(composed)  # typed and validated once, here; stages get dataclasses
     logging.getLogger().setLevel(cfg.run.log_level)
     for name in cfg.stages:
         if name not in STAGES:
@@ -61,13 +62,13 @@ def main_from_config(cfg: DictConfig) -> None:
     rd = RunDir(cfg.run.root, cfg.run.name)
     try:
         if rt.is_main and cfg.stage != "bench":
-            write_text(rd.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_text(rd.path / "config.yaml", OmegaConf.to_yaml(composed, resolve=True))
 
         def factory(stage):
             return StageContext(cfg=cfg, rt=rt, rd=rd, stage=stage)
 
         if cfg.stage == "bench":
-            from rpt.bench import run_bench
+            from rpt.bench.run import run_bench
 
             with contextlib.redirect_stdout(sys.stderr):  # peers' prints must not corrupt the JSON on stdout
                 result = run_bench(cfg, rt)
@@ -88,8 +89,9 @@ def main_from_config(cfg: DictConfig) -> None:
 
 
 config_schema.register()
-# the config tree lives at the repository top level (design card); the package is installed editable
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# the config tree lives at the repository top level (design card) and installs as the package `rpt_conf`
+# (pyproject.toml), so it is found the same way in an editable install and in a wheel
+CONF_DIR = str(importlib.resources.files("rpt_conf"))
 hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(main_from_config)
 
 

@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from rpt.algo.advantages import all_equal_groups, group_advantages
-from rpt.algo.losses import aggregation_weights, get_policy_loss, kl_k3, token_losses
-from rpt.algo.masks import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
+from rpt.algo.losses import (
+    aggregation_weights,
+    clip_cov_mask,
+    forking_mask,
+    get_policy_loss,
+    kl_cov_mask,
+    kl_k3,
+    token_covariance,
+    token_losses,
+)
 
 
 def algo(**kw):

@@ -54,7 +54,7 @@ def test_pipeline_writes_every_artifact(reference_run):
     rpt_rows = stage_rows(rd, "rpt")
     assert len(rpt_rows) == 8 and {"reward_mean", "entropy", "clip_frac_low", "clip_frac_high",
                                     "response_length", "train_rollout_gap", "all_equal_share"} <= set(rpt_rows[0])
-    assert rpt_rows[0]["kl_to_old"] == 0.0  # old log-probs are recomputed with the same weights: exactly 0
+    assert rpt_rows[0]["kl_to_old"] == 0.0  # one update per rollout: exactly on-policy
     report = (rd / "report" / "report.md").read_text()
     assert "| base | direct |" in report and "| rpt | reasoning_greedy |" in report
     assert "| rl_rpt |" in report and "| rl_pretrain |" in report and "Entropy law" in report
@@ -124,3 +124,17 @@ def test_cnt_baseline_trains_on_the_selected_positions_and_is_evaluated(referenc
     run_ok(rpt_cmd(tmp_path, "cnt", "eval", "force=true"), cwd=tmp_path)
     assert "cnt" in json.loads((run / "eval" / "next_token.json").read_text())["results"]
     assert "cnt" in json.loads((run / "eval" / "downstream.json").read_text())["results"]
+
+
+def test_resumed_pretrain_keeps_every_metrics_row(tmp_path):
+    """A pretrain resumed from the step-3 checkpoint logs steps 4-6 again and keeps rows 1-3: the same rows, with
+    the same values, as the uninterrupted run (the step-3 row used to be dropped)."""
+    overrides = ["stages=[prep,pretrain]", "pretrain.log_every=1", "pretrain.checkpoint_every=3"]
+    run_ok(rpt_cmd(tmp_path, "pre", "pipeline", *overrides), cwd=tmp_path)
+    rd = tmp_path / "pre"
+    full = stage_rows(rd, "pretrain")
+    assert [r["step"] for r in full] == [1, 2, 3, 4, 5, 6]
+    (rd / "checkpoints" / "pretrain" / "latest").write_text("step_000003")  # as if killed after step 3
+    (rd / "done" / "pretrain.json").unlink()
+    run_ok(rpt_cmd(tmp_path, "pre", "pretrain", *overrides[1:]), cwd=tmp_path)
+    assert stage_rows(rd, "pretrain") == full

@@ -1,19 +1,35 @@
-"""The task interface the RL loop trains on: prompts as token ids and a verifiable reward per response."""
+"""The task the RL loop trains on: a sequence of items, each rendered as prompt token ids and scored by a
+verifiable reward per response. The base class owns the items and the deterministic per-step order (so a resumed
+run draws exactly the items it would have); subclasses say how an item becomes a prompt and how it is scored."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+import abc
+from typing import Any, Sequence
 
 
-class Task(Protocol):
-    def __len__(self) -> int: ...
+class Task(abc.ABC):
+    """Items plus ``prompt_ids``/``reward``; ``tokenizer`` is the tokenizer the prompts are encoded with."""
 
-    def items_for_step(self, step: int, count: int, seed: int) -> list[Any]:
-        """Deterministic items of ``step`` (a pure function of step and seed, so resumes are exact)."""
+    def __init__(self, items: Sequence[Any], tokenizer):
+        self.items = items
+        self.tokenizer = tokenizer
 
-    def prompt_ids(self, item: Any) -> list[int]: ...
+    def __len__(self) -> int:
+        return len(self.items)
 
-    def reward(self, item: Any, response_text: str) -> float: ...
+    def items_for_step(self, batch_index: int, count: int, seed: int) -> list[Any]:
+        """The ``count`` items of batch ``batch_index``: a pure function of (batch_index, count, seed), walking a
+        fresh seeded permutation of the items per epoch, so resumes are exact."""
+        return [self.items[i] for i in epoch_order(len(self.items), batch_index, count, seed)]
+
+    @abc.abstractmethod
+    def prompt_ids(self, item: Any) -> list[int]:
+        """The prompt of ``item`` as token ids."""
+
+    @abc.abstractmethod
+    def reward(self, item: Any, response_text: str) -> float:
+        """The verifiable reward of ``response_text`` as an answer to ``item``."""
 
 
 def epoch_order(n: int, step: int, count: int, seed: int) -> list[int]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from data_prep.corpus import local_files
+from rpt.reward.answer import extract_answer
 from rpt.reward.math_answer import answers_match, reference_answer
-from rpt.reward.next_token import extract_answer
-from rpt.tasks.base import epoch_order
+from rpt.sources import local_files
+from rpt.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def load_qa_records(qa_cfg, split: str):
     return datasets.load_dataset(qa_cfg.path, qa_cfg.name, split=split)
 
 
-class QADatasetTask:
+class QADatasetTask(Task):
     def __init__(self, task_cfg, tokenizer, split: str, seed: int):
         qa = task_cfg.dataset
         records = load_qa_records(qa, qa.train_split if split == "train" else qa.test_split)
@@ -43,29 +43,23 @@ class QADatasetTask:
         if missing:
             raise ValueError(f"rl_task.dataset: fields {sorted(missing)} not in {records.column_names}")
         size = task_cfg.train_size if split == "train" else task_cfg.test_size
-        self.items, skipped = [], 0
+        items, skipped = [], 0
         for record in records:
             question, answer = record[qa.question_field], record[qa.answer_field]
             if not isinstance(question, str) or not question.strip() or answer is None or not str(answer).strip():
                 skipped += 1
                 continue
-            self.items.append({"question": question.strip(), "answer": reference_answer(str(answer))})
-            if len(self.items) == size:
+            items.append({"question": question.strip(), "answer": reference_answer(str(answer))})
+            if len(items) == size:
                 break
         if skipped:
             log.warning("rl_task.dataset: skipped %d records with an empty question or answer", skipped)
-        if not self.items:
+        if not items:
             raise ValueError(f"rl_task.dataset: no usable question in split {split!r} of {qa.path}")
         if "{question}" not in task_cfg.template:
             raise ValueError(f"rl_task.template must contain {{question}} for a dataset task: {task_cfg.template!r}")
+        super().__init__(items, tokenizer)
         self.template = task_cfg.template
-        self.tokenizer = tokenizer
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def items_for_step(self, step: int, count: int, seed: int) -> list[dict]:
-        return [self.items[i] for i in epoch_order(len(self.items), step, count, seed)]
 
     def prompt_text(self, item: dict) -> str:
         return self.template.format(question=item["question"])

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import reasoning_gym
 
-from rpt.reward.next_token import extract_answer
-from data_prep.demo_corpus import uses_only
-from rpt.tasks.base import epoch_order
+from rpt.reward.answer import extract_answer
+from rpt.tasks.base import Task
+from rpt.tasks.filters import uses_only
 
 
 def _mixture(mix) -> list:
@@ -26,7 +26,7 @@ def _mixture(mix) -> list:
     return specs
 
 
-class ReasoningGymTask:
+class ReasoningGymTask(Task):
     def __init__(self, task_cfg, tokenizer, split: str, seed: int):
         size = task_cfg.train_size if split == "train" else task_cfg.test_size
         if task_cfg.mix and task_cfg.operators is not None:
@@ -41,12 +41,12 @@ class ReasoningGymTask:
         else:
             self.dataset = reasoning_gym.create_dataset(task_cfg.task, size=pool, seed=split_seed,
                                                         **dict(task_cfg.task_kwargs))
-        self.items = [e for e in self.dataset if self._allowed(e, task_cfg.operators)][:size]
-        if len(self.items) < size:
-            raise ValueError(f"rl_task: only {len(self.items)} of {size} {task_cfg.task} questions use operators "
+        items = [e for e in self.dataset if self._allowed(e, task_cfg.operators)][:size]
+        if len(items) < size:
+            raise ValueError(f"rl_task: only {len(items)} of {size} {task_cfg.task} questions use operators "
                              f"{task_cfg.operators}")
+        super().__init__(items, tokenizer)
         self.template = task_cfg.template
-        self.tokenizer = tokenizer
 
     @staticmethod
     def _allowed(entry: dict, operators) -> bool:
@@ -57,12 +57,6 @@ class ReasoningGymTask:
             raise ValueError("rl_task.operators needs a task whose entries carry metadata.expression "
                              "(e.g. chain_sum); set rl_task.operators=null for other tasks")
         return uses_only(expression, operators)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def items_for_step(self, step: int, count: int, seed: int) -> list[dict]:
-        return [self.items[i] for i in epoch_order(len(self.items), step, count, seed)]
 
     def prompt_text(self, item: dict) -> str:
         return self.template.format(question=item["question"], **item["metadata"])

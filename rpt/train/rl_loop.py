@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 
 from rpt.algo.advantages import all_equal_groups, compute_advantages
-from rpt.algo.masks import forking_mask, token_covariance
+from rpt.algo.losses import forking_mask, token_covariance
 from rpt.analysis.planning import planning_token_mask
 from rpt.checkpoint import latest_step_dir
 from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, TrainLoopConfig
@@ -29,8 +29,14 @@ from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
 from rpt.train.loop import LoopSpec, run_loop
 from rpt.train.optim import build_trainable
-from rpt.train.rl_batch import PolicyValues, build_batch, needs_old_values, policy_values
-from rpt.train.rl_update import UpdateResult, update
+from rpt.train.rl_update import (
+    PolicyValues,
+    UpdateResult,
+    build_batch,
+    needs_old_values,
+    policy_values,
+    update,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,85 @@
+"""`rpt bench` parts ``rollout`` and ``rollout_ragged``: our sampler's prefill and decode tokens/s (lean decoder and
+megatron-core's inference path) against HF ``generate`` on the same weights, on equal-length and on ragged prompts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rpt.bench.timing import timed
+from rpt.rollout.engine import SamplingParams, generate, make_decoder
+
+
+def _sampler(model, prompt_list: list[list[int]], new_tokens: int, device):
+    """``engine -> (() -> one whole generate call)``: exactly ``new_tokens`` per prompt (no EOS, no answer stop),
+    temperature 1, seed 0, so every engine and the HF peer sample the same amount of work."""
+    def ours(engine: str):
+        sampling = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, eos_id=-1, pad_id=0, top_p=1.0,
+                                  engine=engine)
+        return lambda: generate(model, prompt_list, sampling, seed=0, device=device)
+
+    return ours
+
+
+def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
+    prompts = torch.randint(5, vocab, (bc.batch_size, bc.prompt_len), generator=torch.Generator().manual_seed(0))
+    prompt_list = prompts.tolist()
+    model.eval()
+
+    ours = _sampler(model, prompt_list, bc.new_tokens, device)
+
+    def prefill(engine):  # each engine's own prefill, subtracted from its own generate time below
+        return lambda: make_decoder(model, bc.batch_size, bc.prompt_len + bc.new_tokens, engine).forward(
+            prompts.to(device))
+
+    n_new = bc.batch_size * bc.new_tokens
+    with torch.inference_mode():
+        prefill_s, megatron_prefill_s = timed(prefill("auto"), bc.repeats), timed(prefill("megatron"), bc.repeats)
+    total_s = timed(ours("auto"), bc.repeats)
+    megatron_s = timed(ours("megatron"), bc.repeats)
+    out = {"prefill_tok_s": bc.batch_size * bc.prompt_len / prefill_s,
+           "decode_tok_s": n_new / max(total_s - prefill_s, 1e-9),
+           "engine": type(make_decoder(model, 1, 2)).__name__,
+           "megatron_decode_tok_s": n_new / max(megatron_s - megatron_prefill_s, 1e-9)}
+    if hf is not None:
+        ids = prompts.to(device)
+        kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
+              "temperature": 1.0, "top_k": 0, "pad_token_id": 0}
+        if device.type == "cuda":
+            kw["cache_implementation"] = "static"
+        with torch.inference_mode():
+            hf_s = timed(lambda: hf.generate(ids, **kw), bc.repeats)
+            hf_prefill_s = timed(lambda: hf(ids, use_cache=True), bc.repeats)
+        out["hf_decode_tok_s"] = n_new / max(hf_s - hf_prefill_s, 1e-9)
+        out["decode_speedup_vs_hf"] = out["decode_tok_s"] / out["hf_decode_tok_s"]
+        out["generate_speedup_vs_hf"] = hf_s / total_s  # whole generate call, prefill included
+    return out
+
+
+def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
+    """RPT-shaped rollouts: contexts of different lengths (evenly spread from ``prompt_len // 4`` to
+    ``2 * prompt_len``), each completed with ``new_tokens``. Whole ``generate`` calls: the lean decoder's one-call
+    ragged prefill, megatron's lockstep path (prompts beyond the shortest fed one token per step), and HF
+    ``generate`` on the same prompts left-padded with an attention mask (its own way of batching ragged prompts)."""
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.linspace(max(1, bc.prompt_len // 4), 2 * bc.prompt_len, bc.batch_size).long().tolist()
+    prompt_list = [torch.randint(5, vocab, (n,), generator=g).tolist() for n in lengths]
+    model.eval()
+
+    ours = _sampler(model, prompt_list, bc.new_tokens, device)
+
+    out = {"prompt_lens": [min(lengths), max(lengths)], "generate_s": timed(ours("auto"), bc.repeats),
+           "megatron_generate_s": timed(ours("megatron"), bc.repeats)}
+    out["speedup_vs_megatron_path"] = out["megatron_generate_s"] / out["generate_s"]
+    if hf is not None:
+        width = max(lengths)
+        ids = torch.zeros(len(lengths), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompt_list):
+            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+        kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
+              "temperature": 1.0, "top_k": 0, "pad_token_id": 0, "attention_mask": mask.to(device)}
+        with torch.inference_mode():
+            out["hf_generate_s"] = timed(lambda: hf.generate(ids.to(device), **kw), bc.repeats)
+        out["speedup_vs_hf"] = out["hf_generate_s"] / out["generate_s"]
+    return out

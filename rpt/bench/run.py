@@ -1,0 +1,64 @@
+"""`rpt bench` entry point: builds the model (and its HF peer), runs the parts named by ``bench.parts`` in order and
+returns (and with ``bench.out`` writes) one JSON-able dict with the machine, the shapes and every part's figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from rpt.bench.hf_peer import hf_peer
+from rpt.bench.rollout import bench_rollout, bench_rollout_ragged
+from rpt.bench.rpt_step import bench_rpt_step
+from rpt.bench.scaling import bench_scoring_processes
+from rpt.bench.scoring import bench_scoring
+from rpt.bench.train import bench_train
+from rpt.bench.trl_peer import bench_trl_grpo_step
+from rpt.model.build import build_model
+
+log = logging.getLogger(__name__)
+
+
+def run_bench(cfg, rt) -> dict:
+    bc = cfg.bench
+    vocab = cfg.model.vocab_size or bc.vocab_size
+    model = build_model(cfg.model, vocab, rt.dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    hf_keys = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+               "norm_epsilon", "qkv_bias", "tie_embeddings", "rotary_base", "max_position_embeddings")
+    mc = {k: getattr(cfg.model, k) for k in hf_keys}
+    mc["vocab_size"] = vocab
+    hf = hf_peer(model, mc, rt.dtype) if bc.peers else None
+    result = {"device": torch.cuda.get_device_name() if rt.device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": str(rt.dtype),
+              "model": cfg.model.name, "params": n_params,
+              "shape": {"batch": bc.batch_size, "prompt_len": bc.prompt_len, "new_tokens": bc.new_tokens,
+                        "train_seq_len": bc.train_seq_len}}
+    for name in bc.parts:
+        log.info("bench: %s", name)
+        if name == "rollout":
+            result["rollout"] = bench_rollout(model, hf, bc, vocab, rt.device)
+        elif name == "rollout_ragged":
+            result["rollout_ragged"] = bench_rollout_ragged(model, hf, bc, vocab, rt.device)
+        elif name == "train":
+            result["train"] = bench_train(cfg.model, vocab, rt, hf, bc, n_params)
+        elif name == "scoring":
+            result["scoring"] = bench_scoring(model, bc, vocab, rt)
+        elif name == "scoring_processes":
+            result["scoring_processes"] = bench_scoring_processes(bc)
+        elif name == "rpt_step":
+            result["rpt_step"] = bench_rpt_step(cfg, rt, vocab, bc)
+        elif name == "trl_grpo_step":  # last: TRL trains the HF peer's weights in place
+            result["trl_grpo_step"] = bench_trl_grpo_step(hf or hf_peer(model, mc, rt.dtype), cfg, vocab, bc)
+        else:
+            raise ValueError(f"bench.parts: unknown part {name!r} (rollout, rollout_ragged, train, scoring, "
+                             "scoring_processes, rpt_step, trl_grpo_step)")
+    if "rpt_step_s" in result.get("rpt_step", {}) and "trl_grpo_step_s" in result.get("trl_grpo_step", {}):
+        result["rpt_step"]["rpt_step_speedup_vs_trl"] = (result["trl_grpo_step"]["trl_grpo_step_s"]
+                                                         / result["rpt_step"]["rpt_step_s"])
+    if bc.out and rt.is_main:
+        Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(bc.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,44 @@
+"""`rpt bench` part ``train``: forward+backward+optimizer-step tokens/s of our trainer (and MFU on GPU) against a
+plain HF forward/backward with torch AdamW on the same weights and tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from rpt.bench.timing import timed
+from rpt.model.forward import lm_loss
+
+
+def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
+    from rpt.train.optim import build_trainable
+
+    tc = type("T", (), {"lr": 1e-4, "min_lr": 1e-4, "weight_decay": 0.0, "clip_grad": 1.0, "warmup_steps": 0})
+    trainable = build_trainable(model_cfg, vocab, rt, tc, 10_000)
+    tokens = torch.randint(5, vocab, (bc.batch_size, bc.train_seq_len + 1)).to(rt.device)
+
+    def ours():
+        trainable.zero_grad()
+        lm_loss(trainable.model, tokens).backward()
+        trainable.step()
+
+    ours_s = timed(ours, bc.repeats)
+    n_tok = bc.batch_size * bc.train_seq_len
+    out = {"train_tok_s": n_tok / ours_s}
+    if rt.device.type == "cuda":
+        out["mfu"] = 6 * n_params * n_tok / ours_s / bc.peak_flops
+    if hf is not None:
+        hf.train()
+        opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.0)
+
+        def peer():
+            opt.zero_grad(set_to_none=True)
+            hf(tokens[:, :-1], labels=tokens[:, :-1]).loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            opt.step()
+
+        peer_s = timed(peer, bc.repeats)
+        out["hf_train_tok_s"] = n_tok / peer_s
+        out["train_speedup_vs_hf"] = out["train_tok_s"] / out["hf_train_tok_s"]
+        if rt.device.type == "cuda":
+            out["hf_mfu"] = 6 * n_params * n_tok / peer_s / bc.peak_flops
+    return out
