@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN.md): paths of every artifact, atomic writes, finished-stage markers.
+"""The run directory contract (docs/architecture.md): paths of every artifact, atomic writes, finished-stage markers.
 
 A stage is finished when ``done/<stage>.json`` exists; it is written last and atomically (temp file + rename),
 so a killed stage never leaves a marker or a half-written file that a later stage would trust.

@@ -9,7 +9,7 @@ import pytest
 
 from rpt.reward.answer import BOX, extract_answer, extract_boxed
 from rpt.reward.math_answer import answers_match, normalize
-from rpt.reward.next_token import prefix_reward
+from rpt.tasks.next_token import prefix_reward
 
 # ground-truth remainder " the cat" tokenised as [" the", " c", "at"]
 TARGET = [b" the", b" c", b"at"]

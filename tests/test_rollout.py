@@ -5,10 +5,14 @@ import pytest
 import torch
 
 from rpt.model.forward import full_logits, logprobs_and_entropy
-from rpt.rollout.engine import generate, make_decoder
+from rpt.rollout.engine import SamplingParams, generate, make_decoder
 from rpt.rollout.lean_decoder import LeanDecoder, supports
 
 ENGINES = ["lean", "megatron"]
+
+
+def sampling(new, temperature, top_p=1.0, *, eos_id, pad_id, engine="auto"):
+    return SamplingParams(new, temperature, eos_id, pad_id, top_p, engine)
 
 
 def _greedy_without_cache(model, prompt, steps):
@@ -73,8 +77,7 @@ def test_lean_decoder_ragged_prefill_equals_each_rows_own_forward(tiny_model):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cached_greedy_matches_uncached_for_mixed_prompt_lengths(tiny_model, tokenizer, engine):
     prompts = [tokenizer.encode("3 + 4 = <think>"), tokenizer.encode("12 - 3 + 5 - 7 = <think>"), [5]]
-    ro = generate(tiny_model, prompts, 6, 0.0, 1.0, eos_id=-1, pad_id=tokenizer.pad_id, seed=0, device="cpu",
-                  engine=engine)
+    ro = generate(tiny_model, prompts, sampling(6, 0.0, eos_id=-1, pad_id=tokenizer.pad_id, engine=engine), 0, "cpu")
     for i, p in enumerate(prompts):
         assert ro.tokens[i, :len(p)].tolist() == p
         assert ro.response_ids(i) == _greedy_without_cache(tiny_model, p, 6)
@@ -84,8 +87,8 @@ def test_cached_greedy_matches_uncached_for_mixed_prompt_lengths(tiny_model, tok
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sampler_logprobs_match_trainer_recompute(tiny_model, tokenizer, engine):
     prompts = [tokenizer.encode("1 + 2 = ")] * 4 + [tokenizer.encode("7 - 5 + 1 = ")] * 4
-    ro = generate(tiny_model, prompts, 8, 0.8, 1.0, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=1,
-                  device="cpu", engine=engine)
+    ro = generate(tiny_model, prompts, sampling(8, 0.8, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                                                engine=engine), 1, "cpu")
     with torch.no_grad():
         logp, _ = logprobs_and_entropy(full_logits(tiny_model, ro.tokens[:, :-1]) / 0.8, ro.tokens[:, 1:])
     m = ro.response_mask[:, 1:]
@@ -97,8 +100,8 @@ def test_both_engines_sample_the_same_tokens(tiny_model, tokenizer):
     """The lean decoder (ragged prefill) and megatron's path (lockstep, teacher-forced prompts) draw the same
     samples for one seed: draws are indexed by (row, generated-token index), not by decoding step."""
     prompts = [tokenizer.encode("12 - 3 + 5 - 7 = <think>")] * 3 + [tokenizer.encode("1 + 2 = ")] * 3
-    kw = dict(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=7, device="cpu")
-    lean, megatron = (generate(tiny_model, prompts, 8, 1.0, 0.9, engine=e, **kw) for e in ENGINES)
+    kw = dict(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    lean, megatron = (generate(tiny_model, prompts, sampling(8, 1.0, 0.9, engine=e, **kw), 7, "cpu") for e in ENGINES)
     assert torch.equal(lean.tokens, megatron.tokens) and torch.equal(lean.response_mask, megatron.response_mask)
     assert len(set(map(tuple, lean.tokens[:3].tolist()))) > 1  # a group's copies still differ
     torch.testing.assert_close(lean.sample_logprobs, megatron.sample_logprobs, atol=1e-5, rtol=1e-5)
@@ -106,10 +109,8 @@ def test_both_engines_sample_the_same_tokens(tiny_model, tokenizer):
 
 def test_sampling_is_a_function_of_the_seed(tiny_model, tokenizer):
     prompts = [tokenizer.encode("1 + 2 = ")] * 4
-    kw = dict(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, device="cpu")
-    a = generate(tiny_model, prompts, 8, 1.0, 0.9, seed=3, **kw)
-    b = generate(tiny_model, prompts, 8, 1.0, 0.9, seed=3, **kw)
-    c = generate(tiny_model, prompts, 8, 1.0, 0.9, seed=4, **kw)
+    params = sampling(8, 1.0, 0.9, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    a, b, c = (generate(tiny_model, prompts, params, seed, "cpu") for seed in (3, 3, 4))
     assert torch.equal(a.tokens, b.tokens)
     assert not torch.equal(a.tokens, c.tokens)
 
@@ -120,6 +121,6 @@ def test_generation_stops_at_eos(tiny_model, tokenizer):
     with torch.no_grad():
         logits = full_logits(tiny_model, torch.tensor([prompts[0]]))
     first = int(logits[0, -1].argmax())
-    ro = generate(tiny_model, prompts, 5, 0.0, 1.0, eos_id=first, pad_id=tokenizer.pad_id, seed=0, device="cpu")
+    ro = generate(tiny_model, prompts, sampling(5, 0.0, eos_id=first, pad_id=tokenizer.pad_id), 0, "cpu")
     assert ro.response_lens.tolist() == [1, 1]  # the EOS itself is the only response token
 

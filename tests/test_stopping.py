@@ -1,6 +1,6 @@
 """The answer-complete stop rule, fed token by token with markers split across tokens."""
 
-from rpt.rollout.stopping import BoxedAnswerStop
+from rpt.reward.answer import BoxedAnswerStop
 
 
 def _feed(pieces: list[bytes]) -> int | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from rpt.model.forward import last_token_logits
-from rpt.reward.next_token import prefix_reward
+from rpt.tasks.next_token import prefix_reward
 from rpt.rollout.engine import SamplingParams, generate
 
 

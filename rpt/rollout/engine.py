@@ -25,7 +25,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 
 from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.rollout import lean_decoder
-from rpt.rollout.stopping import BoxedAnswerStop
+from rpt.reward.answer import BoxedAnswerStop
 
 ENGINES = ("auto", "lean", "megatron")
 

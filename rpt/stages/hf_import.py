@@ -22,8 +22,8 @@ def run(ctx) -> dict:
         raise ValueError("hf_import needs hf.path=/path/to/hf/checkpoint")
     src = Path(cfg.hf.path)
     hf_cfg = model_config_from_hf(src)
-    mismatched = {k: (cfg.model[k], v) for k, v in hf_cfg.items()
-                  if k != "name" and cfg.model.get(k) is not None and cfg.model[k] != v}
+    ours = {k: getattr(cfg.model, k, None) for k in hf_cfg if k != "name"}
+    mismatched = {k: (ours[k], hf_cfg[k]) for k in ours if ours[k] is not None and ours[k] != hf_cfg[k]}
     if mismatched:
         raise ValueError(f"model config does not match {src}/config.json (ours, theirs): {mismatched}; "
                          f"pick the matching model=... entry or override these fields")
