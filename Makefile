@@ -20,8 +20,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	WANDB_SILENT=true $(BIN)/rpt pipeline experiment=demo
 
+# ruff first (seconds), then the whole suite; `pytest -m "not e2e and not multiprocess"` runs the fast unit tests
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest
 
 clean-demo:
 	rm -rf runs/demo

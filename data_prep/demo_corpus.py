@@ -25,7 +25,7 @@ def evaluate_steps(expression: str) -> list[tuple[int, str, int, int]]:
         raise ValueError(f"not a chain expression: {expression!r}")
     acc = int(parts[0])
     steps = []
-    for op, rhs in zip(parts[1::2], parts[2::2]):
+    for op, rhs in zip(parts[1::2], parts[2::2], strict=True):
         value = int(rhs)
         if op == "+":
             result = acc + value

@@ -4,8 +4,9 @@ Documents are split by a hash of their id into training and held-out documents (
 positions are chosen by entropy threshold, by top fraction, or at random with the same count as the threshold
 rule would give (the baseline). An optional ``max_entropy`` drops near-uniform positions in every mode: where the
 proxy sees many equally likely continuations (a fresh random number, a name), no reasoning can predict the token,
-and such positions are what made entropy selection collapse on noisy corpora (PretrainZero, arXiv 2512.03442). Held-out positions are every position above the lowest difficulty threshold,
-bucketed by the highest threshold it passes (paper: 0.5 / 1.0 / 1.5 → easy / medium / hard).
+and such positions are what made entropy selection collapse on noisy corpora (PretrainZero, arXiv 2512.03442).
+Held-out positions are every position above the lowest difficulty threshold, bucketed by the highest threshold it
+passes (paper: 0.5 / 1.0 / 1.5 → easy / medium / hard).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def is_heldout(doc_id: str, fraction: float) -> bool:
 
 
 def bucket_of(entropy: float, thresholds) -> str | None:
-    passed = [name for name, thr in zip(BUCKETS, thresholds) if entropy > thr]
+    passed = [name for name, thr in zip(BUCKETS, thresholds, strict=True) if entropy > thr]
     return passed[-1] if passed else None
 
 
@@ -44,17 +45,18 @@ def choose_training_positions(entropies: list[np.ndarray], sel_cfg, rng: np.rand
     """Per document, the token offsets selected for RPT training."""
     eligible = [_eligible(e, sel_cfg.min_context_tokens, sel_cfg.max_entropy) for e in entropies]
     if sel_cfg.mode in ("threshold", "random"):
-        chosen = [_cap(p[e[p] > sel_cfg.threshold], e, sel_cfg.max_per_doc) for p, e in zip(eligible, entropies)]
+        chosen = [_cap(p[e[p] > sel_cfg.threshold], e, sel_cfg.max_per_doc)
+                  for p, e in zip(eligible, entropies, strict=True)]
         if sel_cfg.mode == "random":
             count = sum(len(c) for c in chosen)
             chosen = _random_same_count(eligible, count, sel_cfg.max_per_doc, rng)
         return chosen
     if sel_cfg.mode == "top_fraction":
-        values = np.concatenate([e[p] for p, e in zip(eligible, entropies)]) if eligible else np.array([])
+        values = np.concatenate([e[p] for p, e in zip(eligible, entropies, strict=True)]) if eligible else np.array([])
         if len(values) == 0:
             return [p for p in eligible]
         cut = np.quantile(values, 1.0 - sel_cfg.top_fraction)
-        return [_cap(p[e[p] >= cut], e, sel_cfg.max_per_doc) for p, e in zip(eligible, entropies)]
+        return [_cap(p[e[p] >= cut], e, sel_cfg.max_per_doc) for p, e in zip(eligible, entropies, strict=True)]
     raise ValueError(f"select.mode must be threshold, top_fraction or random, got {sel_cfg.mode!r}")
 
 

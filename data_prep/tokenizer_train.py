@@ -8,8 +8,8 @@ single tokens (arithmetic is then learnable digit by digit), and the think marke
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 

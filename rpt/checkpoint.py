@@ -13,7 +13,7 @@ import logging
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ def _has_optimizer_state(optimizer) -> bool:
     return any(bool(opt.optimizer.state) for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
-def latest_step_dir(stage_dir: Path) -> Optional[Path]:
+def latest_step_dir(stage_dir: Path) -> Path | None:
     pointer = Path(stage_dir) / "latest"
     if not pointer.exists():
         return None
@@ -108,7 +108,7 @@ def load(step_dir: Path, trainable) -> dict:
     return state
 
 
-def resume_or_init(stage_dir: Path, trainable, init_dir: Optional[Path] = None) -> tuple[int, dict[str, Any]]:
+def resume_or_init(stage_dir: Path, trainable, init_dir: Path | None = None) -> tuple[int, dict[str, Any]]:
     """Resume from the newest checkpoint in ``stage_dir`` if there is one, else load the weights of ``init_dir``
     (when given); returns (first step to run, the ``extra`` dict saved with the checkpoint, empty when fresh)."""
     if (latest := latest_step_dir(stage_dir)) is not None:

@@ -13,7 +13,7 @@ library code receives typed sections (``AlgoConfig``, ``RolloutConfig``, ...), n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -59,17 +59,17 @@ class ModelConfig:
     init_std: float = 0.02  # std of the normal weight init
     fused_swiglu: bool = False  # megatron's torch.compile'd SwiGLU (~7% faster training on CPU after a compile
     # of a few seconds per process and shape; worth it for long runs, on GPU especially)
-    vocab_size: Optional[int] = None  # None: take the tokenizer's vocabulary size
+    vocab_size: int | None = None  # None: take the tokenizer's vocabulary size
 
 
 @dataclass
 class DataConfig:
     source: str = "demo"  # demo | path to .jsonl/.json/.parquet/.txt file(s) (glob ok) | hub dataset name
     text_field: str = "text"  # field holding document text for jsonl/parquet/hub sources
-    hub_config: Optional[str] = None  # hub dataset config name
+    hub_config: str | None = None  # hub dataset config name
     hub_split: str = "train"  # hub dataset split
     streaming: bool = False  # stream the source instead of loading it into memory
-    max_docs: Optional[int] = None  # cap on documents read from a user source
+    max_docs: int | None = None  # cap on documents read from a user source
     max_doc_chars: int = 200000  # longer documents are counted as bad and skipped
     rpt_fraction: float = 0.5  # user sources: share of documents routed to the RPT split (rest pretrain)
     # demo corpus (reasoning-gym chain_sum problems rendered as text documents)
@@ -113,7 +113,7 @@ class SelectConfig:
     mode: str = "threshold"  # threshold | top_fraction | random
     threshold: float = 0.5  # keep positions whose top-k entropy exceeds this (threshold mode)
     top_fraction: float = 0.2  # keep this share of positions (top_fraction and random modes)
-    max_entropy: Optional[float] = None  # drop positions above this (near-uniform: noise no reasoning predicts)
+    max_entropy: float | None = None  # drop positions above this (near-uniform: noise no reasoning predicts)
     min_context_tokens: int = 4  # skip positions with a shorter prefix
     max_context_tokens: int = 96  # context cut from the left to this many tokens
     max_target_tokens: int = 32  # ground-truth remainder stored per position (reward boundaries)
@@ -125,6 +125,9 @@ class SelectConfig:
 
     def __post_init__(self):
         _one_of("select", "mode", self.mode, ("threshold", "top_fraction", "random"))
+        if len(self.difficulty_thresholds) != 3:
+            raise ValueError(f"select.difficulty_thresholds needs 3 values (easy, medium, hard), got "
+                             f"{self.difficulty_thresholds}")
 
 
 @dataclass
@@ -184,7 +187,7 @@ class AlgoConfig:
         _one_of("algo", "policy_loss", self.policy_loss, tuple(POLICY_LOSSES))
         _one_of("algo", "advantage", self.advantage, tuple(ADVANTAGES))
 
-    def needs_moving_policy(self) -> Optional[str]:
+    def needs_moving_policy(self) -> str | None:
         """The setting that acts only once the policy moves within a rollout (None if no such setting)."""
         from rpt.algo.losses import get_policy_loss
 
@@ -201,7 +204,7 @@ class TrainLoopConfig:
     prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
     micro_batch_size: int = 64  # sequences per forward/backward micro-batch (cut between groups: at least one group)
     ppo_epochs: int = 1  # passes over each rollout batch
-    ppo_mini_batch_size: Optional[int] = None  # prompts per optimizer step (global, like verl's); None: all of the
+    ppo_mini_batch_size: int | None = None  # prompts per optimizer step (global, like verl's); None: all of the
     # step's prompts (one optimizer step per epoch). Smaller: prompts_per_step / this many steps per epoch, off-policy
     # from the second on (where clipping, clip-higher, GPPO and KL-Cov act)
     lr: float = 1.5e-4  # peak learning rate (RL updates are Adam-normalised: keep it small)
@@ -224,8 +227,8 @@ class TrainLoopConfig:
 
 @dataclass
 class QADatasetConfig:
-    path: Optional[str] = None  # hub dataset name (e.g. openai/gsm8k) or local .jsonl/.json/.parquet files (glob)
-    name: Optional[str] = None  # hub dataset config (e.g. main for gsm8k)
+    path: str | None = None  # hub dataset name (e.g. openai/gsm8k) or local .jsonl/.json/.parquet files (glob)
+    name: str | None = None  # hub dataset config (e.g. main for gsm8k)
     train_split: str = "train"  # split (or datasets slice, e.g. train[:2000]) to train on
     test_split: str = "test"  # split of held-out questions
     question_field: str = "question"  # record field with the question
@@ -240,7 +243,7 @@ class RLTaskConfig:
                                                                   "min_digits": 1, "max_digits": 1})  # generator args
     train_size: int = 2000  # training questions
     test_size: int = 200  # held-out questions
-    operators: Optional[list[str]] = field(default_factory=lambda: ["+"])  # keep questions using only these (None: all)
+    operators: list[str] | None = field(default_factory=lambda: ["+"])  # keep questions using only these (None: all)
     template: str = "{expression} = <think>"  # prompt; fields of the entry's metadata, plus {question}
     mix: dict[str, dict[str, Any]] = field(default_factory=dict)  # reasoning-gym mixture instead of `task`:
     # {name: {weight: w, <generator args>}}, e.g. +rl_task.mix.chain_sum={weight:2} +rl_task.mix.leg_counting={weight:1}
@@ -267,9 +270,9 @@ class AnalysisConfig:
 
 @dataclass
 class HFConfig:
-    path: Optional[str] = None  # hf_import: directory with config.json, *.safetensors and tokenizer files
+    path: str | None = None  # hf_import: directory with config.json, *.safetensors and tokenizer files
     source: str = "rpt"  # hf_export: which stage's latest checkpoint to export
-    export_dir: Optional[str] = None  # hf_export: output directory (default <run>/hf/<source>)
+    export_dir: str | None = None  # hf_export: output directory (default <run>/hf/<source>)
     architecture: str = "Qwen2ForCausalLM"  # hf_export: Qwen2ForCausalLM | LlamaForCausalLM
 
 
@@ -287,14 +290,14 @@ class BenchConfig:
     repeats: int = 3  # timed repetitions after one warm-up (median reported)
     peers: bool = True  # also time the HF transformers peer on the same weights (needs transformers)
     peak_flops: float = 989e12  # accelerator peak (dense bf16) for MFU; H100/H200 SXM: 989e12
-    out: Optional[str] = "bench.json"  # also write the JSON here (None: stdout only)
+    out: str | None = "bench.json"  # also write the JSON here (None: stdout only)
 
 
 @dataclass
 class LoggingConfig:
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "rpt"  # W&B project
-    wandb_entity: Optional[str] = None  # W&B entity (team); None = default
+    wandb_entity: str | None = None  # W&B entity (team); None = default
     progress: bool = True  # show progress bars
 
     def __post_init__(self):
@@ -304,7 +307,8 @@ class LoggingConfig:
 @dataclass
 class RootConfig:
     stage: str = "pipeline"  # which stage runs (set by the `rpt <stage>` command)
-    stages: list[str] = field(default_factory=lambda: ["prep", "pretrain", "select", "rpt", "rl", "eval", "report"])  # pipeline order
+    stages: list[str] = field(default_factory=lambda: ["prep", "pretrain", "select", "rpt", "rl", "eval",
+                                                       "report"])  # pipeline order
     force: bool = False  # re-run a stage even if its finished marker exists
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -83,7 +83,7 @@ def dp_gather(values: torch.Tensor) -> tuple[torch.Tensor, int]:
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded, group=group)
     rank = dist.get_rank(group)
-    whole = torch.cat([p[:c] for p, c in zip(parts, counts)]).to(values.device)
+    whole = torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).to(values.device)
     return whole, sum(counts[:rank])
 
 

@@ -13,14 +13,14 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
     def __init__(self, path: Path, stage: str, cfg_logging, run_dir: Path, config: dict, enabled: bool,
-                 wandb_id: Optional[str] = None, resume_step: Optional[int] = None):
+                 wandb_id: str | None = None, resume_step: int | None = None):
         self.path, self.stage, self.enabled = Path(path), stage, enabled
         self._wandb = None
         self.wandb_id = wandb_id
@@ -74,7 +74,7 @@ def _plain(v):
     return v
 
 
-def read_metrics(path: Path, stage: Optional[str] = None) -> list[dict]:
+def read_metrics(path: Path, stage: str | None = None) -> list[dict]:
     if not Path(path).exists():
         return []
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

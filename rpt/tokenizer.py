@@ -39,7 +39,7 @@ class Tokenizer:
         return piece.replace("\u2581", " ").encode("utf-8")
 
     @classmethod
-    def from_run(cls, run_dir) -> "Tokenizer":
+    def from_run(cls, run_dir) -> Tokenizer:
         return load_tokenizer(run_dir.tokenizer)
 
     @property
@@ -82,7 +82,7 @@ def _byte_level_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 class HFTokenizer(Tokenizer):

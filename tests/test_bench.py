@@ -4,6 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 
 def test_bench_emits_every_figure(tmp_path):
     out = tmp_path / "bench.json"

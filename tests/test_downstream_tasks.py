@@ -76,7 +76,8 @@ def test_qa_dataset_task_from_local_files(tmp_path, tokenizer, fmt):
     assert task.reward(item, " 3 + 3 </think> \\boxed{7}") == 0.0
     assert task.reward(item, " \\boxed{6}") == 0.0  # no end of thinking: no answer
     sliced = build_downstream_task(_cfg(["rl_task.source=dataset", f"rl_task.dataset.path={path}",
-                                         "rl_task.template='{question} <think>'", "rl_task.dataset.test_split='train[-3:]'"]
+                                         "rl_task.template='{question} <think>'",
+                                         "rl_task.dataset.test_split='train[-3:]'"]
                                         ).rl_task, tokenizer, "test", 0)
     assert [it["answer"] for it in sliced.items] == ["6", "8", "10"]
 
@@ -97,7 +98,8 @@ def test_qa_dataset_task_errors_name_the_problem(tmp_path, tokenizer):
 
 def test_reasoning_gym_mixture_scores_with_each_generator(tokenizer):
     cfg = _cfg(["rl_task.operators=null", "rl_task.template='{question} <think>'", "rl_task.train_size=40",
-                "+rl_task.mix.chain_sum={weight:1,min_terms:2,max_terms:2}", "+rl_task.mix.basic_arithmetic={weight:1}"])
+                "+rl_task.mix.chain_sum={weight:1,min_terms:2,max_terms:2}",
+                "+rl_task.mix.basic_arithmetic={weight:1}"])
     task = build_downstream_task(cfg.rl_task, tokenizer, "train", 0)
     sources = {it["metadata"]["source_dataset"] for it in task.items}
     assert sources == {"chain_sum", "basic_arithmetic"}

@@ -49,7 +49,7 @@ def test_reductions_use_cuda_buffers_under_nccl(monkeypatch):
 def test_every_collective_goes_through_rpt_distributed():
     """No library module calls torch.distributed collectives itself (they would pick their own device/group)."""
     pattern = re.compile(r"\bdist\.(all_reduce|all_gather\w*|broadcast\w*|reduce_scatter\w*|barrier|gather|scatter)\(")
-    offenders = [f"{path.relative_to(ROOT)}:{n}" for folder in ("rpt", "data_prep") for path in (ROOT / folder).rglob("*.py")
-                 if path.name != "distributed.py"
+    files = [p for folder in ("rpt", "data_prep") for p in (ROOT / folder).rglob("*.py") if p.name != "distributed.py"]
+    offenders = [f"{path.relative_to(ROOT)}:{n}" for path in files
                  for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, offenders

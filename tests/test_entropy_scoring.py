@@ -30,7 +30,7 @@ def _docs(tokenizer):
 def test_stored_entropy_equals_direct_computation(tiny_model, tokenizer):
     docs = _docs(tokenizer)
     scored = score_documents(tiny_model, docs, seq_length=64, top_k=16, batch_size=2, device="cpu")
-    for tokens, got in zip(docs, scored):
+    for tokens, got in zip(docs, scored, strict=True):
         np.testing.assert_allclose(got, _direct(tiny_model, tokens, 16), rtol=1e-4, atol=1e-5)
 
 
@@ -50,4 +50,4 @@ def test_sharded_scoring_resumes_byte_identical(tiny_model, tokenizer, tmp_path)
     resumed = score_corpus(tiny_model, docs, tmp_path / "b", **kw)
     for name in ("shard_00000.npz", "shard_00001.npz", "shard_00002.npz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(full, resumed))
+    assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(full, resumed, strict=True))

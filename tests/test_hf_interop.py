@@ -63,6 +63,8 @@ def test_unsupported_architecture_is_rejected(tmp_path):
         model_config_from_hf(tmp_path)
 
 
+@pytest.mark.e2e
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("import_tp", [1, 2])
 def test_cli_import_then_export_round_trip(tmp_path, import_tp):
     """`rpt hf_import` writes a megatron dist-checkpoint (sharded over 2 tensor-parallel processes when

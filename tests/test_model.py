@@ -22,6 +22,6 @@ def test_fused_swiglu_changes_no_number(runtime):
     torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-5)
     for out in logits:
         out.square().mean().backward()
-    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         assert a.grad is not None and b.grad is not None, name
         torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)

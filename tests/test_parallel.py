@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-BASE = ["experiment=smoke", "select.shard_docs=16", "pretrain.steps=4", "pretrain.log_every=1", "pretrain.checkpoint_every=4"]
+pytestmark = pytest.mark.multiprocess
+
+BASE = ["experiment=smoke", "select.shard_docs=16", "pretrain.steps=4", "pretrain.log_every=1",
+        "pretrain.checkpoint_every=4"]
 
 
 def _cli(root: Path, nproc: int, *args: str) -> None:
@@ -106,7 +109,7 @@ def test_tp2_rpt_steps_match_one_process(single):
             for name, run in runs.items()}
     one, tp2 = ([r for r in rows[name] if r["stage"] == "rpt"] for name in ("rpt_one", "rpt_tp2"))
     assert len(one) == len(tp2) == 3 and all(r["update_applied"] == 1.0 for r in one + tp2)
-    for a, b in zip(one, tp2):
+    for a, b in zip(one, tp2, strict=True):
         assert b["response_length"] == a["response_length"]
         for key in ("loss", "grad_norm", "entropy", "reward_mean"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
@@ -126,7 +129,7 @@ def test_two_process_scoring_matches_one(single):
     shards = sorted(p.name for p in (single / "positions" / "entropy_shards").iterdir())
     assert shards == sorted(p.name for p in (run / "positions" / "entropy_shards").iterdir()) and shards
     for name in shards:
-        a, b = np.load(single / "positions" / "entropy_shards" / name), np.load(run / "positions" / "entropy_shards" / name)
+        a, b = (np.load(r / "positions" / "entropy_shards" / name) for r in (single, run))
         np.testing.assert_array_equal(b["lengths"], a["lengths"])
         np.testing.assert_allclose(b["entropy"], a["entropy"], atol=1e-5, equal_nan=True)
     for split in ("train.jsonl", "heldout.jsonl"):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 # more RPT steps and a checkpoint every step, so a kill lands mid-stage with a checkpoint to resume from
 RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1"]
 TIMING_KEYS = {"rollout_s", "score_s", "update_s", "tokens_per_s", "seconds"}

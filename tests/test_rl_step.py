@@ -83,7 +83,7 @@ def test_rl_step_variants(overrides, runtime, tokenizer):
     m, cursor = rl_step(run, step=0, cursor=0)
     assert m["update_applied"] == 1.0 and m["optimizer_steps"] == cfg.rpt.updates_per_rollout()
     assert cursor == 1 + m["refills"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run), strict=True))
     for key in ("reward_mean", "entropy", "entropy_forking", "clip_frac_low", "clip_frac_high", "cov_mean",
                 "response_length", "train_rollout_gap", "all_equal_share", "rollout_s", "update_s", "loss",
                 "tokens_per_s", "entropy_execution", "forking_token_share", "grad_norm"):
@@ -113,7 +113,7 @@ def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenize
             assert fast[key] is None, key
         elif not key.endswith("_s") and key != "tokens_per_s":
             assert fast[key] == pytest.approx(slow[key], rel=1e-6, abs=1e-7), key
-    for a, b in zip(w_fast, w_slow):
+    for a, b in zip(w_fast, w_slow, strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
 
 
@@ -142,7 +142,7 @@ def test_every_remedy_changes_training(runtime, tokenizer):
         run = _setup(_cfg([*MOVING, *overrides]), runtime, tokenizer)
         m, _ = rl_step(run, step=0, cursor=0)
         assert m["response_length"] == m_base["response_length"], name  # same rollouts
-        diff = max(float((a - b).abs().max()) for a, b in zip(_weights(run), w_base))
+        diff = max(float((a - b).abs().max()) for a, b in zip(_weights(run), w_base, strict=True))
         assert diff > 1e-6, f"{name} trained the same weights as grpo"
 
 

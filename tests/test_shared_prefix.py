@@ -67,7 +67,7 @@ def test_shared_prompt_forward_matches_plain_forward(runtime, prompt_lens, respo
     torch.testing.assert_close(logp1, logp0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=1e-5)
     assert bool((logp1[~response[:, 1:]] == 0).all())
-    for (name, _), a, b in zip(model.named_parameters(), grads0, grads1):
+    for (name, _), a, b in zip(model.named_parameters(), grads0, grads1, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
 
 

@@ -9,7 +9,7 @@ groups are contiguous blocks of ``group_size`` responses to the same prompt.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

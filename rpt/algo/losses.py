@@ -37,8 +37,8 @@ among exactly tied values or for Clip-Cov's random draw (same distribution, diff
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -128,14 +128,14 @@ class PolicyTerms:
 class PolicyLoss:
     name: str
     fn: Callable[..., PolicyTerms]
-    choose: Optional[Callable[..., torch.Tensor]]  # global token choice before the update
+    choose: Callable[..., torch.Tensor] | None  # global token choice before the update
     needs_moving_policy: bool  # no effect at ratio 1 (one optimizer step per rollout)
 
 
 POLICY_LOSSES: dict[str, PolicyLoss] = {}
 
 
-def register_policy_loss(name: str, choose: Optional[Callable] = None, needs_moving_policy: bool = False):
+def register_policy_loss(name: str, choose: Callable | None = None, needs_moving_policy: bool = False):
     def register(fn):
         POLICY_LOSSES[name] = PolicyLoss(name, fn, choose, needs_moving_policy)
         return fn

@@ -10,7 +10,7 @@ reasoning use phrases such as "wait", "let me check", "alternatively", "but", "s
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

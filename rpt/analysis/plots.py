@@ -23,7 +23,7 @@ def _save(fig, path: Path) -> None:
 def entropy_histogram(values, thresholds, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(values, bins=60, color="#4878a8")
-    for thr, name in zip(thresholds, ["easy", "medium", "hard"]):
+    for thr, name in zip(thresholds, ["easy", "medium", "hard"], strict=True):
         ax.axvline(thr, color="#c44", ls="--", lw=1)
         ax.text(thr, ax.get_ylim()[1] * 0.92, f" {name}>{thr}", fontsize=8, color="#c44")
     ax.set_xlabel("proxy top-16 next-token entropy (nats)")

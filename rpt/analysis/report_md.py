@@ -14,7 +14,7 @@ def _pct(x) -> str:
 
 
 def next_token_table(nt: dict) -> str:
-    lines = ["| model | mode | easy (>%s) | medium (>%s) | hard (>%s) |" % tuple(nt["thresholds"]),
+    lines = ["| model | mode | easy (>{}) | medium (>{}) | hard (>{}) |".format(*tuple(nt["thresholds"])),
              "|---|---|---|---|---|"]
     for model, modes in nt["results"].items():
         for mode, buckets in modes.items():

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _word_level_tokenizer(vocab: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = {f"<{i}>": i for i in range(vocab)}

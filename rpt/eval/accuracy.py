@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from rpt.model.forward import last_token_logits
-from rpt.tasks.next_token import prefix_reward
 from rpt.rollout.engine import SamplingParams, generate
+from rpt.tasks.next_token import prefix_reward
 
 
 @torch.inference_mode()
@@ -17,7 +17,8 @@ def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         pred = last_token_logits(model, [it["context"] for it in chunk], device).argmax(-1).tolist()
-        scores += [prefix_reward(task.tokenizer.token_bytes(p), task.target_bytes(it)) for p, it in zip(pred, chunk)]
+        scores += [prefix_reward(task.tokenizer.token_bytes(p), task.target_bytes(it))
+                   for p, it in zip(pred, chunk, strict=True)]
     return scores
 
 

@@ -22,7 +22,7 @@ from rpt.model.shared_prefix import SharedPrefixMask
 
 
 class SDPAttention(DotProductAttention):
-    """Megatron ``DotProductAttention`` with an SDPA forward. Layout in and out: ``[s, b, heads, dim]`` → ``[s, b, h]``."""
+    """Megatron ``DotProductAttention`` with an SDPA forward. Layout: ``[s, b, heads, dim]`` in, ``[s, b, h]`` out."""
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None, **kwargs):

@@ -143,7 +143,7 @@ def import_hf(model, hf_dir: str | Path, tp_rank: int = 0, tp_size: int = 1) -> 
     missing = [k for k in own if k not in shards and not k.endswith("_extra_state")]
     if missing:
         raise KeyError(f"HF import: no HF weight for {missing[:5]}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in shards.items()}, strict=False)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in shards.items()}, strict=True)
 
 
 def export_hf(model, mc: dict, out_dir: str | Path, architecture: str = "Qwen2ForCausalLM",

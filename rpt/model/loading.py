@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rpt.model.build import build_model
 from rpt import checkpoint
+from rpt.model.build import build_model
 
 
 def checkpoint_dir(rd, source: str) -> Path:

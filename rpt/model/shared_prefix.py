@@ -40,7 +40,7 @@ class SharedPrefixMask:
     response_keys: torch.Tensor  # [rows * G or 1, 1, R, P + R] bool, True = may attend
 
     def attend(self, q, k, v, scale: float, dropout: float) -> torch.Tensor:
-        """SDPA over the shared layout: ``q`` ``[b, h, S, d]``, ``k``/``v`` ``[b, hk, S, d]`` in, ``[b, h, S, d]`` out."""
+        """SDPA over the shared layout: ``q`` ``[b, h, S, d]``, ``k``/``v`` ``[b, hk, S, d]``; out ``[b, h, S, d]``."""
         P, G, R = self.prompt_cols, self.group_size, self.response_cols
         gqa = q.shape[1] != k.shape[1]
         prompt_out = F.scaled_dot_product_attention(q[:, :, :P], k[:, :, :P], v[:, :, :P], is_causal=True,

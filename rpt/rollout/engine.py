@@ -18,14 +18,13 @@ the lean and megatron engines (used by one process and by tensor-parallel runs) 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from rpt.model.cpu_compat import megatron_cuda_calls
-from rpt.rollout import lean_decoder
 from rpt.reward.answer import BoxedAnswerStop
+from rpt.rollout import lean_decoder
 
 ENGINES = ("auto", "lean", "megatron")
 
@@ -41,10 +40,10 @@ class SamplingParams:
     pad_id: int
     top_p: float = 1.0
     engine: str = "auto"  # auto | lean | megatron (``make_decoder``)
-    stop: Optional[BoxedAnswerStop] = None  # ends a row once its answer box closes
+    stop: BoxedAnswerStop | None = None  # ends a row once its answer box closes
 
     @classmethod
-    def from_rollout(cls, rollout_cfg, tokenizer, **overrides) -> "SamplingParams":
+    def from_rollout(cls, rollout_cfg, tokenizer, **overrides) -> SamplingParams:
         stop = BoxedAnswerStop(tokenizer.token_bytes) if rollout_cfg.stop_at_answer else None
         params = cls(max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, top_p=rollout_cfg.top_p,
@@ -69,13 +68,13 @@ class Rollouts:
     def response_ids(self, i: int) -> list[int]:
         return self.tokens[i][self.response_mask[i]].tolist()
 
-    def select(self, rows: torch.Tensor | slice) -> "Rollouts":
+    def select(self, rows: torch.Tensor | slice) -> Rollouts:
         """The rollouts of ``rows`` (indices, a bool mask or a slice)."""
         return Rollouts(self.tokens[rows], self.prompt_lens[rows], self.response_mask[rows],
                         self.sample_logprobs[rows])
 
     @staticmethod
-    def concat(parts: list["Rollouts"], pad_id: int) -> "Rollouts":
+    def concat(parts: list[Rollouts], pad_id: int) -> Rollouts:
         """Rows of every part, right-padded to the widest (no parts: an empty batch)."""
         if not parts:
             return Rollouts(torch.full((0, 1), pad_id, dtype=torch.long), torch.zeros(0, dtype=torch.long),

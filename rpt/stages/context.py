@@ -1,4 +1,5 @@
-"""What every stage receives: the typed config (``RootConfig``), the process runtime, the run directory and a metrics logger."""
+"""What every stage receives: the typed config (``RootConfig``), the process runtime, the run directory and a
+metrics logger."""
 
 from __future__ import annotations
 

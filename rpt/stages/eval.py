@@ -13,22 +13,22 @@ from dataclasses import replace
 
 import numpy as np
 
+from rpt import checkpoint
 from rpt.eval.accuracy import direct_next_token, reasoning_first
 from rpt.model.loading import load_eval_model
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
-from rpt.tasks.next_token import NextTokenTask
 from rpt.tasks.downstream import build_downstream_task
+from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
-from rpt import checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def by_bucket(items, scores, thresholds) -> dict:
     out = {}
-    for name, thr in zip(["easy", "medium", "hard"], thresholds):
-        chosen = [s for it, s in zip(items, scores) if it["entropy"] > thr]
+    for name, thr in zip(["easy", "medium", "hard"], thresholds, strict=True):
+        chosen = [s for it, s in zip(items, scores, strict=True) if it["entropy"] > thr]
         out[name] = {"accuracy": float(np.mean(chosen)) if chosen else None, "n": len(chosen)}
     return out
 

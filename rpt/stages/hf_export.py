@@ -4,9 +4,8 @@ dist-checkpoints saved under any layout load here."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from dataclasses import asdict
+from pathlib import Path
 
 from rpt.model.hf import export_hf
 from rpt.model.loading import load_eval_model

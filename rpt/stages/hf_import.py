@@ -11,9 +11,9 @@ from pathlib import Path
 
 from megatron.core import parallel_state
 
+from rpt.checkpoint import save_model_only
 from rpt.model.build import build_model
 from rpt.model.hf import import_hf, model_config_from_hf
-from rpt.checkpoint import save_model_only
 
 
 def run(ctx) -> dict:

@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import logging
 
-
 from data_prep.corpus import IngestStats, doc_id, iter_documents, log_summary
 from data_prep.demo_corpus import generate_documents
 from data_prep.indexed import IndexedDocs, IndexedWriter, remove_indexed, write_indexed

@@ -1,5 +1,5 @@
-"""Stage `rl`: downstream RL with verifiable rewards on reasoning-gym tasks or a question/answer dataset, from each checkpoint in
-``rl_task.train_on`` (same seeds and budget for every one, so their results compare)."""
+"""Stage `rl`: downstream RL with verifiable rewards on reasoning-gym tasks or a question/answer dataset, from each
+checkpoint in ``rl_task.train_on`` (same seeds and budget for every one, so their results compare)."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def run(ctx) -> dict:
     rng = np.random.default_rng(cfg.run.seed)
     chosen = choose_training_positions([entropies[i] for i in train_idx], sc, rng)
     train_rows = [position_record(corpus.doc_ids[i], docs[i], int(t), float(entropies[i][t]), sc)
-                  for i, ts in zip(train_idx, chosen) for t in ts]
+                  for i, ts in zip(train_idx, chosen, strict=True) for t in ts]
     heldout_rows = []
     for i in (i for i, h in enumerate(heldout) if h):
         heldout_rows += [position_record(corpus.doc_ids[i], docs[i], int(t), float(entropies[i][t]), sc)

@@ -5,7 +5,8 @@ run draws exactly the items it would have); subclasses say how an item becomes a
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class Task(abc.ABC):

@@ -9,14 +9,15 @@ so an interrupted and resumed stage leaves exactly the rows of an uninterrupted 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from rpt import checkpoint
 from rpt.train import preemption
 
-StepFn = Callable[[int, dict], tuple[Optional[dict], dict]]
+StepFn = Callable[[int, dict], tuple[dict | None, dict]]
 
 
 @dataclass
@@ -24,7 +25,7 @@ class LoopSpec:
     stage: str  # checkpoints/<stage>/ and the metrics rows' "stage"
     steps: int  # total optimizer steps of the stage
     checkpoint_every: int  # steps between checkpoints (also at the end and on a preemption signal)
-    init_dir: Optional[Path] = None  # weights to start from when there is nothing to resume
+    init_dir: Path | None = None  # weights to start from when there is nothing to resume
     postfix: tuple[str, ...] = ()  # metric keys shown on the progress bar
     state: dict[str, Any] = field(default_factory=dict)  # the loop state of a fresh start
 

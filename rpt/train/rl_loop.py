@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -195,7 +195,7 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     check_layout(loop_cfg, rt.dp_size, stage_name)
     vocab = cfg.model.vocab_size or task.tokenizer.vocab_size
     trainable = build_trainable(cfg.model, vocab, rt, loop_cfg, loop_cfg.steps)
-    ref_model: Optional[Any] = load_eval_model(cfg.model, rt, rd, init_source, vocab) if cfg.algo.kl_coef else None
+    ref_model: Any | None = load_eval_model(cfg.model, rt, rd, init_source, vocab) if cfg.algo.kl_coef else None
     init_model = ref_model
     if init_model is None and cfg.analysis.overlap_every:
         init_model = load_eval_model(cfg.model, rt, rd, init_source, vocab)

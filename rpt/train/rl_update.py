@@ -21,7 +21,6 @@ all-reduce pairs up.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -85,9 +84,9 @@ class RLBatch:
     adv: torch.Tensor  # [N, 1] sequence advantages
     train_mask: torch.Tensor  # [N, T-1] tokens that receive gradient (forking mask applied)
     group_size: int  # G: consecutive rows answer the same prompt (micro- and mini-batches hold whole groups)
-    old: Optional[PolicyValues]  # None only when the update's own first forward supplies them
-    chosen: Optional[torch.Tensor] = None  # [N, T-1] the loss variant's token choice (Clip-Cov / KL-Cov)
-    ref_logp: Optional[torch.Tensor] = None  # [N, T-1] reference policy (KL penalty)
+    old: PolicyValues | None  # None only when the update's own first forward supplies them
+    chosen: torch.Tensor | None = None  # [N, T-1] the loss variant's token choice (Clip-Cov / KL-Cov)
+    ref_logp: torch.Tensor | None = None  # [N, T-1] reference policy (KL penalty)
     share_prompt: bool = True  # forwards score each group over one copy of its prompt
 
     @property
@@ -104,8 +103,8 @@ def needs_old_values(algo, updates_per_rollout: int) -> bool:
             or get_policy_loss(algo.policy_loss).choose is not None)
 
 
-def build_batch(rollouts: Rollouts, adv: torch.Tensor, old: Optional[PolicyValues], algo, group_size: int,
-                generator: torch.Generator, ref_logp: Optional[torch.Tensor] = None) -> RLBatch:
+def build_batch(rollouts: Rollouts, adv: torch.Tensor, old: PolicyValues | None, algo, group_size: int,
+                generator: torch.Generator, ref_logp: torch.Tensor | None = None) -> RLBatch:
     """The batch with every pre-update choice made over the global batch (collectives: every rank calls it)."""
     mask = rollouts.response_mask[:, 1:]
     adv = adv.view(-1, 1).to(mask.device)
@@ -121,7 +120,7 @@ def build_batch(rollouts: Rollouts, adv: torch.Tensor, old: Optional[PolicyValue
 @dataclass(frozen=True)
 class UpdateResult:
     stats: dict  # loss, clip fractions, KL to the sampling-time policy, grad norm, share of steps applied
-    old: Optional[PolicyValues]  # the first forward's values, when the batch came without them
+    old: PolicyValues | None  # the first forward's values, when the batch came without them
 
 
 def mini_batches(n_rows: int, group_size: int, count: int) -> list[range]:
