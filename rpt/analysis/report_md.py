@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rpt.analysis import plots
 from rpt.analysis.training_curves import rl_stage_section
+from rpt.config import RootConfig
 from rpt.rundir import read_json, write_text
 
 
@@ -41,7 +42,7 @@ def accuracy_plot(rd, nt: dict) -> str:
     return "next_token_accuracy.png"
 
 
-def selection_section(cfg, rd) -> str:
+def selection_section(cfg: RootConfig, rd) -> str:
     select = rd.summary("select") if rd.is_done("select") else {}
     ingest = rd.summary("prep").get("ingest", {}) if rd.is_done("prep") else {}
     skipped = ingest.get("skipped") or {}
@@ -54,7 +55,7 @@ def selection_section(cfg, rd) -> str:
             f"{skipped if skipped else 'none'}.\n\n![entropy_hist](entropy_hist.png)\n")
 
 
-def build_report(cfg, rd) -> Path:
+def build_report(cfg: RootConfig, rd) -> Path:
     nt = read_json(rd.eval / "next_token.json")
     ds = read_json(rd.eval / "downstream.json")
     accuracy_png = accuracy_plot(rd, nt)
@@ -65,7 +66,7 @@ def build_report(cfg, rd) -> Path:
 Model `{cfg.model.name}` ({cfg.model.num_layers} layers, width {cfg.model.hidden_size}); corpus `{cfg.data.source}`;
 template `{cfg.rollout.template}`; G={cfg.rollout.group_size}, temperature {cfg.rollout.temperature};
 policy loss `{cfg.algo.policy_loss}`, aggregation `{cfg.algo.loss_agg}`, forking rho {cfg.algo.forking_rho},
-dynamic sampling {cfg.algo.dynamic_sampling}.
+dynamic sampling {cfg.algo.dynamic_sampling}, {cfg.rpt.updates_per_rollout()} optimizer step(s) per rollout.
 
 ## Position selection
 {selection_section(cfg, rd)}

@@ -23,7 +23,7 @@ from rpt.algo.advantages import all_equal_groups, compute_advantages
 from rpt.algo.losses import forking_mask, token_covariance
 from rpt.analysis.planning import planning_token_mask
 from rpt.checkpoint import latest_step_dir
-from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, TrainLoopConfig
+from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, RootConfig, TrainLoopConfig
 from rpt.distributed import dp_max, dp_mean_of, dp_sum
 from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
@@ -213,7 +213,8 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
             "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail))}
 
 
-def make_setup(cfg, rt, trainable, task, loop_cfg: TrainLoopConfig, ref_model=None, init_model=None) -> RLSetup:
+def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, ref_model=None,
+               init_model=None) -> RLSetup:
     """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo and analysis sections) for one RL loop section."""
     return RLSetup(trainable, task, cfg.rollout, cfg.algo, loop_cfg, cfg.analysis,
                    SamplingParams.from_rollout(cfg.rollout, task.tokenizer), rt, cfg.run.seed, ref_model, init_model)
