@@ -124,3 +124,17 @@ def test_generation_stops_at_eos(tiny_model, tokenizer):
     ro = generate(tiny_model, prompts, sampling(5, 0.0, eos_id=first, pad_id=tokenizer.pad_id), 0, "cpu")
     assert ro.response_lens.tolist() == [1, 1]  # the EOS itself is the only response token
 
+
+
+def test_sampling_params_come_from_the_rollout_config(tokenizer):
+    """Training and eval sample the same way: engine, top_p and the stop rule come from ``RolloutConfig``; eval
+    overrides only length and temperature."""
+    from dataclasses import replace
+
+    from rpt.config import RolloutConfig
+
+    cfg = replace(RolloutConfig(), engine="megatron", top_p=0.9, stop_at_answer=True)
+    params = SamplingParams.from_rollout(cfg, tokenizer, max_new_tokens=7, temperature=0.5)
+    assert (params.engine, params.top_p, params.max_new_tokens, params.temperature) == ("megatron", 0.9, 7, 0.5)
+    assert params.stop is not None and (params.eos_id, params.pad_id) == (tokenizer.eos_id, tokenizer.pad_id)
+    assert SamplingParams.from_rollout(replace(cfg, stop_at_answer=False), tokenizer).stop is None
