@@ -214,6 +214,8 @@ class TrainLoopConfig:
     clip_grad: float = 1.0  # global gradient-norm clip
     checkpoint_every: int = 20  # steps between checkpoints
     init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | path)
+    eval_every: int = 0  # steps between validations (greedy accuracy on held-out items, logged as val/...); 0 = off
+    eval_size: int = 128  # held-out items in the fixed validation sample
 
     def updates_per_rollout(self) -> int:
         return self.ppo_epochs * (self.prompts_per_step // (self.ppo_mini_batch_size or self.prompts_per_step))
@@ -269,6 +271,19 @@ class AnalysisConfig:
 
 
 @dataclass
+class ReportConfig:
+    runs: list[str] = field(default_factory=list)  # non-empty: aggregate these runs (names under run.root, glob
+    # patterns allowed, e.g. [seed*]) into mean ± std in <run.name>/report/ instead of reporting run.name itself
+    samples_per_kind: int = 2  # "Samples" section: good (reward > 0) and bad (reward 0) rollouts shown per stage
+    sample_chars: int = 400  # "Samples" section: characters kept per field (context, response, answer, reference)
+
+    def __post_init__(self):
+        if self.samples_per_kind < 0 or self.sample_chars < 8:
+            raise ValueError(f"report.samples_per_kind must be >= 0 and report.sample_chars >= 8, got "
+                             f"{self.samples_per_kind} and {self.sample_chars}")
+
+
+@dataclass
 class HFConfig:
     path: str | None = None  # hf_import: directory with config.json, *.safetensors and tokenizer files
     source: str = "rpt"  # hf_export: which stage's latest checkpoint to export
@@ -299,6 +314,10 @@ class LoggingConfig:
     wandb_project: str = "rpt"  # W&B project
     wandb_entity: str | None = None  # W&B entity (team); None = default
     progress: bool = True  # show progress bars
+    log_every: int = 10  # steps between plain log lines of training metrics (when stderr is not a terminal)
+    sample_every: int = 10  # RL steps between logged sample rollouts (rollouts/<stage>/, W&B table); 0 = never
+    samples: int = 4  # rollouts per sample log (half the best, half the worst of rank 0's batch)
+    peak_flops: float = 989e12  # accelerator peak (dense bf16) for the update's MFU on GPU; H100/H200 SXM: 989e12
 
     def __post_init__(self):
         _one_of("logging", "wandb_mode", self.wandb_mode, ("offline", "online", "disabled"))
@@ -325,6 +344,7 @@ class RootConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     hf: HFConfig = field(default_factory=HFConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self):

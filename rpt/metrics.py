@@ -58,6 +58,29 @@ class MetricsLogger:
             self._wandb.log({f"{self.stage}/{k}": v for k, v in row.items() if k not in ("stage", "step")},
                             step=step)
 
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Example rollouts as a W&B table (``<stage>/samples``); the JSONL copy is the training loop's."""
+        if self._wandb is None or not rows:
+            return
+        import wandb
+
+        columns = list(rows[0])
+        table = wandb.Table(columns=columns, data=[[_plain(r.get(c)) for c in columns] for r in rows])
+        self._wandb.log({f"{self.stage}/samples": table}, step=step)
+
+    def log_artifact(self, path: Path, name: str, kind: str) -> None:
+        """A directory or file as a W&B artifact (e.g. the report)."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(name, type=kind)
+        if Path(path).is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self._wandb.log_artifact(artifact)
+
     def summary(self, values: dict[str, Any]) -> None:
         if self._wandb is not None:
             self._wandb.summary.update({f"{self.stage}/{k}": _plain(v) for k, v in values.items()})

@@ -25,25 +25,25 @@ def _init():
     return runtime.init(SimpleNamespace(device="cpu", dtype="auto", seed=0, tensor_parallel=1, pipeline_parallel=1))
 
 
-class HalfConstantTask:
-    """Four prompts per draw: the odd ones (rank 1's share) always earn 0, the even ones the digit share."""
+def _half_constant_task(tokenizer):
+    from rpt.tasks.base import Task
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    class HalfConstantTask(Task):
+        """Four prompts per draw: the odd ones (rank 1's share) always earn 0, the even ones the digit share."""
 
-    def __len__(self):
-        return 4
+        def items_for_step(self, step, count, seed):
+            return list(self.items)[:count]
 
-    def items_for_step(self, step, count, seed):
-        return [("vary", "1 + 2 = "), ("const", "3 + 4 = "), ("vary", "5 + 6 = "), ("const", "7 + 8 = ")][:count]
+        def prompt_ids(self, item):
+            return self.tokenizer.encode(item[1])
 
-    def prompt_ids(self, item):
-        return self.tokenizer.encode(item[1])
+        def reward(self, item, response_text):
+            if item[0] == "const":
+                return 0.0
+            return sum(c.isdigit() for c in response_text) / max(1, len(response_text))
 
-    def reward(self, item, response_text):
-        if item[0] == "const":
-            return 0.0
-        return sum(c.isdigit() for c in response_text) / max(1, len(response_text))
+    items = [("vary", "1 + 2 = "), ("const", "3 + 4 = "), ("vary", "5 + 6 = "), ("const", "7 + 8 = ")]
+    return HalfConstantTask(items, tokenizer)
 
 
 def dynamic_sampling(rt, tokenizer_file: str) -> None:
@@ -65,7 +65,7 @@ def dynamic_sampling(rt, tokenizer_file: str) -> None:
     tok = Tokenizer(tokenizer_file)
     torch.manual_seed(0)
     trainable = build_trainable(cfg.model, tok.vocab_size, rt, cfg.rpt, cfg.rpt.steps)
-    run = make_setup(cfg, rt, trainable, HalfConstantTask(tok), cfg.rpt)
+    run = make_setup(cfg, rt, trainable, _half_constant_task(tok), cfg.rpt)
     got = collect(run, 0, 0)
     assert len(got.rollouts) == (0 if rt.dp_rank == 1 else 2 * cfg.rollout.group_size), len(got.rollouts)
     assert got.cursor == 2  # the refill was decided globally: both ranks drew twice

@@ -14,8 +14,10 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-# more RPT steps and a checkpoint every step, so a kill lands mid-stage with a checkpoint to resume from
-RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1"]
+# more RPT steps and a checkpoint every step, so a kill lands mid-stage with a checkpoint to resume from; sample
+# rollouts and validation every 4 steps (part of what a resumed run must reproduce)
+RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1", "logging.sample_every=4", "logging.samples=3",
+                 "rpt.eval_every=4", "rpt.eval_size=20"]
 TIMING_KEYS = {"rollout_s", "score_s", "update_s", "tokens_per_s", "seconds"}
 
 
@@ -57,6 +59,21 @@ def test_pipeline_writes_every_artifact(reference_run):
     assert len(rpt_rows) == 8 and {"reward_mean", "entropy", "clip_frac_low", "clip_frac_high",
                                     "response_length", "train_rollout_gap", "all_equal_share"} <= set(rpt_rows[0])
     assert rpt_rows[0]["kl_to_old"] == 0.0  # one update per rollout: exactly on-policy
+    for row in rpt_rows:
+        assert 0.0 <= row["truncated_share"] <= 1.0 and 0.0 <= row["no_answer_share"] <= 1.0
+        assert row["reward_std"] >= 0.0 and row["peak_memory_gb"] > 0.0
+    validated = [r for r in rpt_rows if "val/accuracy" in r]
+    assert [r["step"] for r in validated] == [4, 8]
+    for r in validated:
+        assert r["val/n"] == 20 and r["val/n_easy"] >= r["val/n_medium"] >= r["val/n_hard"]
+        assert 0.0 <= r["val/accuracy"] <= 1.0
+    samples = sorted((rd / "rollouts" / "rpt").glob("step_*.jsonl"))
+    assert [p.name for p in samples] == ["step_000004.jsonl", "step_000008.jsonl"]
+    rows = [json.loads(line) for line in samples[-1].read_text().splitlines()]
+    assert len(rows) == 3 and all(r["step"] == 8 for r in rows)
+    for r in rows:
+        assert set(r) == {"step", "context", "response", "answer", "reference", "reward", "truncated"}
+        assert r["context"].endswith("<think>") and r["reference"] and isinstance(r["truncated"], bool)
     report = (rd / "report" / "report.md").read_text()
     assert "| base | direct |" in report and "| rpt | reasoning_greedy |" in report
     assert "| rl_rpt |" in report and "| rl_pretrain |" in report and "Entropy law" in report

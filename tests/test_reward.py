@@ -184,3 +184,16 @@ def test_math_checker_returns_a_bool_for_any_input():
         if normalize(a) and normalize(b):
             assert answers_match(b, a) is result, (a, b)
         assert answers_match(a, a) is bool(normalize(a)), a
+
+
+def test_matched_tokens_counts_the_target_tokens_an_answer_spells():
+    from rpt.tasks.next_token import matched_tokens
+
+    target = [b" 1", b"2", b" +", b" 3"]
+    assert matched_tokens(" 1", target) == 1
+    assert matched_tokens(" 12", target) == 2
+    assert matched_tokens(" 12 + 3", target) == 4
+    assert matched_tokens(" 12 +", target) == 3
+    assert matched_tokens(" 1 2", target) == 0 and matched_tokens(" 12 ", target) == 0  # not a token boundary
+    assert matched_tokens("", target) == 0 and matched_tokens(None, target) == 0
+    assert matched_tokens(" 12 + 34", target) == 0  # longer than the stored target

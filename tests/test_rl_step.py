@@ -13,28 +13,27 @@ from hydra import compose, initialize_config_dir
 
 from rpt import config as schema
 from rpt.cli import CONF_DIR
-from rpt.tasks.base import epoch_order
+from rpt.tasks.base import Task
 from rpt.train.optim import build_trainable
 from rpt.train.rl_loop import collect, make_setup, rl_step
 
 schema.register()
 
 
-class DigitShareTask:
+class DigitShareTask(Task):
     """A verifiable toy task: reward = share of digit characters in the response (varies across samples)."""
 
     def __init__(self, tokenizer, prompts=("1 + 2 = ", "3 + 4 + 5 = ", "9 - 3 = ", "2 + 2 + 2 = ")):
-        self.tokenizer = tokenizer
-        self.prompts = list(prompts)
+        super().__init__(list(prompts), tokenizer)
         self.drawn = []  # every item handed out, in order
 
-    def __len__(self):
-        return len(self.prompts)
-
     def items_for_step(self, step, count, seed):
-        items = [self.prompts[i] for i in epoch_order(len(self.prompts), step, count, seed)]
+        items = super().items_for_step(step, count, seed)
         self.drawn += items
         return items
+
+    def reference(self, item):
+        return item
 
     def prompt_ids(self, item):
         return self.tokenizer.encode(item)
@@ -169,3 +168,49 @@ def test_the_cursor_walks_every_prompt_once_per_epoch(dynamic, runtime, tokenize
         step += 1
     assert cursor * 2 == len(task.drawn)
     assert sorted(task.drawn[:8]) == sorted(prompts)
+
+
+def test_validation_does_not_change_training(runtime, tokenizer):
+    """Greedy validation every step (on the same toy task's prompts) leaves every training metric and the trained
+    weights exactly as a run without it."""
+    from rpt.eval.validation import Validator
+    from rpt.rollout.engine import SamplingParams
+
+    results = []
+    for validate in (False, True):
+        cfg = _cfg(["rpt.eval_every=1"])
+        run = _setup(cfg, runtime, tokenizer)
+        if validate:
+            run.validator = Validator(run.task, 3, SamplingParams.from_rollout(cfg.rollout, tokenizer), 0, runtime)
+        rows, cursor = [], 0
+        for step in range(2):
+            m, cursor = rl_step(run, step, cursor)
+            rows.append(m)
+        results.append((rows, _weights(run)))
+    (plain, w_plain), (validated, w_validated) = results
+    assert all("val/accuracy" in m and m["val/n"] == 3 for m in validated)
+    for a, b in zip(plain, validated, strict=True):
+        for key, value in a.items():
+            if not key.endswith("_s") and key not in ("tokens_per_s", "peak_memory_gb"):
+                assert b[key] == value, key
+    for a, b in zip(w_plain, w_validated, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sample_rows_pick_the_best_and_the_worst(runtime, tokenizer):
+    """Logged samples are half the highest-reward and half the lowest-reward rollouts, with their ground truth."""
+    from dataclasses import replace
+
+    from rpt.train.rl_loop import sample_rows
+
+    cfg = _cfg(["logging.sample_every=1", "logging.samples=2"])
+    run = _setup(cfg, runtime, tokenizer)
+    got = collect(run, 0, 0)
+    rewards = torch.randperm(len(got.texts), generator=torch.Generator().manual_seed(0)).float()
+    rows = sample_rows(run, replace(got, rewards=rewards), step=1)
+    assert sorted(r["reward"] for r in rows) == [float(rewards.min()), float(rewards.max())]
+    best = int(rewards.argmax())
+    chosen = next(r for r in rows if r["reward"] == float(rewards.max()))
+    assert chosen["response"] == got.texts[best] and chosen["reference"] == got.items[best // 4]
+    m, _ = rl_step(run, 0, 0)
+    assert len(m["samples"]) == 2 and {r["step"] for r in m["samples"]} == {1}

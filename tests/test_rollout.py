@@ -138,3 +138,15 @@ def test_sampling_params_come_from_the_rollout_config(tokenizer):
     assert (params.engine, params.top_p, params.max_new_tokens, params.temperature) == ("megatron", 0.9, 7, 0.5)
     assert params.stop is not None and (params.eos_id, params.pad_id) == (tokenizer.eos_id, tokenizer.pad_id)
     assert SamplingParams.from_rollout(replace(cfg, stop_at_answer=False), tokenizer).stop is None
+
+
+def test_truncation_is_flagged_only_for_rows_stopped_by_the_cap(tiny_model, tokenizer):
+    prompts = [tokenizer.encode("1 + 2 = ")] * 2
+    capped = generate(tiny_model, prompts, sampling(4, 0.0, eos_id=-1, pad_id=tokenizer.pad_id), 0, "cpu")
+    assert capped.truncated.tolist() == [True, True] and capped.response_lens.tolist() == [4, 4]
+    with torch.no_grad():
+        first = int(full_logits(tiny_model, torch.tensor([prompts[0]]))[0, -1].argmax())
+    ended = generate(tiny_model, prompts, sampling(4, 0.0, eos_id=first, pad_id=tokenizer.pad_id), 0, "cpu")
+    assert ended.truncated.tolist() == [False, False]
+    one = generate(tiny_model, prompts, sampling(1, 0.0, eos_id=first, pad_id=tokenizer.pad_id), 0, "cpu")
+    assert one.truncated.tolist() == [False, False]  # the last allowed token is the end of sequence: not cut off

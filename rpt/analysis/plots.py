@@ -46,14 +46,21 @@ def curves(series: dict[str, tuple[list, list]], ylabel: str, title: str, path: 
     _save(fig, path)
 
 
-def grouped_bars(groups: list[str], bars: dict[str, list[float]], ylabel: str, title: str, path: Path) -> None:
+def grouped_bars(groups: list[str], bars: dict[str, list[float]], ylabel: str, title: str, path: Path,
+                 intervals: dict[str, list[tuple[float, float] | None]] | None = None) -> None:
+    """Bars per group; ``intervals[name][i]`` = (low, high) draws an error bar (None: none)."""
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     width = 0.8 / max(1, len(bars))
     x = np.arange(len(groups))
     for i, (name, values) in enumerate(bars.items()):
-        ax.bar(x + i * width, values, width, label=name)
+        yerr = None
+        if intervals and name in intervals:
+            ci = [c if c is not None else (v, v) for v, c in zip(values, intervals[name], strict=True)]
+            yerr = np.array([[max(0.0, v - lo) for v, (lo, _) in zip(values, ci, strict=True)],
+                             [max(0.0, hi - v) for v, (_, hi) in zip(values, ci, strict=True)]])
+        ax.bar(x + i * width, values, width, label=name, yerr=yerr, capsize=2 if yerr is not None else 0)
     ax.set_xticks(x + width * (len(bars) - 1) / 2, groups)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -61,7 +68,7 @@ def grouped_bars(groups: list[str], bars: dict[str, list[float]], ylabel: str, t
     _save(fig, path)
 
 
-def entropy_law(entropy, reward, fit, path: Path, title: str) -> None:
+def entropy_law(entropy, reward, fit, path: Path, title: str, ylabel: str = "reward R") -> None:
     """Scatter of (entropy, reward) per step with the fitted R = -a exp(H) + b."""
     import numpy as np
 
@@ -72,7 +79,31 @@ def entropy_law(entropy, reward, fit, path: Path, title: str) -> None:
             label=f"R = -{fit.a:.3f}·exp(H) + {fit.b:.3f}  (R²={fit.r2:.2f}, ceiling {fit.ceiling:.3f})")
     fig.colorbar(sc, ax=ax, label="step")
     ax.set_xlabel("policy entropy H (nats)")
-    ax.set_ylabel("reward R")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def reward_and_validation(reward: dict[str, tuple[list, list]], val: dict[str, tuple[list, list]],
+                          bands: dict[str, tuple[list, list]], title: str, path: Path) -> None:
+    """Two panels over one step axis: training reward lines (top), held-out validation accuracy (bottom) with
+    ``bands[name] = (low, high)`` shaded per validation point."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
+    for name, (x, y) in reward.items():
+        top.plot(x, y, label=name, lw=1.5)
+    top.set_ylabel("mean reward")
+    top.set_title(title)
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    for name, (x, y) in val.items():
+        (line,) = bottom.plot(x, y, marker="o", ms=3, lw=1.5 if name in bands else 1.0,
+                              ls="-" if name in bands else "--", label=name)
+        if name in bands:
+            bottom.fill_between(x, *bands[name], color=line.get_color(), alpha=0.2, lw=0)
+    bottom.set_ylabel("validation accuracy (greedy)")
+    bottom.set_xlabel("step")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.legend(fontsize=7)
+    bottom.grid(alpha=0.3)
     _save(fig, path)

@@ -1,10 +1,12 @@
 """Report sections built from ``metrics.jsonl``: training curves, the entropy-law fit, planning vs execution
-entropy and forking-token statistics, for every RL stage of the run."""
+entropy and forking-token statistics, and validation accuracy where the trainer logged it (``validation.py``), for
+every RL stage of the run."""
 
 from __future__ import annotations
 
 from rpt.analysis import plots
 from rpt.analysis.entropy_law import fit_and_forecast, fit_entropy_law
+from rpt.analysis.validation import plot_reward_and_validation, val_rows, validation_text
 from rpt.metrics import read_metrics
 
 
@@ -27,8 +29,12 @@ def rl_stage_section(rd, stage: str, law_fit_fraction: float) -> tuple[str, list
         return "", []
     images = []
     reward = series(rows, "reward_mean")
-    plots.curves({"reward (all sampled groups)": reward, "trailing mean over 10 steps": moving_average(reward, 10)},
-                 "mean reward", f"{stage}: reward per step", rd.report / f"{stage}_reward.png")
+    reward_lines = {"reward (all sampled groups)": reward, "trailing mean over 10 steps": moving_average(reward, 10)}
+    if val_rows(rows):
+        plot_reward_and_validation(reward_lines, rows, rd.report / f"{stage}_reward.png",
+                                   f"{stage}: reward per step and held-out validation accuracy")
+    else:
+        plots.curves(reward_lines, "mean reward", f"{stage}: reward per step", rd.report / f"{stage}_reward.png")
     plots.curves({"all response tokens": series(rows, "entropy"),
                   "top-20% (forking) tokens": series(rows, "entropy_forking")},
                  "policy entropy (nats)", f"{stage}: policy entropy per step", rd.report / f"{stage}_entropy.png")
@@ -68,4 +74,8 @@ def rl_stage_section(rd, stage: str, law_fit_fraction: float) -> tuple[str, list
                     f"{'–' if rmse is None else f'{rmse:.4f}'}.")
     except ValueError as err:
         text.append(f"Entropy law: not fitted ({err}).")
+    val_md, val_images = validation_text(rows, stage, rd.report)
+    if val_md:
+        text.append(val_md)
+        images += val_images
     return "\n".join(text) + "\n\n" + "\n".join(f"![{i[:-4]}]({i})" for i in images) + "\n", images

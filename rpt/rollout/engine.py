@@ -57,6 +57,7 @@ class Rollouts:
     prompt_lens: torch.Tensor  # [N]
     response_mask: torch.Tensor  # [N, T] True where the token was generated
     sample_logprobs: torch.Tensor  # [N, T] log-prob of generated tokens under the sampler (0 elsewhere)
+    truncated: torch.Tensor  # [N] bool: ended by the max_new_tokens cap (no end-of-sequence, no closed answer)
 
     @property
     def response_lens(self) -> torch.Tensor:
@@ -71,14 +72,14 @@ class Rollouts:
     def select(self, rows: torch.Tensor | slice) -> Rollouts:
         """The rollouts of ``rows`` (indices, a bool mask or a slice)."""
         return Rollouts(self.tokens[rows], self.prompt_lens[rows], self.response_mask[rows],
-                        self.sample_logprobs[rows])
+                        self.sample_logprobs[rows], self.truncated[rows])
 
     @staticmethod
     def concat(parts: list[Rollouts], pad_id: int) -> Rollouts:
         """Rows of every part, right-padded to the widest (no parts: an empty batch)."""
         if not parts:
             return Rollouts(torch.full((0, 1), pad_id, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                            torch.zeros(0, 1, dtype=torch.bool), torch.zeros(0, 1))
+                            torch.zeros(0, 1, dtype=torch.bool), torch.zeros(0, 1), torch.zeros(0, dtype=torch.bool))
         width = max(p.tokens.shape[1] for p in parts)
 
         def cat(name, value):
@@ -86,7 +87,8 @@ class Rollouts:
                               for p in parts])
 
         return Rollouts(cat("tokens", pad_id), torch.cat([p.prompt_lens for p in parts]),
-                        cat("response_mask", False), cat("sample_logprobs", 0.0))
+                        cat("response_mask", False), cat("sample_logprobs", 0.0),
+                        torch.cat([p.truncated for p in parts]))
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor
@@ -163,6 +165,7 @@ def generate(model, prompts: list[list[int]], sampling: SamplingParams, seed: in
     mask = torch.zeros(n, total, dtype=torch.bool, device=device)
     sample_lp = torch.zeros(n, total, dtype=torch.float32, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    capped = torch.zeros(n, dtype=torch.bool, device=device)
     uniforms = torch.rand(n, max_new_tokens, generator=torch.Generator().manual_seed(seed)).to(device)
     if stop is not None:
         stop.reset(n)
@@ -180,17 +183,19 @@ def generate(model, prompts: list[list[int]], sampling: SamplingParams, seed: in
                                         torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
         mask[rows, col] = gen
         sample_lp[rows, col] = torch.where(gen, lp, torch.zeros_like(lp))
-        finished = (sampled == eos_id) | (col + 1 - lens >= max_new_tokens)
+        ended = sampled == eos_id
         if stop is not None:
             ids = sampled.tolist()
             for i in gen.nonzero().squeeze(-1).tolist():
                 if stop.update(i, ids[i]):
-                    finished[i] = True
-        done |= gen & finished
+                    ended[i] = True
+        at_cap = col + 1 - lens >= max_new_tokens
+        capped |= gen & at_cap & ~ended
+        done |= gen & (ended | at_cap)
         if bool(done.all()) or int(col.max()) + 1 == total:
             break
         logits = decoder.forward(tokens[rows, col].unsqueeze(1))
         col = col + 1
     model.train(was_training)
     width = int((mask.any(0).nonzero().max() + 1) if mask.any() else lens.max())
-    return Rollouts(tokens[:, :width].clone(), lens, mask[:, :width].clone(), sample_lp[:, :width].clone())
+    return Rollouts(tokens[:, :width].clone(), lens, mask[:, :width].clone(), sample_lp[:, :width].clone(), capped)

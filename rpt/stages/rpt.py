@@ -1,15 +1,25 @@
-"""Stage `rpt`: reinforcement pre-training, GRPO on next-token reasoning over the selected positions."""
+"""Stage `rpt`: reinforcement pre-training, GRPO on next-token reasoning over the selected positions; with
+``rpt.eval_every``, greedy accuracy on a fixed sample of held-out positions (by difficulty) along the way."""
 
 from __future__ import annotations
 
+from rpt.eval.validation import Validator
+from rpt.rollout.engine import SamplingParams
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
 from rpt.train.rl_loop import train
 
 
 def run(ctx) -> dict:
-    ctx.rd.require("select")
-    tok = Tokenizer.from_run(ctx.rd)
-    task = NextTokenTask(ctx.rd.positions / "train.jsonl", tok, ctx.cfg.rollout.templates[ctx.cfg.rollout.template],
-                         ctx.cfg.rollout.format_reward)
-    return train(ctx, task, "rpt", ctx.cfg.rpt.init_from, ctx.cfg.rpt)
+    cfg, rd = ctx.cfg, ctx.rd
+    rd.require("select")
+    tok = Tokenizer.from_run(rd)
+    template = cfg.rollout.templates[cfg.rollout.template]
+    task = NextTokenTask(rd.positions / "train.jsonl", tok, template, cfg.rollout.format_reward)
+    validator = None
+    if cfg.rpt.eval_every:
+        heldout = NextTokenTask(rd.positions / "heldout.jsonl", tok, template)
+        sampling = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=cfg.eval.max_new_tokens)
+        validator = Validator(heldout, cfg.rpt.eval_size, sampling, cfg.run.seed, ctx.rt,
+                              cfg.select.difficulty_thresholds)
+    return train(ctx, task, "rpt", cfg.rpt.init_from, cfg.rpt, validator)

@@ -32,6 +32,14 @@ class Task(abc.ABC):
     def reward(self, item: Any, response_text: str) -> float:
         """The verifiable reward of ``response_text`` as an answer to ``item``."""
 
+    def reference(self, item: Any) -> str:
+        """The ground truth of ``item`` as text, for logged samples (the item's ``answer`` field by default)."""
+        return str(item["answer"]) if isinstance(item, dict) and "answer" in item else ""
+
+    def answer_length(self, item: Any, answer: str | None) -> int | None:
+        """How many ground-truth tokens a correct ``answer`` covers (None where the notion does not apply)."""
+        return None
+
 
 def epoch_order(n: int, step: int, count: int, seed: int) -> list[int]:
     """Indices for ``step``: walk a fresh seeded permutation of range(n) per epoch, ``count`` items per step."""

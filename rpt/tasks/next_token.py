@@ -17,19 +17,27 @@ from rpt.rundir import read_jsonl
 from rpt.tasks.base import Task, render_prompt
 
 
+def matched_tokens(prediction: str | bytes | None, target_token_bytes: Sequence[bytes]) -> int:
+    """How many target tokens ``prediction`` spells exactly (a non-empty byte prefix of the target ending on a
+    token boundary); 0 when it is not such a prefix."""
+    if prediction is None:
+        return 0
+    pred = prediction.encode("utf-8") if isinstance(prediction, str) else prediction
+    if not pred or not b"".join(target_token_bytes).startswith(pred):
+        return 0
+    boundary = 0
+    for count, piece in enumerate(target_token_bytes, 1):
+        boundary += len(piece)
+        if boundary == len(pred):
+            return count
+        if boundary > len(pred):
+            return 0
+    return 0
+
+
 def prefix_reward(prediction: str | bytes | None, target_token_bytes: Sequence[bytes]) -> float:
     """1.0 iff ``prediction`` is a non-empty byte prefix of the target that ends on one of its token boundaries."""
-    if prediction is None:
-        return 0.0
-    pred = prediction.encode("utf-8") if isinstance(prediction, str) else prediction
-    if not pred:
-        return 0.0
-    remainder = b"".join(target_token_bytes)
-    boundary, boundaries = 0, set()
-    for piece in target_token_bytes:
-        boundary += len(piece)
-        boundaries.add(boundary)
-    return 1.0 if len(pred) in boundaries and remainder.startswith(pred) else 0.0
+    return 1.0 if matched_tokens(prediction, target_token_bytes) else 0.0
 
 
 class NextTokenTask(Task):
@@ -51,3 +59,11 @@ class NextTokenTask(Task):
         answer = extract_answer(response_text)
         bonus = self.format_reward if answer else 0.0
         return prefix_reward(answer, self.target_bytes(item)) + bonus
+
+    def reference(self, item: dict) -> str:
+        """The stored ground-truth continuation as text."""
+        return b"".join(self.target_bytes(item)).decode("utf-8", errors="replace")
+
+    def answer_length(self, item: dict, answer: str | None) -> int | None:
+        """Target tokens a correct boxed answer covers (1 = just the next token); None when it is not correct."""
+        return matched_tokens(answer, self.target_bytes(item)) or None

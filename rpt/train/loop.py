@@ -4,18 +4,26 @@ the progress bar, preemption and checkpoints, so a stage writes only its step.
 A step is ``step_fn(step, state) -> (metrics or None, state)``: ``step`` counts from 0, ``state`` is the loop's
 own JSON-able state (e.g. the RL data cursor), saved in every checkpoint and handed back on resume. Metrics rows
 are logged as step ``step + 1`` (completed steps); on resume, rows after the checkpoint's step are dropped first,
-so an interrupted and resumed stage leaves exactly the rows of an uninterrupted one.
+so an interrupted and resumed stage leaves exactly the rows of an uninterrupted one. A row's ``samples`` entry (a
+list of dicts: example rollouts) is not a metric: it goes to ``rollouts/<stage>/step_NNNNNN.jsonl`` and a W&B
+table. When stderr is not a terminal (a batch job's log), a plain line with the progress-bar metrics is logged
+every ``logging.log_every`` steps.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rpt import checkpoint
+from rpt.rundir import write_jsonl
 from rpt.train import preemption
+
+log = logging.getLogger(__name__)
 
 StepFn = Callable[[int, dict], tuple[dict | None, dict]]
 
@@ -39,12 +47,21 @@ def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
     trainable.model.train()
     history = []
     bar = ctx.progress(range(start, spec.steps), desc=spec.stage, initial=start, total=spec.steps)
+    plain_log = ctx.cfg.logging.log_every if not sys.stderr.isatty() else 0
     for step in bar:
         row, state = step_fn(step, state)
         if row is not None:
+            samples = row.pop("samples", None)
+            if samples is not None and ctx.rt.is_main:
+                write_jsonl(ctx.rd.path / "rollouts" / spec.stage / f"step_{step + 1:06d}.jsonl", samples)
+                metrics.log_samples(step + 1, samples)
             metrics.log(step + 1, row)
             history.append(row)
-            bar.set_postfix({k: f"{row[k]:.3f}" for k in spec.postfix if row.get(k) is not None})
+            shown = {k: f"{row[k]:.3f}" for k in spec.postfix if row.get(k) is not None}
+            bar.set_postfix(shown)
+            if plain_log and ((step + 1) % plain_log == 0 or step + 1 == spec.steps):
+                log.info("%s step %d/%d %s", spec.stage, step + 1, spec.steps,
+                         " ".join(f"{k}={v}" for k, v in shown.items()))
         preemption.end_of_step(spec.stage, step + 1, spec.steps, spec.checkpoint_every, ckpt_dir, trainable,
                                metrics, state)
     metrics.close()

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rpt.algo.advantages import all_equal_groups, compute_advantages
-from rpt.algo.losses import forking_mask, token_covariance
+from rpt.algo.losses import forking_mask, kl_k3, token_covariance
 from rpt.analysis.planning import planning_token_mask
 from rpt.checkpoint import latest_step_dir
 from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, RootConfig, TrainLoopConfig
 from rpt.distributed import dp_max, dp_mean_of, dp_sum
 from rpt.model.loading import checkpoint_dir, load_eval_model
+from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
 from rpt.train.loop import LoopSpec, run_loop
 from rpt.train.optim import build_trainable
@@ -61,6 +63,8 @@ class RLSetup:
     seed: int
     ref_model: Any = None  # the initial policy, for the KL penalty
     init_model: Any = None  # the initial policy, for the forking-token overlap analysis
+    logging: Any = None  # LoggingConfig: sample rollouts, peak FLOP/s for the MFU
+    validator: Callable[[Any], dict] | None = None  # held-out accuracy every ``loop.eval_every`` steps
 
     @property
     def n_mini(self) -> int:
@@ -72,6 +76,8 @@ class RLSetup:
 class Collected:
     rollouts: Rollouts  # this rank's kept groups (possibly none)
     rewards: torch.Tensor  # [rows]
+    items: list  # [rows // G] the task item of each kept group
+    texts: list[str]  # [rows] the decoded responses
     stats: dict
     cursor: int  # the next prompt batch to draw
 
@@ -84,21 +90,27 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
     rt, algo, G = run.rt, run.algo, run.rollout.group_size
     per_rank = run.loop.prompts_per_step // rt.dp_size
     tok = run.task.tokenizer
-    kept, kept_rewards, sampled, all_equal, groups_seen, n_kept = [], [], [], 0, 0, 0
+    kept, kept_rewards, kept_items, kept_texts, answers = [], [], [], [], []
+    sampled, truncated, all_equal, groups_seen, n_kept = [], [], 0, 0, 0
     for refill in range(algo.max_refills + 1 if algo.dynamic_sampling else 1):
         items = run.task.items_for_step(cursor, per_rank * rt.dp_size, run.seed)[rt.dp_rank::rt.dp_size]
         cursor += 1
         prompts = [ids for it in items for ids in [run.task.prompt_ids(it)] * G]
         ro = generate(run.trainable.model.module, prompts, run.sampling,
                       _step_seed(run.seed, step, refill, rt.dp_rank), rt.device)
-        rewards = torch.tensor([run.task.reward(items[i // G], tok.decode(ro.response_ids(i)))
-                                for i in range(len(prompts))])
+        texts = [tok.decode(ro.response_ids(i)) for i in range(len(prompts))]
+        rewards = torch.tensor([run.task.reward(items[i // G], text) for i, text in enumerate(texts)])
         sampled.append(rewards)
+        truncated.append(ro.truncated.cpu())
+        answers += [extract_answer(text) is not None for text in texts]
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
         all_equal, groups_seen = all_equal + int(equal.sum()), groups_seen + len(items)
-        keep = (~equal if algo.dynamic_sampling else torch.ones_like(equal)).repeat_interleave(G)
-        kept.append(ro.select(keep))
+        keep_group = ~equal if algo.dynamic_sampling else torch.ones_like(equal)
+        keep = keep_group.repeat_interleave(G)
+        kept.append(ro.select(keep.to(ro.tokens.device)))
         kept_rewards.append(rewards[keep])
+        kept_items += [it for it, k in zip(items, keep_group.tolist(), strict=True) if k]
+        kept_texts += [text for text, k in zip(texts, keep.tolist(), strict=True) if k]
         n_kept += int(keep.sum()) // G
         if not algo.dynamic_sampling or dp_sum(min(n_kept, per_rank)) >= run.loop.prompts_per_step:
             break
@@ -106,9 +118,13 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
     rewards = torch.cat(kept_rewards)[:per_rank * G]
     sampled = torch.cat(sampled)
     shares = dp_sum(all_equal, groups_seen)
-    stats = {"all_equal_share": shares[0] / max(shares[1], 1.0), "refills": refill,
-             "reward_mean": dp_mean_of(sampled), "accuracy": dp_mean_of((sampled > 0.5).float())}
-    return Collected(rollouts, rewards, stats, cursor)
+    mean = dp_mean_of(sampled)
+    stats = {"all_equal_share": shares[0] / max(shares[1], 1.0), "refills": refill, "reward_mean": mean,
+             "reward_std": max(dp_mean_of(sampled.double() ** 2) - mean**2, 0.0) ** 0.5,
+             "accuracy": dp_mean_of((sampled > 0.5).float()),
+             "truncated_share": dp_mean_of(torch.cat(truncated).float()),
+             "no_answer_share": 1.0 - dp_mean_of(torch.tensor(answers, dtype=torch.float32))}
+    return Collected(rollouts, rewards, kept_items[:per_rank], kept_texts[:per_rank * G], stats, cursor)
 
 
 def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
@@ -144,7 +160,61 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
                "rollout_s": t_rollout, "score_s": t_score, "update_s": t_update, "lr": run.trainable.lr}
     metrics["tokens_per_s"] = dp_sum(float(rollouts.response_mask.sum())) / (time.perf_counter() - t0)
     metrics.update(entropy_analysis(run, rollouts, batch.mask, values, step))
+    metrics.update(answer_metrics(run, got))
+    if ref_logp is not None:
+        metrics["kl_to_ref"] = dp_mean_of(kl_k3(values.logp, ref_logp, batch.mask)[batch.mask])
+    metrics.update(resource_metrics(run, rollouts, t_update if learn else 0.0))
+    if run.validator is not None and run.loop.eval_every and (step + 1) % run.loop.eval_every == 0:
+        metrics.update(run.validator(run.trainable.model.module))
+    sample_every = run.logging.sample_every if run.logging is not None else 0
+    if sample_every and (step + 1) % sample_every == 0:
+        metrics["samples"] = sample_rows(run, got, step + 1)
     return metrics, got.cursor
+
+
+def answer_metrics(run: RLSetup, got: Collected) -> dict:
+    """How much of the ground truth a correct answer covers (next-token tasks: target tokens; 1 = only the next
+    token), over the kept rollouts of the whole batch."""
+    G = run.rollout.group_size
+    lengths = [run.task.answer_length(got.items[i // G], extract_answer(text)) for i, text in enumerate(got.texts)]
+    covered = torch.tensor([n for n in lengths if n is not None], dtype=torch.float32)
+    value = dp_mean_of(covered, empty=None)  # the same on every rank
+    return {} if value is None else {"answer_target_tokens": value}
+
+
+def resource_metrics(run: RLSetup, rollouts: Rollouts, update_s: float) -> dict:
+    """Peak memory of the step (the largest rank; CUDA allocator on GPU, process RSS high-water mark on CPU) and,
+    on GPU, the update's model FLOP utilisation (6·params·tokens per epoch, an estimate that ignores attention)."""
+    if run.rt.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 1e9
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    out = {"peak_memory_gb": dp_max(peak)}
+    if run.rt.device.type == "cuda" and update_s > 0:
+        params = sum(p.numel() for p in run.trainable.model.module.parameters())
+        tokens = dp_sum(float((rollouts.prompt_lens + rollouts.response_lens).sum())) * run.loop.ppo_epochs
+        out["mfu_update"] = 6 * params * tokens / update_s / (run.logging.peak_flops * run.rt.world_size)
+    return out
+
+
+def sample_rows(run: RLSetup, got: Collected, step: int) -> list[dict]:
+    """Up to ``logging.samples`` of this rank's kept rollouts, half the best and half the worst by reward (rank 0's
+    are the ones logged)."""
+    k = run.logging.samples
+    order = sorted(range(len(got.texts)), key=lambda i: (-float(got.rewards[i]), i))
+    chosen = sorted(set(order[:(k + 1) // 2] + order[len(order) - k // 2:])) if order else []
+    G, tok = run.rollout.group_size, run.task.tokenizer
+    rows = []
+    for i in chosen:
+        item = got.items[i // G]
+        prompt = tok.decode(run.task.prompt_ids(item))
+        rows.append({"step": step, "context": prompt[-300:], "response": got.texts[i],
+                     "answer": extract_answer(got.texts[i]), "reference": run.task.reference(item),
+                     "reward": float(got.rewards[i]), "truncated": bool(got.rollouts.truncated[i])})
+    return rows
 
 
 def step_metrics(batch, values: PolicyValues, rewards: torch.Tensor) -> dict:
@@ -189,8 +259,9 @@ def entropy_analysis(run: RLSetup, rollouts: Rollouts, mask: torch.Tensor, value
     return out
 
 
-def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfig) -> dict:
-    """Run (or resume) an RL stage from ``init_source``'s checkpoint; checkpoints go to ``checkpoints/<stage_name>``."""
+def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfig, validator=None) -> dict:
+    """Run (or resume) an RL stage from ``init_source``'s checkpoint; checkpoints go to ``checkpoints/<stage_name>``.
+    ``validator`` (a ``rpt.eval.validation.Validator``) scores held-out items every ``loop_cfg.eval_every`` steps."""
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
     check_layout(loop_cfg, rt.dp_size, stage_name)
     vocab = cfg.model.vocab_size or task.tokenizer.vocab_size
@@ -199,7 +270,7 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     init_model = ref_model
     if init_model is None and cfg.analysis.overlap_every:
         init_model = load_eval_model(cfg.model, rt, rd, init_source, vocab)
-    run = make_setup(cfg, rt, trainable, task, loop_cfg, ref_model, init_model)
+    run = make_setup(cfg, rt, trainable, task, loop_cfg, ref_model, init_model, validator)
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         metrics, cursor = rl_step(run, step, state["cursor"])
@@ -214,10 +285,11 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
 
 
 def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, ref_model=None,
-               init_model=None) -> RLSetup:
-    """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo and analysis sections) for one RL loop section."""
+               init_model=None, validator=None) -> RLSetup:
+    """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo, analysis and logging sections) for one RL loop."""
     return RLSetup(trainable, task, cfg.rollout, cfg.algo, loop_cfg, cfg.analysis,
-                   SamplingParams.from_rollout(cfg.rollout, task.tokenizer), rt, cfg.run.seed, ref_model, init_model)
+                   SamplingParams.from_rollout(cfg.rollout, task.tokenizer), rt, cfg.run.seed, ref_model, init_model,
+                   cfg.logging, validator)
 
 
 def check_layout(loop_cfg: TrainLoopConfig, dp_size: int, section: str) -> None:
