@@ -84,4 +84,11 @@ def run(ctx) -> dict:
         write_json(rd.eval / "next_token.json", {"positions": len(items), "thresholds": list(thresholds),
                                                  "results": next_token})
         write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream})
+        wandb_log = ctx.metrics()  # the results as the W&B run's summary (offline by default)
+        wandb_log.summary({**{f"next_token/{model}/{mode}/{bucket}": v["accuracy"]
+                              for model, modes in next_token.items() for mode, buckets in modes.items()
+                              for bucket, v in buckets.items()},
+                           **{f"downstream/{label}/{key}": v for label, r in downstream.items()
+                              for key, v in r.items() if key != "n"}})
+        wandb_log.close()
     return {"next_token_positions": len(items), "downstream_questions": len(test_items)}
