@@ -105,7 +105,11 @@ def main() -> None:
     if stage not in STAGES + EXTRA_STAGES + ["pipeline", "bench"]:
         print(f"rpt: unknown stage {stage!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [sys.argv[0], f"stage={stage}", *sys.argv[2:]]
+    args = sys.argv[2:]
+    # `stage=` joins the overrides, which argparse takes as one run: before the first, or last if there are none
+    # (so flags such as `--multirun` or `--cfg job` may come before or after them)
+    first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    sys.argv = [sys.argv[0], *args[:first], f"stage={stage}", *args[first:]]
     hydra_main()
 
 

@@ -157,3 +157,12 @@ def test_resumed_pretrain_keeps_every_metrics_row(tmp_path):
     (rd / "done" / "pretrain.json").unlink()
     run_ok(rpt_cmd(tmp_path, "pre", "pretrain", *overrides[1:]), cwd=tmp_path)
     assert stage_rows(rd, "pretrain") == full
+
+
+def test_multirun_flag_may_come_first_and_each_point_gets_its_run(tmp_path):
+    """`rpt <stage> --multirun a=1,2 ...` (the README's sweep form): the stage override is placed among the user's
+    overrides, and a run name that interpolates the swept value gives every point its own run directory."""
+    cmd = [sys.executable, "-m", "rpt.cli", "prep", "--multirun", "experiment=smoke", f"run.root={tmp_path}",
+           "run.name=p${run.seed}", "run.seed=1,2"]
+    run_ok(cmd, cwd=tmp_path)
+    assert (tmp_path / "p1" / "done" / "prep.json").exists() and (tmp_path / "p2" / "done" / "prep.json").exists()

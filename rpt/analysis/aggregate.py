@@ -8,12 +8,12 @@ their n and 95% Wilson intervals. A run missing a cell (no ``cnt`` checkpoint, a
 cell and named in a note. A listed run without eval outputs is refused (ValueError), so a half-finished seed never
 silently shrinks the average. Entries may be glob patterns over run names (``seed*``).
 
-Three seeds, then one aggregate (shell quoting keeps ``$`` and ``[]`` away from the shell; Hydra resolves
-``${run.seed}`` per sweep job):
+Three seeds, then one aggregate (quotes keep ``$`` and ``[]`` from the shell; Hydra resolves ``${run.seed}`` per
+sweep job, so each seed gets its own run directory):
 
-    rpt pipeline --multirun run.seed=0,1,2 'run.name=seed${run.seed}'     # runs/seed0, runs/seed1, runs/seed2
-    rpt report run.name=seeds 'report.runs=[seed0,seed1,seed2]'          # runs/seeds/report/report.md
-    rpt report run.name=seeds 'report.runs=[seed*]' force=true           # the same, by pattern; force redoes it
+    rpt pipeline --multirun run.seed=0,1,2 'run.name=seed${run.seed}'   # runs/seed0, runs/seed1, runs/seed2
+    rpt report run.name=seeds 'report.runs=[seed0,seed1,seed2]'        # runs/seeds/report/report.md
+    rpt report run.name=seeds 'report.runs=[seed*]' force=true         # the same by pattern; force=true redoes it
 
 The aggregate's own name must not be one of the runs (nor match a pattern: it is excluded from the matches).
 """

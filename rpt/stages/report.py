@@ -1,4 +1,5 @@
-"""Stage `report`: ``report/report.md`` with the run's tables and PNG plots, readable without W&B.
+"""Stage `report`: ``report/report.md`` with the run's tables and PNG plots, readable without W&B (and logged to
+W&B as an artifact when W&B is on).
 
 With ``report.runs`` set it reports on those runs instead, aggregated (mean ± std over seeds, per-run values):
 ``rpt report run.name=seeds 'report.runs=[seed0,seed1,seed2]'`` after
@@ -15,12 +16,17 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     if cfg.report.runs:
         names = resolve_runs(cfg.run.root, cfg.report.runs, exclude=cfg.run.name)
-        if ctx.rt.is_main:
-            path = build_aggregate_report(cfg.run.root, names, ctx.rd.report, cfg.run.name)
-            return {"report": str(path), "aggregated_runs": names}
-        return {"aggregated_runs": names}
-    ctx.rd.require("eval")
-    if ctx.rt.is_main:
+        if not ctx.rt.is_main:
+            return {"aggregated_runs": names}
+        path = build_aggregate_report(cfg.run.root, names, ctx.rd.report, cfg.run.name)
+        summary = {"report": str(path), "aggregated_runs": names}
+    else:
+        ctx.rd.require("eval")
+        if not ctx.rt.is_main:
+            return {}
         path = build_report(cfg, ctx.rd)
-        return {"report": str(path)}
-    return {}
+        summary = {"report": str(path)}
+    wandb_log = ctx.metrics()
+    wandb_log.log_artifact(ctx.rd.report, f"report-{cfg.run.name}", "report")
+    wandb_log.close()
+    return summary
