@@ -194,7 +194,8 @@ def resource_metrics(run: RLSetup, rollouts: Rollouts, update_s: float) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
     out = {"peak_memory_gb": dp_max(peak)}
     if run.rt.device.type == "cuda" and update_s > 0:
-        params = sum(p.numel() for p in run.trainable.model.module.parameters())
+        tensor_parallel = run.rt.world_size // run.rt.dp_size  # each rank holds 1/TP of the weights
+        params = sum(p.numel() for p in run.trainable.model.module.parameters()) * tensor_parallel
         tokens = dp_sum(float((rollouts.prompt_lens + rollouts.response_lens).sum())) * run.loop.ppo_epochs
         out["mfu_update"] = 6 * params * tokens / update_s / (run.logging.peak_flops * run.rt.world_size)
     return out
