@@ -157,7 +157,8 @@ class AlgoConfig:
     clip_low: float = 0.2  # PPO lower clip epsilon
     clip_high: float = 0.2  # PPO upper clip epsilon (> clip_low: clip-higher, DAPO's 0.28)
     loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
-    advantage: str = "grpo"  # advantage estimator (rpt.algo.advantages registry)
+    advantage: str = "grpo"  # advantage estimator (rpt.algo.advantages registry): grpo | hicra (algo=hicra)
+    planning_alpha: float = 0.2  # hicra: A' = A + alpha·|A| on planning tokens (inside strategic grams)
     norm_adv_by_std: bool = True  # GRPO: divide advantages by the group std (False = Dr.GRPO)
     adv_eps: float = 1e-6  # std floor in advantage normalisation
     kl_coef: float = 0.0  # KL(policy || reference) penalty (paper: 0)
@@ -259,6 +260,7 @@ class EvalConfig:
     samples: int = 4  # samples per position for the averaged accuracy (besides greedy)
     max_new_tokens: int = 48  # response cap when reasoning
     temperature: float = 0.8  # sampling temperature for the averaged accuracy
+    concentration_prompts: int = 64  # held-out prompts (× G) for where each RL stage's change lands; 0 = off
 
 
 @dataclass
@@ -268,6 +270,8 @@ class AnalysisConfig:
     overlap_rho: float = 0.2  # top-rho entropy tokens compared with the initial model
     overlap_every: int = 5  # steps between top-rho overlap measurements (0 = never; costs one extra forward)
     law_fit_fraction: float = 0.5  # entropy-law forecast: fit on this first share of steps, score the rest
+    mine_grams: bool = False  # RL stages: mine the strategic grams from the initial policy's successful rollouts
+    mine_prompts: int = 64  # training prompts (x G samples) rolled out for mining
 
 
 @dataclass

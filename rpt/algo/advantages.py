@@ -1,10 +1,15 @@
-"""Advantage estimators in a registry (``algo.advantage`` names one); sequence-level, one value per response.
+"""Advantage estimators in a registry (``algo.advantage`` names one).
 
-An estimator is ``(rewards [N], group_size, algo) -> advantages [N]`` registered with ``@register_advantage``;
-groups are contiguous blocks of ``group_size`` responses to the same prompt.
+An estimator is ``(rewards [N], group_size, algo, planning) -> advantages`` registered with
+``@register_advantage``, returning one value per response (``[N]``) or per response token (``[N, T-1]``, aligned
+with ``tokens[:, 1:]``); groups are contiguous blocks of ``group_size`` responses to the same prompt, and
+``planning`` is the ``[N, T-1]`` mask of planning tokens (inside strategic grams, ``rpt.analysis.planning``).
 
 - ``grpo``: A_i = (r_i − mean_g r) / (std_g r + eps) with ``algo.norm_adv_by_std`` (population std, as verl);
   without it (Dr.GRPO) A_i = r_i − mean_g r.
+- ``hicra`` (arXiv 2509.03646): A = r − mean_g r (no std), and A' = A + α·|A| on planning tokens (α =
+  ``algo.planning_alpha``), A elsewhere: a correct response's planning tokens get (1+α) of the credit, a wrong
+  one's (1−α) of the blame.
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ def register_advantage(name: str):
     return register
 
 
-def compute_advantages(rewards: torch.Tensor, group_size: int, algo) -> torch.Tensor:
+def compute_advantages(rewards: torch.Tensor, group_size: int, algo, planning: torch.Tensor) -> torch.Tensor:
     if algo.advantage not in ADVANTAGES:
         raise ValueError(f"algo.advantage must be one of {sorted(ADVANTAGES)}, got {algo.advantage!r}")
-    return ADVANTAGES[algo.advantage](rewards, group_size, algo)
+    return ADVANTAGES[algo.advantage](rewards, group_size, algo, planning)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, norm_by_std: bool = True,
@@ -41,8 +46,14 @@ def group_advantages(rewards: torch.Tensor, group_size: int, norm_by_std: bool =
 
 
 @register_advantage("grpo")
-def grpo_advantages(rewards: torch.Tensor, group_size: int, algo) -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, group_size: int, algo, planning: torch.Tensor) -> torch.Tensor:
     return group_advantages(rewards, group_size, algo.norm_adv_by_std, algo.adv_eps)
+
+
+@register_advantage("hicra")
+def hicra_advantages(rewards: torch.Tensor, group_size: int, algo, planning: torch.Tensor) -> torch.Tensor:
+    adv = group_advantages(rewards, group_size, norm_by_std=False).view(-1, 1).to(planning.device)
+    return adv + algo.planning_alpha * adv.abs() * planning.float()
 
 
 def all_equal_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:

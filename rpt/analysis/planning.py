@@ -1,18 +1,24 @@
 """Planning vs execution tokens (HICRA, arXiv 2509.03646): planning tokens are those inside "strategic grams",
 the n-grams that steer a solution (deduction, branching, backtracking); everything else is execution.
 
-The paper mines strategic grams by clustering n-grams of successful solutions; we take a configurable list
-(``analysis.strategic_grams``) and tag, per response, every token whose bytes overlap a case-insensitive match of
-one of them. The default list suits the demo's think format, where the structural decisions are "reduce again"
-(`` = ``), "stop thinking" (``</think>``) and "commit to an answer" (``\\boxed{``); for natural-language
-reasoning use phrases such as "wait", "let me check", "alternatively", "but", "so the answer".
+The paper mines strategic grams by clustering n-grams of successful solutions; rpt takes a configurable list
+(``analysis.strategic_grams``: the `grams` config group ships the demo's and an English list) or mines one the same
+way from the stage's initial policy (``mine_strategic_grams``, ``analysis.mine_grams``), and tags, per response,
+every token whose bytes overlap a case-insensitive match of one of them. The default list suits the demo's think
+format, where the structural decisions are "reduce again" (`` = ``), "stop thinking" (``</think>``) and "commit
+to an answer" (``\\boxed{``); for natural-language reasoning, `grams=english` (phrases such as "wait", "let me
+check", "alternatively", "so the answer").
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 
 import torch
+
+_DIGITS = re.compile(r"\d+")
 
 DEMO_GRAMS = [" = ", "</think>", "\\boxed{"]
 REASONING_GRAMS = ["wait", "let me check", "let me verify", "alternatively", "but ", "however", "so the answer",
@@ -47,3 +53,44 @@ def planning_token_mask(tokens: torch.Tensor, response_mask: torch.Tensor, token
         flags = planning_mask([tokenizer.token_bytes(int(t)) for t in tokens[i, idx]], grams)
         out[i, idx] = torch.tensor(flags, dtype=torch.bool)
     return out
+
+
+def gram_counts(texts: Sequence[str], grams: Sequence[str]) -> list[int]:
+    """Occurrences of each strategic gram (case-insensitive, non-overlapping) over all ``texts``."""
+    lowered = [t.lower() for t in texts]
+    return [sum(t.count(g.lower()) for t in lowered) if g else 0 for g in grams]
+
+
+def shannon_entropy(counts: Sequence[float]) -> float:
+    """Entropy (nats) of the frequency distribution ``counts``; 0 for an empty or single-valued one. HICRA's
+    *semantic entropy* is this over the strategic grams' occurrence counts in a batch of responses."""
+    total = float(sum(counts))
+    return -sum(c / total * math.log(c / total) for c in counts if c > 0) if total else 0.0
+
+
+def mine_strategic_grams(solutions: Sequence[str], sizes: Sequence[int] = (3, 4, 5), keep: float = 0.2,
+                         min_solutions: int = 2) -> list[str]:
+    """Strategic grams mined from successful solutions, as HICRA does (arXiv 2509.03646) without an embedding model.
+
+    Every word n-gram (n in ``sizes``, words split on whitespace) of every solution is clustered by its normal
+    form (lower case, every digit run replaced by ``#``): n-grams that differ only in their numbers or case are one
+    semantic unit. A cluster's document frequency is the number of solutions containing any of its members; the
+    clusters in the top ``keep`` share by that frequency (seen in at least ``min_solutions`` solutions) are kept,
+    and the strategic grams are all their members' surface forms. Deterministic: ties break by the normal form.
+    """
+    members: dict[str, set[str]] = {}
+    frequency: dict[str, int] = {}
+    for text in solutions:
+        words = text.split()
+        seen = set()
+        for n in sizes:
+            for i in range(len(words) - n + 1):
+                gram = " ".join(words[i:i + n])
+                key = _DIGITS.sub("#", gram.lower())
+                members.setdefault(key, set()).add(gram)
+                seen.add(key)
+        for key in seen:
+            frequency[key] = frequency.get(key, 0) + 1
+    ranked = sorted((k for k in frequency if frequency[k] >= min_solutions), key=lambda k: (-frequency[k], k))
+    chosen = ranked[:math.ceil(keep * len(ranked))]
+    return sorted(g for key in chosen for g in members[key])

@@ -22,10 +22,10 @@ import torch
 
 from rpt.algo.advantages import all_equal_groups, compute_advantages
 from rpt.algo.losses import forking_mask, kl_k3, token_covariance
-from rpt.analysis.planning import planning_token_mask
+from rpt.analysis.planning import gram_counts, mine_strategic_grams, planning_token_mask, shannon_entropy
 from rpt.checkpoint import latest_step_dir
 from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, RootConfig, TrainLoopConfig
-from rpt.distributed import dp_max, dp_mean_of, dp_sum
+from rpt.distributed import dp_max, dp_mean_of, dp_sum, gather_objects
 from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
@@ -65,6 +65,11 @@ class RLSetup:
     init_model: Any = None  # the initial policy, for the forking-token overlap analysis
     logging: Any = None  # LoggingConfig: sample rollouts, peak FLOP/s for the MFU
     validator: Callable[[Any], dict] | None = None  # held-out accuracy every ``loop.eval_every`` steps
+    grams: list[str] | None = None  # strategic grams (planning tokens); None: ``analysis.strategic_grams``
+
+    def __post_init__(self):
+        if self.grams is None:
+            self.grams = list(self.analysis.strategic_grams)
 
     @property
     def n_mini(self) -> int:
@@ -134,7 +139,8 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     rollouts, G, algo, model = got.rollouts, run.rollout.group_size, run.algo, run.trainable.model
     t_rollout = time.perf_counter() - t0
     t1 = time.perf_counter()
-    adv = compute_advantages(got.rewards, G, algo)
+    planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, run.task.tokenizer, run.grams)[:, 1:]
+    adv = compute_advantages(got.rewards, G, algo, planning)
     learn = dp_max(float(adv.abs().max()) if adv.numel() else 0.0) > 0 or bool(algo.entropy_coef or algo.kl_coef)
     updates = run.loop.ppo_epochs * run.n_mini
     mb, temp = run.loop.micro_batch_size, run.rollout.temperature
@@ -159,7 +165,8 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     metrics = {**got.stats, **result.stats, **step_metrics(batch, values, got.rewards),
                "rollout_s": t_rollout, "score_s": t_score, "update_s": t_update, "lr": run.trainable.lr}
     metrics["tokens_per_s"] = dp_sum(float(rollouts.response_mask.sum())) / (time.perf_counter() - t0)
-    metrics.update(entropy_analysis(run, rollouts, batch.mask, values, step))
+    metrics.update(entropy_analysis(run, rollouts, batch.mask, planning, values, step))
+    metrics["semantic_entropy"] = shannon_entropy(dp_sum(*gram_counts(got.texts, run.grams), 0.0)[:-1])
     metrics.update(answer_metrics(run, got))
     if ref_logp is not None:
         metrics["kl_to_ref"] = dp_mean_of(kl_k3(values.logp, ref_logp, batch.mask)[batch.mask])
@@ -238,11 +245,11 @@ def step_metrics(batch, values: PolicyValues, rewards: torch.Tensor) -> dict:
     }
 
 
-def entropy_analysis(run: RLSetup, rollouts: Rollouts, mask: torch.Tensor, values: PolicyValues, step: int) -> dict:
+def entropy_analysis(run: RLSetup, rollouts: Rollouts, mask: torch.Tensor, planning: torch.Tensor,
+                     values: PolicyValues, step: int) -> dict:
     """Planning vs execution entropy, forking-token share and the top-rho overlap with the initial model."""
     ac = run.analysis
-    planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, run.task.tokenizer,
-                                   ac.strategic_grams)[:, 1:] & mask
+    planning = planning & mask
     execution = mask & ~planning
     planned, total = dp_sum(float(planning.sum()), float(mask.sum()))
     out = {
@@ -272,6 +279,11 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     if init_model is None and cfg.analysis.overlap_every:
         init_model = load_eval_model(cfg.model, rt, rd, init_source, vocab)
     run = make_setup(cfg, rt, trainable, task, loop_cfg, ref_model, init_model, validator)
+    if cfg.analysis.mine_grams:  # from the initial policy, also when resuming
+        initial = init_model or load_eval_model(cfg.model, rt, rd, init_source, vocab)
+        run.grams = mine_grams(run, initial, cfg.analysis.mine_prompts)
+        log.info("%s: %d strategic grams mined from the initial policy's successful rollouts: %s", stage_name,
+                 len(run.grams), run.grams[:20])
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         metrics, cursor = rl_step(run, step, state["cursor"])
@@ -283,6 +295,20 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(latest_step_dir(rd.checkpoints(stage_name))),
             "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail))}
+
+
+def mine_grams(run: RLSetup, model, prompts: int) -> list[str]:
+    """Strategic grams mined (``rpt.analysis.planning.mine_strategic_grams``) from the successful rollouts of
+    ``model`` (the stage's initial policy) on ``prompts`` training prompts spread over the ranks; a pure function
+    of (weights, seed), so a resumed stage mines the same list. ``analysis.strategic_grams`` when none succeeded."""
+    rt, G, task = run.rt, run.rollout.group_size, run.task
+    items = task.items_for_step(0, max(prompts, rt.dp_size), run.seed + 1)[rt.dp_rank::rt.dp_size]
+    ro = generate(model, [task.prompt_ids(it) for it in items for _ in range(G)], run.sampling,
+                  _step_seed(run.seed, -1, rt.dp_rank), rt.device)
+    texts = [task.tokenizer.decode(ro.response_ids(i)) for i in range(len(ro))]
+    good = [t for i, t in enumerate(texts) if task.reward(items[i // G], t) > 0]
+    solutions = [t for part in gather_objects(good) for t in part]
+    return mine_strategic_grams(solutions) or list(run.analysis.strategic_grams)
 
 
 def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, ref_model=None,

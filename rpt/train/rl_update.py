@@ -81,7 +81,7 @@ def policy_values(model, rollouts: Rollouts, group_size: int, share_prompt: bool
 class RLBatch:
     rollouts: Rollouts
     mask: torch.Tensor  # [N, T-1] response tokens
-    adv: torch.Tensor  # [N, 1] sequence advantages
+    adv: torch.Tensor  # [N, 1] per-response or [N, T-1] per-token advantages
     train_mask: torch.Tensor  # [N, T-1] tokens that receive gradient (forking mask applied)
     group_size: int  # G: consecutive rows answer the same prompt (micro- and mini-batches hold whole groups)
     old: PolicyValues | None  # None only when the update's own first forward supplies them
@@ -107,7 +107,7 @@ def build_batch(rollouts: Rollouts, adv: torch.Tensor, old: PolicyValues | None,
                 generator: torch.Generator, ref_logp: torch.Tensor | None = None) -> RLBatch:
     """The batch with every pre-update choice made over the global batch (collectives: every rank calls it)."""
     mask = rollouts.response_mask[:, 1:]
-    adv = adv.view(-1, 1).to(mask.device)
+    adv = (adv.view(-1, 1) if adv.dim() == 1 else adv).to(mask.device)  # per response, or per token (hicra)
     train_mask, chosen = mask, None
     if algo.forking_rho > 0:
         train_mask = forking_mask(old.entropy, mask, algo.forking_rho)
