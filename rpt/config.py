@@ -270,6 +270,8 @@ class AnalysisConfig:
     overlap_rho: float = 0.2  # top-rho entropy tokens compared with the initial model
     overlap_every: int = 5  # steps between top-rho overlap measurements (0 = never; costs one extra forward)
     law_fit_fraction: float = 0.5  # entropy-law forecast: fit on this first share of steps, score the rest
+    diversity_every: int = 1  # RL steps between group-diversity measurements (answers, n-grams, chrF; 0 = never)
+    trajectory_threshold: float = 0.7  # chrF similarity at which responses count as one trajectory (UPGMA)
     mine_grams: bool = False  # RL stages: mine the strategic grams from the initial policy's successful rollouts
     mine_prompts: int = 64  # training prompts (x G samples) rolled out for mining
 

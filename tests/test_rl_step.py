@@ -110,7 +110,7 @@ def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenize
     for key in slow:
         if slow[key] is None:
             assert fast[key] is None, key
-        elif not key.endswith("_s") and key != "tokens_per_s":
+        elif not key.endswith("_s") and key not in ("tokens_per_s", "peak_memory_gb"):
             assert fast[key] == pytest.approx(slow[key], rel=1e-6, abs=1e-7), key
     for a, b in zip(w_fast, w_slow, strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)

@@ -22,6 +22,7 @@ import torch
 
 from rpt.algo.advantages import all_equal_groups, compute_advantages
 from rpt.algo.losses import forking_mask, kl_k3, token_covariance
+from rpt.analysis.diversity import group_diversity
 from rpt.analysis.planning import gram_counts, mine_strategic_grams, planning_token_mask, shannon_entropy
 from rpt.checkpoint import latest_step_dir
 from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, RootConfig, TrainLoopConfig
@@ -168,6 +169,8 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     metrics.update(entropy_analysis(run, rollouts, batch.mask, planning, values, step))
     metrics["semantic_entropy"] = shannon_entropy(dp_sum(*gram_counts(got.texts, run.grams), 0.0)[:-1])
     metrics.update(answer_metrics(run, got))
+    if run.analysis.diversity_every and step % run.analysis.diversity_every == 0:
+        metrics.update(diversity_metrics(run, got))
     if ref_logp is not None:
         metrics["kl_to_ref"] = dp_mean_of(kl_k3(values.logp, ref_logp, batch.mask)[batch.mask])
     metrics.update(resource_metrics(run, rollouts, t_update if learn else 0.0))
@@ -187,6 +190,16 @@ def answer_metrics(run: RLSetup, got: Collected) -> dict:
     covered = torch.tensor([n for n in lengths if n is not None], dtype=torch.float32)
     value = dp_mean_of(covered, empty=None)  # the same on every rank
     return {} if value is None else {"answer_target_tokens": value}
+
+
+def diversity_metrics(run: RLSetup, got: Collected) -> dict:
+    """Group diversity (``rpt.analysis.diversity``) averaged over the kept groups of the whole batch."""
+    G = run.rollout.group_size
+    groups = [group_diversity(got.texts[g:g + G], [extract_answer(t) for t in got.texts[g:g + G]],
+                              run.analysis.trajectory_threshold) for g in range(0, len(got.texts), G)]
+    keys = ("distinct_answers", "distinct_ngram_share", "pairwise_similarity", "distinct_trajectories")
+    sums = dp_sum(*[sum(d[k] for d in groups) for k in keys], float(len(groups)))
+    return {k: (sums[i] / sums[-1] if sums[-1] else None) for i, k in enumerate(keys)}
 
 
 def resource_metrics(run: RLSetup, rollouts: Rollouts, update_s: float) -> dict:
