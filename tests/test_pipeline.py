@@ -15,9 +15,11 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 # more RPT steps and a checkpoint every step, so a kill lands mid-stage with a checkpoint to resume from; sample
-# rollouts and validation every 4 steps (part of what a resumed run must reproduce)
+# rollouts and validation every 4 steps (part of what a resumed run must reproduce); an entropy bonus so that the
+# RL stages move the weights (the concentration measurement then has a curve)
 RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1", "logging.sample_every=4", "logging.samples=3",
-                 "rpt.eval_every=4", "rpt.eval_size=20"]
+                 "rpt.eval_every=4", "rpt.eval_size=20",
+                 "algo.entropy_coef=0.01"]  # the 6-step smoke base earns no reward: the bonus makes every step train
 TIMING_KEYS = {"rollout_s", "score_s", "update_s", "tokens_per_s", "seconds"}
 
 
@@ -81,6 +83,15 @@ def test_pipeline_writes_every_artifact(reference_run):
                 "entropy_hist.png", "next_token_accuracy.png"]:
         assert (rd / "report" / png).read_bytes()[:4] == b"\x89PNG", png
     assert (rd / "config.yaml").exists()
+    concentration = json.loads((rd / "eval" / "concentration.json").read_text())
+    assert {"rpt", "rl_pretrain", "rl_rpt"} <= set(concentration)
+    moved = concentration["rpt"]
+    assert moved["before"] == "pretrain" and moved["tokens"] > 0 and "## Where RL's effect lands" in report
+    if sum(r["optimizer_steps"] for r in rpt_rows) > 0:  # the stage moved the policy: a curve from (0,0) to (1,1)
+        assert moved["mean_kl"] > 0 and moved["curve"][0] == [0, 0] and moved["curve"][-1] == [1, 1]
+        assert (rd / "report" / "concentration.png").read_bytes()[:4] == b"\x89PNG"
+    else:  # no optimizer step (every group's rewards were equal): no change, so no shares to draw
+        assert moved["mean_kl"] == 0 and moved["top_share"] is None and moved["curve"] == []
 
 
 def test_rerun_skips_finished_stages(reference_run):

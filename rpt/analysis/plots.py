@@ -107,3 +107,23 @@ def reward_and_validation(reward: dict[str, tuple[list, list]], val: dict[str, t
     bottom.legend(fontsize=7)
     bottom.grid(alpha=0.3)
     _save(fig, path)
+
+
+def concentration_curves(curves: dict[str, list[list[float]]], top: float, path: Path) -> None:
+    """Lorenz-style curves, one per name: cumulative share of the policy's change against the share of tokens
+    taken by initial entropy, highest first (``curves[name]`` = [[token share, change share], ...]), with the
+    uniform diagonal and the ``top`` cut marked."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], color="#888", ls="--", lw=1, label="uniform (change independent of entropy)")
+    ax.axvline(top, color="#c44", ls=":", lw=1)
+    for name, points in curves.items():
+        x, y = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(x, y, lw=1.5, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("share of response tokens, highest initial entropy first")
+    ax.set_ylabel("share of the policy's change (KL)")
+    ax.set_title("Where RL's effect lands")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    _save(fig, path)

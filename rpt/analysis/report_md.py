@@ -46,6 +46,55 @@ def accuracy_plot(rd, nt: dict) -> str:
     return "next_token_accuracy.png"
 
 
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def concentration_section(rd) -> str:
+    """The section on where RL's effect lands, from ``eval/concentration.json`` (``rpt.analysis.concentration``): a
+    table per stage, the share at the top cut in words, the Lorenz-style curves; empty when there is nothing."""
+    path = rd.eval / "concentration.json"
+    results = read_json(path) if path.exists() else {}
+    if not results:
+        return ""
+    top = next(iter(results.values()))["top"]
+    lines = [f"| stage (from) | top-{top:.0%} share of the change (KL) | top-{top:.0%} share of \\|Δ log p\\| | "
+             "planning: share of tokens | planning: share of the change | mean KL per token (nats) | N tokens | "
+             "rollouts (prompts × G) |",
+             "|---|---|---|---|---|---|---|---|"]
+    words = []
+    for stage, r in results.items():
+        lines.append(f"| {stage} (from `{r['before']}`) | {_pct(r['top_share'])} | {_pct(r['logp']['top_share'])} | "
+                     f"{_pct(r.get('planning_token_share'))} | {_pct(r.get('planning_change_share'))} | "
+                     f"{r['mean_kl']:.3g} | {r['tokens']} | {r['prompts']} × {r['samples_per_prompt']} |")
+        if r["top_share"] is None:
+            words.append(f"`{stage}` did not change the policy on these rollouts (no KL change to share out).")
+            continue
+        words.append(f"`{stage}`: the top {top:.0%} of response tokens by the initial policy's entropy carry "
+                     f"{_pct(r['top_share'])} of the policy's change ({r['top_share'] / top:.1f}× a uniform spread's "
+                     f"{top:.0%}); planning tokens are {_pct(r.get('planning_token_share'))} of the tokens and carry "
+                     f"{_pct(r.get('planning_change_share'))} of the change.")
+    curves = {f"{stage} from {r['before']} (top {top:.0%}: {_pct(r['top_share'])})": r["curve"]
+              for stage, r in results.items() if r["curve"]}
+    image = ""
+    if curves:
+        plots.concentration_curves(curves, top, rd.report / "concentration.png")
+        image = "\n![concentration](concentration.png)\n"
+    return f"""## Where RL's effect lands
+Each RL stage's starting policy samples G responses to each of a fixed sample of held-out prompts (`rpt`: held-out
+positions; `rl_*`: downstream test questions). On every response token the change is KL(π_after ‖ π_before) of the
+full next-token distributions at the sampling temperature (and, second column, |Δ log p| of the sampled token);
+tokens are ranked by the *starting* policy's entropy. If the change ignored entropy, the top {top:.0%} of tokens would
+carry {top:.0%} of it (the diagonal in the plot); the high-entropy-minority finding predicts far more. Planning
+tokens: inside the strategic grams listed under Training.
+
+{chr(10).join(lines)}
+
+{chr(10).join(f"- {w}" for w in words)}
+{image}
+"""
+
+
 def selection_section(cfg: RootConfig, rd) -> str:
     select = rd.summary("select") if rd.is_done("select") else {}
     ingest = rd.summary("prep").get("ingest", {}) if rd.is_done("prep") else {}
@@ -91,6 +140,7 @@ prompts × G={cfg.rollout.group_size}). Cells: accuracy [95% Wilson interval] (n
 
 {downstream_table(ds)}
 
+{concentration_section(rd)}
 ## Training: reward, entropy, the entropy law, planning vs execution
 Planning tokens are those inside the strategic grams {list(cfg.analysis.strategic_grams)}; a token is forking when
 its entropy exceeds {cfg.analysis.forking_threshold} nats; the overlap is between the top-{cfg.analysis.overlap_rho}

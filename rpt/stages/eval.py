@@ -4,6 +4,7 @@ accuracy, for every checkpoint the run has.
 Next-token: base predicting directly, base reasoning first, RPT reasoning first (and RPT directly), each greedy
 and averaged over k samples. Buckets are nested like the paper's thresholds: "easy" = entropy > 0.5 (all held-out
 positions), "medium" > 1.0, "hard" > 1.5. Downstream: greedy and k-sample accuracy on the held-out questions.
+Concentration: for every finished RL stage, where its change of the policy lands (``rpt.analysis.concentration``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from rpt import checkpoint
+from rpt.analysis.concentration import measure_concentration
 from rpt.eval.accuracy import direct_next_token, reasoning_first
 from rpt.model.loading import load_eval_model
 from rpt.rollout.engine import SamplingParams
@@ -37,6 +39,15 @@ def downstream_name(task_cfg) -> str:
     if task_cfg.source == "dataset":
         return task_cfg.dataset.path
     return "+".join(task_cfg.mix) if task_cfg.mix else task_cfg.task
+
+
+def concentration_pairs(cfg, rd) -> list[tuple[str, str]]:
+    """(stage, its initial checkpoint) for every RL stage that finished: ``rpt`` from ``rpt.init_from``, each
+    ``rl_<source>`` with a checkpoint from ``<source>``."""
+    pairs = [("rpt", cfg.rpt.init_from)] if rd.is_done("rpt") else []
+    pairs += [(f"rl_{s}", s) for s in cfg.rl_task.train_on
+              if checkpoint.latest_step_dir(rd.checkpoints(f"rl_{s}")) is not None]
+    return pairs
 
 
 def run(ctx) -> dict:
@@ -80,15 +91,24 @@ def run(ctx) -> dict:
                              f"avg@{ec.samples}": float(np.mean(sampled_scores)),
                              "n": len(test_items)}
         log.info("eval downstream %s: %s", label, downstream[label])
+    concentration = {}  # every rank computes it (same seed, same numbers); rank 0 writes it
+    for stage, before in concentration_pairs(cfg, rd) if ec.concentration_prompts > 0 else []:
+        task = nt_task if stage == "rpt" else test
+        concentration[stage] = measure_concentration(cfg.model, cfg.rollout, ec, cfg.analysis, rt, rd, task, before,
+                                                     stage, cfg.run.seed)
     if rt.is_main:
         write_json(rd.eval / "next_token.json", {"positions": len(items), "thresholds": list(thresholds),
                                                  "results": next_token})
         write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream})
+        write_json(rd.eval / "concentration.json", concentration)
         wandb_log = ctx.metrics()  # the results as the W&B run's summary (offline by default)
         wandb_log.summary({**{f"next_token/{model}/{mode}/{bucket}": v["accuracy"]
                               for model, modes in next_token.items() for mode, buckets in modes.items()
                               for bucket, v in buckets.items()},
                            **{f"downstream/{label}/{key}": v for label, r in downstream.items()
-                              for key, v in r.items() if key != "n"}})
+                              for key, v in r.items() if key != "n"},
+                           **{f"concentration/{stage}/top_share": c["top_share"]
+                              for stage, c in concentration.items()}})
         wandb_log.close()
-    return {"next_token_positions": len(items), "downstream_questions": len(test_items)}
+    return {"next_token_positions": len(items), "downstream_questions": len(test_items),
+            "concentration_stages": list(concentration)}
