@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1", "logging.sample_every=4", "logging.samples=3",
                  "rpt.eval_every=4", "rpt.eval_size=20",
                  "algo.entropy_coef=0.01"]  # the 6-step smoke base earns no reward: the bonus makes every step train
-TIMING_KEYS = {"rollout_s", "score_s", "update_s", "tokens_per_s", "seconds"}
+TIMING_KEYS = {"rollout_s", "score_s", "update_s", "tokens_per_s", "seconds", "peak_memory_gb"}  # machine-dependent
 
 
 def rpt_cmd(root: Path, name: str, stage: str = "pipeline", *overrides: str) -> list[str]:
@@ -63,7 +63,9 @@ def test_pipeline_writes_every_artifact(reference_run):
     assert rpt_rows[0]["kl_to_old"] == 0.0  # one update per rollout: exactly on-policy
     for row in rpt_rows:
         assert 0.0 <= row["truncated_share"] <= 1.0 and 0.0 <= row["no_answer_share"] <= 1.0
-        assert row["reward_std"] >= 0.0 and row["peak_memory_gb"] > 0.0
+        assert row["reward_std"] >= 0.0
+    raw = [json.loads(line) for line in (rd / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["peak_memory_gb"] > 0.0 for r in raw if r["stage"] == "rpt")
     validated = [r for r in rpt_rows if "val/accuracy" in r]
     assert [r["step"] for r in validated] == [4, 8]
     for r in validated:
