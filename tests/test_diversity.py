@@ -42,3 +42,10 @@ def test_group_measures():
     assert distinct_trajectories(texts[:1]) == 1 and distinct_trajectories(texts, threshold=0.0) == 1
     sim = mean_pairwise_similarity(texts)
     assert (1.0 + 2 * chrf(texts[0], texts[2]) / 2 + 2 * chrf(texts[2], texts[0]) / 2) / 3 == pytest.approx(sim)
+
+
+def test_pass_at_ks_over_items():
+    from rpt.eval.accuracy import pass_at_ks
+
+    # item 1: one of two right; item 2: none; a partial reward (0.3) does not count as correct
+    assert pass_at_ks([[1.0, 0.0], [0.0, 0.3]]) == {"pass@1": pytest.approx(0.25), "pass@2": pytest.approx(0.5)}

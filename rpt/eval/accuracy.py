@@ -1,10 +1,11 @@
 """Accuracy of a model on a task: predicting directly (one greedy next token) or reasoning first (greedy, and
-the mean over k samples), scored by the task's own verifier."""
+the mean over k samples, and pass@k), scored by the task's own verifier."""
 
 from __future__ import annotations
 
 import torch
 
+from rpt.analysis.diversity import pass_at_k
 from rpt.model.forward import last_token_logits
 from rpt.rollout.engine import SamplingParams, generate
 from rpt.tasks.next_token import prefix_reward
@@ -22,10 +23,10 @@ def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[
     return scores
 
 
-def reasoning_first(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,
-                    batch_size: int = 256) -> list[float]:
-    """Mean reward per item over ``samples`` completions sampled as ``sampling`` says (temperature 0 → one
-    greedy completion)."""
+def sample_rewards(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,
+                   batch_size: int = 256) -> list[list[float]]:
+    """The reward of each of ``samples`` completions per item, sampled as ``sampling`` says (temperature 0 → one
+    greedy completion per item)."""
     tok = task.tokenizer
     n = 1 if sampling.temperature <= 0 else samples
     prompts = [task.prompt_ids(it) for it in items for _ in range(n)]
@@ -34,4 +35,17 @@ def reasoning_first(model, task, items, samples: int, sampling: SamplingParams, 
         ro = generate(model, prompts[s:s + batch_size], sampling, seed + s, device)
         rewards += [task.reward(items[(s + i) // n], tok.decode(ro.response_ids(i)))
                     for i in range(len(ro.prompt_lens))]
-    return [sum(rewards[i * n:(i + 1) * n]) / n for i in range(len(items))]
+    return [rewards[i * n:(i + 1) * n] for i in range(len(items))]
+
+
+def reasoning_first(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,
+                    batch_size: int = 256) -> list[float]:
+    """Mean reward per item over ``samples`` completions (``sample_rewards``)."""
+    return [sum(r) / len(r) for r in sample_rewards(model, task, items, samples, sampling, seed, device, batch_size)]
+
+
+def pass_at_ks(per_item: list[list[float]]) -> dict[str, float]:
+    """Unbiased pass@k for k = 1..n over items with n sampled rewards each (correct: reward > 0.5)."""
+    n = len(per_item[0]) if per_item else 0
+    return {f"pass@{k}": sum(pass_at_k(n, sum(r > 0.5 for r in rewards), k) for rewards in per_item) / len(per_item)
+            for k in range(1, n + 1)}

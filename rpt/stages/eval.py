@@ -16,7 +16,7 @@ import numpy as np
 
 from rpt import checkpoint
 from rpt.analysis.concentration import measure_concentration
-from rpt.eval.accuracy import direct_next_token, reasoning_first
+from rpt.eval.accuracy import direct_next_token, pass_at_ks, reasoning_first, sample_rewards
 from rpt.model.loading import load_eval_model
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
@@ -86,9 +86,10 @@ def run(ctx) -> dict:
             continue
         model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
         greedy_scores = reasoning_first(model, test, test_items, 1, greedy, cfg.run.seed, rt.device)
-        sampled_scores = reasoning_first(model, test, test_items, ec.samples, sampled, cfg.run.seed, rt.device)
+        per_sample = sample_rewards(model, test, test_items, ec.samples, sampled, cfg.run.seed, rt.device)
         downstream[label] = {"greedy": float(np.mean(greedy_scores)),
-                             f"avg@{ec.samples}": float(np.mean(sampled_scores)),
+                             f"avg@{ec.samples}": float(np.mean([sum(r) / len(r) for r in per_sample])),
+                             **pass_at_ks(per_sample),
                              "n": len(test_items)}
         log.info("eval downstream %s: %s", label, downstream[label])
     concentration = {}  # every rank computes it (same seed, same numbers); rank 0 writes it
