@@ -15,6 +15,7 @@ import random
 import reasoning_gym
 
 from data_prep.tokenizer_train import THINK_CLOSE, THINK_OPEN
+from rpt.tasks.demonstrations import worked_solution  # the think-format body, shared with stage sft
 from rpt.tasks.filters import uses_only
 
 
@@ -36,17 +37,6 @@ def evaluate_steps(expression: str) -> list[tuple[int, str, int, int]]:
         steps.append((acc, op, value, result))
         acc = result
     return steps
-
-
-def worked_solution(expression: str) -> str:
-    """The think-format solution body: the expression rewritten with its first two terms reduced, until one
-    number is left (``4 - 1 + 7`` → ``3 + 7 = 10``). Each step is one two-term fact plus copying the rest of
-    the previous line, which even a tiny model learns."""
-    parts = expression.split()
-    lines = []
-    for i, (*_, result) in enumerate(evaluate_steps(expression)):
-        lines.append(" ".join([str(result), *parts[3 + 2 * i:]]))
-    return " = ".join(lines)
 
 
 def render_problem(expression: str, answer: str, worked: bool) -> str:

@@ -1,6 +1,7 @@
 """Command line: ``rpt <stage> [hydra overrides...]``.
 
-Stages: prep, pretrain, select, rpt, cnt (continual next-token baseline), rl, eval, report, and ``pipeline``
+Stages: prep, pretrain, select, rpt, cnt (continual next-token baseline), rl, sft (supervised baseline beside rl),
+eval, report, and ``pipeline``
 (all of them in order, skipping every stage whose finished marker exists, so a killed pipeline resumes where it
 stopped). Every stage is the same Hydra app over one config tree (``conf/``), so any value can be overridden on
 any stage, ``--multirun`` sweeps work, and a misspelled key is rejected with its name. The composed config becomes
@@ -24,7 +25,7 @@ from rpt import config as config_schema
 
 log = logging.getLogger("rpt")
 
-STAGES = ["prep", "pretrain", "select", "rpt", "cnt", "rl", "eval", "report"]
+STAGES = ["prep", "pretrain", "select", "rpt", "cnt", "rl", "sft", "eval", "report"]
 EXTRA_STAGES = ["hf_import", "hf_export"]  # run on demand, never by `pipeline`
 USAGE = (f"usage: rpt <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}> [key=value ...]   "
          "(rpt <stage> --help for the config)")

@@ -229,6 +229,32 @@ class TrainLoopConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Stage `sft`: supervised fine-tuning on demonstrations, the baseline beside `rl` (same start, same budget)."""
+
+    source: str = "demo"  # demo (worked solutions of rl_task's training questions) | jsonl (records at `path`)
+    path: str | None = None  # jsonl source: local .jsonl/.json/.parquet file(s) (glob ok) of prompt/response records
+    prompt_field: str = "prompt"  # jsonl source: record field with the prompt text (encoded as is, no loss)
+    response_field: str = "response"  # jsonl source: record field with the response text (trained on, EOS added)
+    steps: int | None = None  # optimizer steps; None: rl.steps (each step trains rl.prompts_per_step x G sequences)
+    micro_batch_size: int = 64  # sequences per forward/backward micro-batch per data-parallel rank
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # final learning rate (cosine)
+    warmup_steps: int = 5  # linear warm-up steps
+    weight_decay: float = 0.01  # AdamW weight decay
+    clip_grad: float = 1.0  # global gradient-norm clip
+    checkpoint_every: int = 20  # steps between checkpoints
+    init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | cnt | hf | path); rl's start
+    orders: int = 4  # demo source: distinct orders of operations rendered per problem (left to right first)
+
+    def __post_init__(self):
+        _one_of("sft", "source", self.source, ("demo", "jsonl"))
+        if self.orders < 1 or self.micro_batch_size < 1 or (self.steps is not None and self.steps < 1):
+            raise ValueError(f"sft.orders, sft.micro_batch_size and sft.steps must be >= 1, got {self.orders}, "
+                             f"{self.micro_batch_size} and {self.steps}")
+
+
+@dataclass
 class QADatasetConfig:
     path: str | None = None  # hub dataset name (e.g. openai/gsm8k) or local .jsonl/.json/.parquet files (glob)
     name: str | None = None  # hub dataset config (e.g. main for gsm8k)
@@ -345,6 +371,7 @@ class RootConfig:
     rpt: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     rl: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(steps=40, init_from="pretrain", lr=5e-5,
                                                                         min_lr=5e-5))
+    sft: SFTConfig = field(default_factory=SFTConfig)
     rl_task: RLTaskConfig = field(default_factory=RLTaskConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

@@ -42,9 +42,11 @@ def downstream_name(task_cfg) -> str:
 
 
 def concentration_pairs(cfg, rd) -> list[tuple[str, str]]:
-    """(stage, its initial checkpoint) for every RL stage that finished: ``rpt`` from ``rpt.init_from``, each
-    ``rl_<source>`` with a checkpoint from ``<source>``."""
+    """(stage, its initial checkpoint) for every stage that fine-tuned a checkpoint: ``rpt`` from ``rpt.init_from``,
+    each ``rl_<source>`` with a checkpoint from ``<source>``, and ``sft`` (the SFT baseline) from ``sft.init_from``,
+    so the report shows where SFT's change lands beside RL's."""
     pairs = [("rpt", cfg.rpt.init_from)] if rd.is_done("rpt") else []
+    pairs += [("sft", cfg.sft.init_from)] if rd.is_done("sft") else []
     pairs += [(f"rl_{s}", s) for s in cfg.rl_task.train_on
               if checkpoint.latest_step_dir(rd.checkpoints(f"rl_{s}")) is not None]
     return pairs
@@ -79,8 +81,8 @@ def run(ctx) -> dict:
     test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed)
     test_items = test.items
     downstream = {}
-    sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt")] + [(f"rl_{s}", f"rl_{s}")
-                                                                       for s in cfg.rl_task.train_on]
+    sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt"), ("sft", "sft")]
+    sources += [(f"rl_{s}", f"rl_{s}") for s in cfg.rl_task.train_on]
     for label, source in sources:
         if checkpoint.latest_step_dir(rd.checkpoints(source)) is None:
             continue
