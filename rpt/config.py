@@ -286,6 +286,8 @@ class EvalConfig:
     samples: int = 4  # samples per position for the averaged accuracy (besides greedy)
     max_new_tokens: int = 48  # response cap when reasoning
     temperature: float = 0.8  # sampling temperature for the averaged accuracy
+    downstream_samples: int | None = None  # samples per downstream question for avg@k, pass@k and diversity (None:
+    # `samples`)
     concentration_prompts: int = 64  # held-out prompts (× G) for where each RL stage's change lands; 0 = off
 
 

@@ -191,8 +191,16 @@ def test_eval_scores_the_sft_checkpoint_and_where_its_change_lands(sft_run, tmp_
     run = tmp_path / "ref"
     shutil.copytree(sft_run, run)
     _run_ok(_cmd(tmp_path, "ref", "pipeline", "stages=[select,eval]", "rl_task.train_on=[]"), cwd=tmp_path)
-    downstream = json.loads((run / "eval" / "downstream.json").read_text())["results"]
+    ds = json.loads((run / "eval" / "downstream.json").read_text())
+    downstream = ds["results"]
     assert {"base", "sft"} <= set(downstream) and "pass@1" in downstream["sft"]
+    for name in ("base", "sft"):  # the diversity of each question's samples, side by side
+        d = ds["diversity"][name]
+        assert 1.0 <= d["distinct_trajectories"] <= 2.0 and 0.0 <= d["pairwise_similarity"] <= 1.0
+    from rpt.analysis.report_md import diversity_table
+
+    table = diversity_table(ds)
+    assert "| sft |" in table and "| base |" in table and "distinct trajectories" in table
     concentration = json.loads((run / "eval" / "concentration.json").read_text())
     assert concentration["sft"]["before"] == "pretrain" and concentration["sft"]["tokens"] > 0
 

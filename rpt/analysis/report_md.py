@@ -36,6 +36,25 @@ def downstream_table(ds: dict) -> str:
     return "\n".join(lines)
 
 
+DIVERSITY_COLUMNS = {"distinct_answers": "distinct answers", "distinct_trajectories": "distinct trajectories",
+                     "pairwise_similarity": "pairwise chrF similarity", "distinct_ngram_share": "distinct 3-gram share"}
+
+
+def diversity_table(ds: dict) -> str:
+    """How diverse each checkpoint's k samples per question are ("RL squeezes, SFT expands"), when measured."""
+    rows = ds.get("diversity") or {}
+    if not any(rows.values()):
+        return ""
+    k = next((key.split("@")[1] for key in next(iter(ds["results"].values())) if key.startswith("avg@")), "k")
+    lines = [f"Diversity of the {k} samples per question (means over questions; trajectories: UPGMA clusters on "
+             "chrF):", "", "| checkpoint | " + " | ".join(DIVERSITY_COLUMNS.values()) + " |",
+             "|---|" + "---|" * len(DIVERSITY_COLUMNS)]
+    for name, values in rows.items():
+        if values:
+            lines.append(f"| {name} | " + " | ".join(f"{values[c]:.3f}" for c in DIVERSITY_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def accuracy_plot(rd, nt: dict) -> str:
     chosen = [(f"{m} / {mode}", b) for m, modes in nt["results"].items() for mode, b in modes.items()
               if "avg@" not in mode]
@@ -140,6 +159,7 @@ prompts × G={cfg.rollout.group_size}). Cells: accuracy [95% Wilson interval] (n
 
 {downstream_table(ds)}
 
+{diversity_table(ds)}
 {concentration_section(rd)}
 ## Training: reward, entropy, the entropy law, planning vs execution
 Planning tokens are those inside the strategic grams {list(cfg.analysis.strategic_grams)}; a token is forking when

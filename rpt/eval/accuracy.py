@@ -1,12 +1,13 @@
 """Accuracy of a model on a task: predicting directly (one greedy next token) or reasoning first (greedy, and
-the mean over k samples, and pass@k), scored by the task's own verifier."""
+the mean over k samples, pass@k, and the diversity of the k samples), scored by the task's own verifier."""
 
 from __future__ import annotations
 
 import torch
 
-from rpt.analysis.diversity import pass_at_k
+from rpt.analysis.diversity import group_diversity, pass_at_k
 from rpt.model.forward import last_token_logits
+from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import SamplingParams, generate
 from rpt.tasks.next_token import prefix_reward
 
@@ -23,25 +24,34 @@ def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[
     return scores
 
 
-def sample_rewards(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,
-                   batch_size: int = 256) -> list[list[float]]:
-    """The reward of each of ``samples`` completions per item, sampled as ``sampling`` says (temperature 0 → one
-    greedy completion per item)."""
+def sample_completions(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,
+                       batch_size: int = 256) -> tuple[list[list[float]], list[list[str]]]:
+    """The reward and the text of each of ``samples`` completions per item, sampled as ``sampling`` says
+    (temperature 0 → one greedy completion per item)."""
     tok = task.tokenizer
     n = 1 if sampling.temperature <= 0 else samples
     prompts = [task.prompt_ids(it) for it in items for _ in range(n)]
-    rewards = []
+    rewards, texts = [], []
     for s in range(0, len(prompts), batch_size):
         ro = generate(model, prompts[s:s + batch_size], sampling, seed + s, device)
-        rewards += [task.reward(items[(s + i) // n], tok.decode(ro.response_ids(i)))
-                    for i in range(len(ro.prompt_lens))]
-    return [rewards[i * n:(i + 1) * n] for i in range(len(items))]
+        for i in range(len(ro.prompt_lens)):
+            texts.append(tok.decode(ro.response_ids(i)))
+            rewards.append(task.reward(items[(s + i) // n], texts[-1]))
+    per_item = [slice(i * n, (i + 1) * n) for i in range(len(items))]
+    return [rewards[sl] for sl in per_item], [texts[sl] for sl in per_item]
 
 
 def reasoning_first(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,
                     batch_size: int = 256) -> list[float]:
-    """Mean reward per item over ``samples`` completions (``sample_rewards``)."""
-    return [sum(r) / len(r) for r in sample_rewards(model, task, items, samples, sampling, seed, device, batch_size)]
+    """Mean reward per item over ``samples`` completions (``sample_completions``)."""
+    rewards, _ = sample_completions(model, task, items, samples, sampling, seed, device, batch_size)
+    return [sum(r) / len(r) for r in rewards]
+
+
+def mean_diversity(texts: list[list[str]], threshold: float) -> dict[str, float]:
+    """Group diversity (``rpt.analysis.diversity.group_diversity``) of each item's samples, averaged over items."""
+    groups = [group_diversity(t, [extract_answer(x) for x in t], threshold) for t in texts]
+    return {k: sum(g[k] for g in groups) / len(groups) for k in groups[0]} if groups else {}
 
 
 def pass_at_ks(per_item: list[list[float]]) -> dict[str, float]:

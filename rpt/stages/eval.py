@@ -16,7 +16,7 @@ import numpy as np
 
 from rpt import checkpoint
 from rpt.analysis.concentration import measure_concentration
-from rpt.eval.accuracy import direct_next_token, pass_at_ks, reasoning_first, sample_rewards
+from rpt.eval.accuracy import direct_next_token, mean_diversity, pass_at_ks, reasoning_first, sample_completions
 from rpt.model.loading import load_eval_model
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
@@ -80,7 +80,7 @@ def run(ctx) -> dict:
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
     test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed)
     test_items = test.items
-    downstream = {}
+    downstream, diversity = {}, {}  # diversity: of each question's k samples, averaged over questions
     sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt"), ("sft", "sft")]
     sources += [(f"rl_{s}", f"rl_{s}") for s in cfg.rl_task.train_on]
     for label, source in sources:
@@ -88,11 +88,13 @@ def run(ctx) -> dict:
             continue
         model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
         greedy_scores = reasoning_first(model, test, test_items, 1, greedy, cfg.run.seed, rt.device)
-        per_sample = sample_rewards(model, test, test_items, ec.samples, sampled, cfg.run.seed, rt.device)
+        k = ec.downstream_samples or ec.samples
+        per_sample, texts = sample_completions(model, test, test_items, k, sampled, cfg.run.seed, rt.device)
         downstream[label] = {"greedy": float(np.mean(greedy_scores)),
-                             f"avg@{ec.samples}": float(np.mean([sum(r) / len(r) for r in per_sample])),
+                             f"avg@{k}": float(np.mean([sum(r) / len(r) for r in per_sample])),
                              **pass_at_ks(per_sample),
                              "n": len(test_items)}
+        diversity[label] = mean_diversity(texts, cfg.analysis.trajectory_threshold)
         log.info("eval downstream %s: %s", label, downstream[label])
     concentration = {}  # every rank computes it (same seed, same numbers); rank 0 writes it
     for stage, before in concentration_pairs(cfg, rd) if ec.concentration_prompts > 0 else []:
@@ -102,7 +104,8 @@ def run(ctx) -> dict:
     if rt.is_main:
         write_json(rd.eval / "next_token.json", {"positions": len(items), "thresholds": list(thresholds),
                                                  "results": next_token})
-        write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream})
+        write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream,
+                                                 "diversity": diversity})
         write_json(rd.eval / "concentration.json", concentration)
         wandb_log = ctx.metrics()  # the results as the W&B run's summary (offline by default)
         wandb_log.summary({**{f"next_token/{model}/{mode}/{bucket}": v["accuracy"]
