@@ -113,6 +113,7 @@ def run(ctx) -> dict:
                               for bucket, v in buckets.items()},
                            **{f"downstream/{label}/{key}": v for label, r in downstream.items()
                               for key, v in r.items() if key != "n"},
+                           **{f"diversity/{label}/{key}": v for label, r in diversity.items() for key, v in r.items()},
                            **{f"concentration/{stage}/top_share": c["top_share"]
                               for stage, c in concentration.items()}})
         wandb_log.close()
