@@ -84,6 +84,7 @@ class Collected:
     rewards: torch.Tensor  # [rows]
     items: list  # [rows // G] the task item of each kept group
     texts: list[str]  # [rows] the decoded responses
+    answers: list  # [rows] their extracted answers (None: no parseable answer)
     stats: dict
     cursor: int  # the next prompt batch to draw
 
@@ -96,7 +97,7 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
     rt, algo, G = run.rt, run.algo, run.rollout.group_size
     per_rank = run.loop.prompts_per_step // rt.dp_size
     tok = run.task.tokenizer
-    kept, kept_rewards, kept_items, kept_texts, answers = [], [], [], [], []
+    kept, kept_rewards, kept_items, kept_texts, kept_answers, answered = [], [], [], [], [], []
     sampled, truncated, all_equal, groups_seen, n_kept = [], [], 0, 0, 0
     for refill in range(algo.max_refills + 1 if algo.dynamic_sampling else 1):
         items = run.task.items_for_step(cursor, per_rank * rt.dp_size, run.seed)[rt.dp_rank::rt.dp_size]
@@ -108,7 +109,8 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
         rewards = torch.tensor([run.task.reward(items[i // G], text) for i, text in enumerate(texts)])
         sampled.append(rewards)
         truncated.append(ro.truncated.cpu())
-        answers += [extract_answer(text) is not None for text in texts]
+        answers = [extract_answer(text) for text in texts]  # parsed once per response
+        answered += [answer is not None for answer in answers]
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
         all_equal, groups_seen = all_equal + int(equal.sum()), groups_seen + len(items)
         keep_group = ~equal if algo.dynamic_sampling else torch.ones_like(equal)
@@ -117,6 +119,7 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
         kept_rewards.append(rewards[keep])
         kept_items += [it for it, k in zip(items, keep_group.tolist(), strict=True) if k]
         kept_texts += [text for text, k in zip(texts, keep.tolist(), strict=True) if k]
+        kept_answers += [answer for answer, k in zip(answers, keep.tolist(), strict=True) if k]
         n_kept += int(keep.sum()) // G
         if not algo.dynamic_sampling or dp_sum(min(n_kept, per_rank)) >= run.loop.prompts_per_step:
             break
@@ -129,8 +132,9 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
              "reward_std": max(dp_mean_of(sampled.double() ** 2) - mean**2, 0.0) ** 0.5,
              "accuracy": dp_mean_of((sampled > 0.5).float()),
              "truncated_share": dp_mean_of(torch.cat(truncated).float()),
-             "no_answer_share": 1.0 - dp_mean_of(torch.tensor(answers, dtype=torch.float32))}
-    return Collected(rollouts, rewards, kept_items[:per_rank], kept_texts[:per_rank * G], stats, cursor)
+             "no_answer_share": 1.0 - dp_mean_of(torch.tensor(answered, dtype=torch.float32))}
+    return Collected(rollouts, rewards, kept_items[:per_rank], kept_texts[:per_rank * G],
+                     kept_answers[:per_rank * G], stats, cursor)
 
 
 def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
@@ -186,7 +190,7 @@ def answer_metrics(run: RLSetup, got: Collected) -> dict:
     """How much of the ground truth a correct answer covers (next-token tasks: target tokens; 1 = only the next
     token), over the kept rollouts of the whole batch."""
     G = run.rollout.group_size
-    lengths = [run.task.answer_length(got.items[i // G], extract_answer(text)) for i, text in enumerate(got.texts)]
+    lengths = [run.task.answer_length(got.items[i // G], answer) for i, answer in enumerate(got.answers)]
     covered = torch.tensor([n for n in lengths if n is not None], dtype=torch.float32)
     value = dp_mean_of(covered, empty=None)  # the same on every rank
     return {} if value is None else {"answer_target_tokens": value}
@@ -195,7 +199,7 @@ def answer_metrics(run: RLSetup, got: Collected) -> dict:
 def diversity_metrics(run: RLSetup, got: Collected) -> dict:
     """Group diversity (``rpt.analysis.diversity``) averaged over the kept groups of the whole batch."""
     G = run.rollout.group_size
-    groups = [group_diversity(got.texts[g:g + G], [extract_answer(t) for t in got.texts[g:g + G]],
+    groups = [group_diversity(got.texts[g:g + G], got.answers[g:g + G],
                               run.analysis.trajectory_threshold) for g in range(0, len(got.texts), G)]
     keys = ("distinct_answers", "distinct_ngram_share", "pairwise_similarity", "distinct_trajectories")
     sums = dp_sum(*[sum(d[k] for d in groups) for k in keys], float(len(groups)))
@@ -233,7 +237,7 @@ def sample_rows(run: RLSetup, got: Collected, step: int) -> list[dict]:
         item = got.items[i // G]
         prompt = tok.decode(run.task.prompt_ids(item))
         rows.append({"step": step, "context": prompt[-300:], "response": got.texts[i],
-                     "answer": extract_answer(got.texts[i]), "reference": run.task.reference(item),
+                     "answer": got.answers[i], "reference": run.task.reference(item),
                      "reward": float(got.rewards[i]), "truncated": bool(got.rollouts.truncated[i])})
     return rows
 
