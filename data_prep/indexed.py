@@ -2,7 +2,8 @@
 
 Written as a stream (``IndexedWriter``: temp prefix, then rename) with a manifest holding counts and checksums;
 the manifest is written last, so its presence means the pair is complete. Document ids are kept in a side file in
-the same order. Several processes each write a part; ``IndexedDocs`` reads any of them back (memory-mapped).
+the same order. Several processes each write a part; ``IndexedDocs`` reads any of them back (memory-mapped), one
+document at a time, so a reader never holds the split.
 """
 
 from __future__ import annotations
@@ -90,3 +91,11 @@ class IndexedDocs:
 
     def tokens(self, i: int) -> np.ndarray:
         return np.asarray(self.dataset[i], dtype=np.int64)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Document ``i``'s tokens, read from the memory-mapped ``.bin`` (so ``IndexedDocs`` is a lazy sequence)."""
+        return self.tokens(i)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.dataset.sequence_lengths

@@ -1,4 +1,4 @@
-"""Position selection: which corpus positions become next-token reasoning tasks.
+"""Position selection rules: which corpus positions become next-token reasoning tasks.
 
 Documents are split by a hash of their id into training and held-out documents (never overlapping). Training
 positions are chosen by entropy threshold, by top fraction, or at random with the same count as the threshold
@@ -6,7 +6,11 @@ rule would give (the baseline). An optional ``max_entropy`` drops near-uniform p
 proxy sees many equally likely continuations (a fresh random number, a name), no reasoning can predict the token,
 and such positions are what made entropy selection collapse on noisy corpora (PretrainZero, arXiv 2512.03442).
 Held-out positions are every position above the lowest difficulty threshold, bucketed by the highest threshold it
-passes (paper: 0.5 / 1.0 / 1.5 → easy / medium / hard).
+passes (paper: 0.5 / 1.0 / 1.5 → easy / medium / hard; ``rpt.positions.bucket_indices``).
+
+The threshold and held-out rules look at one document at a time; the top fraction needs one corpus-wide cut and
+the random baseline one corpus-wide draw, which ``data_prep/select_passes.py`` makes in extra passes over the
+stored entropies.
 """
 
 from __future__ import annotations
@@ -15,23 +19,17 @@ import hashlib
 
 import numpy as np
 
-BUCKETS = ["easy", "medium", "hard"]
-
 
 def is_heldout(doc_id: str, fraction: float) -> bool:
     return int(hashlib.sha256(("heldout:" + doc_id).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
-def bucket_of(entropy: float, thresholds) -> str | None:
-    passed = [name for name, thr in zip(BUCKETS, thresholds, strict=True) if entropy > thr]
-    return passed[-1] if passed else None
-
-
-def _eligible(entropy: np.ndarray, min_context: int, max_entropy: float | None) -> np.ndarray:
+def eligible_offsets(entropy: np.ndarray, sel_cfg) -> np.ndarray:
+    """Offsets with a scored entropy, enough context and (with ``max_entropy``) not near-uniform."""
     idx = np.arange(len(entropy))
-    ok = (idx >= min_context) & ~np.isnan(entropy)
-    if max_entropy is not None:
-        ok &= np.nan_to_num(entropy, nan=np.inf) <= max_entropy
+    ok = (idx >= sel_cfg.min_context_tokens) & ~np.isnan(entropy)
+    if sel_cfg.max_entropy is not None:
+        ok &= np.nan_to_num(entropy, nan=np.inf) <= sel_cfg.max_entropy
     return idx[ok]
 
 
@@ -41,50 +39,51 @@ def _cap(positions: np.ndarray, entropy: np.ndarray, cap: int) -> np.ndarray:
     return np.sort(positions[np.argsort(-entropy[positions], kind="stable")[:cap]])
 
 
-def choose_training_positions(entropies: list[np.ndarray], sel_cfg, rng: np.random.Generator) -> list[np.ndarray]:
-    """Per document, the token offsets selected for RPT training."""
-    eligible = [_eligible(e, sel_cfg.min_context_tokens, sel_cfg.max_entropy) for e in entropies]
-    if sel_cfg.mode in ("threshold", "random"):
-        chosen = [_cap(p[e[p] > sel_cfg.threshold], e, sel_cfg.max_per_doc)
-                  for p, e in zip(eligible, entropies, strict=True)]
-        if sel_cfg.mode == "random":
-            count = sum(len(c) for c in chosen)
-            chosen = _random_same_count(eligible, count, sel_cfg.max_per_doc, rng)
-        return chosen
-    if sel_cfg.mode == "top_fraction":
-        values = np.concatenate([e[p] for p, e in zip(eligible, entropies, strict=True)]) if eligible else np.array([])
-        if len(values) == 0:
-            return [p for p in eligible]
-        cut = np.quantile(values, 1.0 - sel_cfg.top_fraction)
-        return [_cap(p[e[p] >= cut], e, sel_cfg.max_per_doc) for p, e in zip(eligible, entropies, strict=True)]
-    raise ValueError(f"select.mode must be threshold, top_fraction or random, got {sel_cfg.mode!r}")
+def threshold_positions(entropy: np.ndarray, sel_cfg) -> np.ndarray:
+    """One document's training positions under the threshold rule (and the count the random baseline matches)."""
+    p = eligible_offsets(entropy, sel_cfg)
+    return _cap(p[entropy[p] > sel_cfg.threshold], entropy, sel_cfg.max_per_doc)
 
 
-def _random_same_count(eligible, count, cap, rng) -> list[np.ndarray]:
-    flat = [(d, int(t)) for d, p in enumerate(eligible) for t in p]
-    order = rng.permutation(len(flat))
-    per_doc: list[list[int]] = [[] for _ in eligible]
-    taken = 0
-    for i in order:
-        d, t = flat[i]
-        if taken >= count:
+def top_fraction_positions(entropy: np.ndarray, sel_cfg, cut: np.float32) -> np.ndarray:
+    """One document's training positions at or above the corpus-wide cut (the ``1 - top_fraction`` quantile of
+    every eligible training entropy)."""
+    p = eligible_offsets(entropy, sel_cfg)
+    return _cap(p[entropy[p] >= cut], entropy, sel_cfg.max_per_doc)
+
+
+def random_same_count(offsets: np.ndarray, per_doc: np.ndarray, count: int, cap: int, rng: np.random.Generator,
+                      chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """The random baseline: ``count`` positions drawn uniformly from every eligible training position (``offsets``:
+    each document's eligible offsets end to end, ``per_doc``: how many each has, e.g. memory-mapped), at most
+    ``cap`` per document. A walk along one seeded permutation of all of them, taking a position while its document
+    has fewer than ``cap``, until ``count`` are taken; walked ``chunk`` at a time. Returns (document index among
+    ``per_doc``, offset) sorted."""
+    order = rng.permutation(len(offsets))
+    bounds = np.cumsum(per_doc)
+    taken_per_doc = np.zeros(len(per_doc), dtype=np.int64)
+    taken: list[np.ndarray] = []
+    left = count
+    for start in range(0, len(order), chunk):
+        if left <= 0:
             break
-        if len(per_doc[d]) < cap:
-            per_doc[d].append(t)
-            taken += 1
-    return [np.array(sorted(p), dtype=np.int64) for p in per_doc]
+        flat = order[start:start + chunk]
+        doc = np.searchsorted(bounds, flat, side="right")
+        # the j-th draw (in walk order) of a document within this chunk is taken iff earlier chunks took < cap - j
+        by_doc = np.argsort(doc, kind="stable")
+        sorted_doc = doc[by_doc]
+        first = np.flatnonzero(np.r_[True, sorted_doc[1:] != sorted_doc[:-1]])
+        occurrence = np.empty(len(flat), dtype=np.int64)
+        occurrence[by_doc] = np.arange(len(flat)) - np.repeat(first, np.diff(np.r_[first, len(flat)]))
+        accepted = np.flatnonzero(taken_per_doc[doc] + occurrence < cap)[:left]
+        np.add.at(taken_per_doc, doc[accepted], 1)
+        taken.append(flat[accepted])
+        left -= len(accepted)
+    flat = np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
+    return np.searchsorted(bounds, flat, side="right"), np.asarray(offsets[flat], dtype=np.int64)
 
 
 def heldout_positions(entropy: np.ndarray, sel_cfg) -> np.ndarray:
     """Every eligible position above the lowest difficulty threshold."""
-    p = _eligible(entropy, sel_cfg.min_context_tokens, sel_cfg.max_entropy)
+    p = eligible_offsets(entropy, sel_cfg)
     return p[entropy[p] > sel_cfg.difficulty_thresholds[0]]
-
-
-def position_record(doc_id: str, tokens: np.ndarray, t: int, entropy: float, sel_cfg) -> dict:
-    start = max(0, t - sel_cfg.max_context_tokens)
-    return {
-        "doc_id": doc_id, "offset": int(t), "context_start": int(start),
-        "context": tokens[start:t].tolist(), "target": tokens[t:t + sel_cfg.max_target_tokens].tolist(),
-        "entropy": float(entropy), "bucket": bucket_of(entropy, sel_cfg.difficulty_thresholds),
-    }

@@ -4,7 +4,9 @@
 Layout: ``checkpoints/<stage>/step_000123/`` holds the distributed checkpoint (reshardable across TP/DP layouts)
 and ``state.pt`` (step, scheduler, RNG states of python/numpy/torch/megatron, data cursor, W&B run id, any extra
 JSON-able values). ``checkpoints/<stage>/latest`` names the newest complete step and is written last, atomically.
-The optimizer state is the non-distributed one (the distributed optimizer's checkpoints do not load on CPU).
+With ``model.distributed_optimizer`` the optimizer state is megatron's ``fully_reshardable`` format of the
+distributed optimizer (each rank saves its shard; loads under another DP/TP layout); a checkpoint resumes only with
+the optimizer kind that saved it (checked, with a clear error).
 """
 
 from __future__ import annotations
@@ -53,6 +55,21 @@ def _has_optimizer_state(optimizer) -> bool:
     return any(bool(opt.optimizer.state) for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
+def _is_distributed(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return any(isinstance(opt, DistributedOptimizer) for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _optimizer_sharded_state(optimizer, model_sd, is_loading: bool = False) -> dict:
+    """The optimizer's dist-checkpoint entries; the distributed optimizer in its reshardable format (megatron's
+    default for it, ``fully_sharded_model_space``, is refused by megatron-core 0.16's own checkpointing)."""
+    if _is_distributed(optimizer):
+        return optimizer.sharded_state_dict(model_sd, is_loading,
+                                            metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+    return optimizer.sharded_state_dict(model_sd, is_loading)
+
+
 def latest_step_dir(stage_dir: Path) -> Path | None:
     pointer = Path(stage_dir) / "latest"
     if not pointer.exists():
@@ -75,11 +92,15 @@ def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int
     sharded = {"model": model_sd}
     has_optimizer_state = _has_optimizer_state(trainable.optimizer)
     if has_optimizer_state:  # a never-stepped optimizer is saved as "fresh" (megatron drops a zero step count)
-        sharded["optimizer"] = trainable.optimizer.sharded_state_dict(model_sd)
+        sharded["optimizer"] = _optimizer_sharded_state(trainable.optimizer, model_sd)
+    extra_models = getattr(trainable, "extra_models", {})
+    for name, model in extra_models.items():  # e.g. SDPO's EMA teacher
+        sharded[name] = model.sharded_state_dict(prefix=f"{name}.")
     dist_checkpointing.save(sharded, str(step_dir))
     if rank0:
         state = {"step": step, "scheduler": trainable.scheduler.state_dict(), "rng": capture_rng(),
-                 "extra": extra, "has_optimizer_state": has_optimizer_state}
+                 "extra": extra, "has_optimizer_state": has_optimizer_state, "extra_models": sorted(extra_models),
+                 "distributed_optimizer": _is_distributed(trainable.optimizer)}
         torch.save(state, step_dir / "state.pt")
         write_text(stage_dir / "latest", step_dir.name)
         old = sorted(p for p in stage_dir.glob("step_*") if p != step_dir)
@@ -97,9 +118,21 @@ def load(step_dir: Path, trainable) -> dict:
     model_sd = trainable.model.module.sharded_state_dict()
     sharded = {"model": model_sd}
     if state["has_optimizer_state"]:
-        sharded["optimizer"] = trainable.optimizer.sharded_state_dict(model_sd, is_loading=True)
+        if state.get("distributed_optimizer", False) != _is_distributed(trainable.optimizer):
+            raise ValueError(f"checkpoint {step_dir} was saved with model.distributed_optimizer="
+                             f"{state.get('distributed_optimizer', False)}: resume it with the same setting")
+        sharded["optimizer"] = _optimizer_sharded_state(trainable.optimizer, model_sd, is_loading=True)
+    extra_models = getattr(trainable, "extra_models", {})
+    missing = sorted(set(extra_models) - set(state.get("extra_models", [])))
+    if missing:
+        raise ValueError(f"checkpoint {step_dir} has no {missing} (saved by a run with another algo); resume it "
+                         f"with that run's algo or start a new stage")
+    for name, model in extra_models.items():
+        sharded[name] = model.sharded_state_dict(prefix=f"{name}.")
     loaded = dist_checkpointing.load(sharded, str(step_dir))
     trainable.model.module.load_state_dict(loaded["model"])
+    for name, model in extra_models.items():  # its keys carry the prefix it was saved under
+        model.load_state_dict({key.removeprefix(f"{name}."): value for key, value in loaded[name].items()})
     if state["has_optimizer_state"]:
         trainable.optimizer.load_state_dict(loaded["optimizer"])
     trainable.scheduler.load_state_dict(state["scheduler"])

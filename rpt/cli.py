@@ -4,8 +4,13 @@ Stages: prep, pretrain, select, rpt, cnt (continual next-token baseline), rl, sf
 eval, report, and ``pipeline``
 (all of them in order, skipping every stage whose finished marker exists, so a killed pipeline resumes where it
 stopped). Every stage is the same Hydra app over one config tree (``conf/``), so any value can be overridden on
-any stage, ``--multirun`` sweeps work, and a misspelled key is rejected with its name. The composed config becomes
-the typed ``RootConfig`` here, once.
+any stage, and a misspelled key is rejected with its name. The composed config becomes the typed ``RootConfig``
+here, once.
+
+A run remembers itself (rpt/run_memory.py): a call on an existing run starts from the overrides the run was made
+with, and a change to what a finished stage was made with is refused. ``force=true`` starts stages over, moving
+their outputs aside and the stages after them with them (rpt/force.py). A ``--multirun`` sweep whose jobs would
+share a run directory is refused before any job starts (rpt/sweep.py).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import sys
 import time
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rpt import config as config_schema
+from rpt import run_memory
 
 log = logging.getLogger("rpt")
 
@@ -31,10 +37,11 @@ USAGE = (f"usage: rpt <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}
          "(rpt <stage> --help for the config)")
 
 
-def run_stage(ctx_factory, stage: str, force: bool) -> dict:
-    """Run one stage unless its finished marker exists; write the marker when it completes."""
+def run_stage(ctx_factory, stage: str) -> dict:
+    """Run one stage unless its finished marker exists; record what it was made with and write the marker when it
+    completes (``force=true`` moved the forced stages' markers aside before any stage ran)."""
     ctx = ctx_factory(stage)
-    if ctx.rd.is_done(stage) and not force:
+    if ctx.rd.is_done(stage):
         log.info("stage %s: already finished in %s (force=true to redo)", stage, ctx.rd.path)
         return ctx.rd.summary(stage)
     log.info("stage %s: starting", stage)
@@ -42,30 +49,50 @@ def run_stage(ctx_factory, stage: str, force: bool) -> dict:
     summary = importlib.import_module(f"rpt.stages.{stage}").run(ctx)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     if ctx.rt.is_main:
+        run_memory.record_stage(ctx.rd, ctx.cfg, stage)
         ctx.rd.mark_done(stage, summary)
     ctx.barrier()
     log.info("stage %s: finished in %.1fs", stage, summary["seconds"])
     return summary
 
 
-def main_from_config(composed: DictConfig) -> None:
-    from rpt import runtime
-    from rpt.rundir import RunDir, write_text
-    from rpt.stages.context import StageContext
+def given_overrides() -> list[str]:
+    """This call's command-line overrides (Hydra's record of them; none outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
 
-    cfg = config_schema.load(composed)  # typed and validated once, here; stages get dataclasses
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def main_from_config(composed: DictConfig) -> None:
+    from rpt import force
+    from rpt.rundir import RunDir
+
+    rd = RunDir(composed.run.root, composed.run.name)
+    remembers = composed.stage != "bench"  # a benchmark neither reads nor writes a run directory
+    recalled = run_memory.recall(rd, composed, given_overrides()) if remembers else None
+    cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
     logging.getLogger().setLevel(cfg.run.log_level)
     for name in cfg.stages:
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
+    forced = force.forced_stages(cfg)
+    if remembers:  # every rank reads the run's memory and refuses alike, before rank 0 changes anything
+        run_memory.check(cfg, rd, unchecked=forced | force.stale_after(forced))
+    from rpt import runtime  # the heavy imports (torch, megatron) after the checks: a refusal comes at once
+    from rpt.distributed import barrier
+    from rpt.stages.context import StageContext
     from rpt.train import preemption
 
     preemption.install()
     rt = runtime.init(cfg.run)
-    rd = RunDir(cfg.run.root, cfg.run.name)
     try:
-        if rt.is_main and cfg.stage != "bench":
-            write_text(rd.path / "config.yaml", OmegaConf.to_yaml(composed, resolve=True))
+        if remembers:
+            barrier()
+            if rt.is_main:
+                run_memory.save(rd, recalled)
+                if forced:
+                    force.start_over(rd, forced, recalled.given)
+            barrier()
 
         def factory(stage):
             return StageContext(cfg=cfg, rt=rt, rd=rd, stage=stage)
@@ -79,10 +106,12 @@ def main_from_config(composed: DictConfig) -> None:
                 print(json.dumps(result, indent=2))
         elif cfg.stage == "pipeline":
             for stage in cfg.stages:
-                run_stage(factory, stage, cfg.force)
+                run_stage(factory, stage)
             log.info("pipeline finished: %s", rd.path / "report" / "report.md")
         else:
-            run_stage(factory, cfg.stage, cfg.force)
+            run_stage(factory, cfg.stage)
+        if remembers and rt.is_main:
+            force.finished(rd)
     except preemption.Preempted as stop:
         log.warning("stage %s checkpointed at step %d on a preemption signal; exiting with %d for requeue "
                     "(re-run the same command to resume)", stop.stage, stop.step, preemption.EXIT_REQUEUE)
@@ -99,6 +128,10 @@ hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base
 
 
 def main() -> None:
+    from hydra._internal.utils import get_args_parser
+
+    from rpt.sweep import SharedRunDir, check_distinct
+
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if len(sys.argv) >= 2 else 2)
@@ -111,6 +144,13 @@ def main() -> None:
     # (so flags such as `--multirun` or `--cfg job` may come before or after them)
     first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
     sys.argv = [sys.argv[0], *args[:first], f"stage={stage}", *args[first:]]
+    parsed = get_args_parser().parse_args(sys.argv[1:])
+    if parsed.multirun:
+        try:
+            check_distinct(parsed.overrides, CONF_DIR)
+        except SharedRunDir as err:
+            print(f"rpt: {err}", file=sys.stderr)
+            sys.exit(2)
     hydra_main()
 
 

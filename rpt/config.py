@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 ENGINES = ("auto", "lean", "megatron")  # rollout.engine
+RECOMPUTE = ("none", "selective", "full")  # model.recompute
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # algo.loss_agg
 
 
@@ -37,10 +38,15 @@ class RunConfig:
     tensor_parallel: int = 1  # megatron tensor-model-parallel size
     pipeline_parallel: int = 1  # megatron pipeline-model-parallel size (1 only for now)
     log_level: str = "INFO"  # python logging level for library code
+    save_before_minutes: float = 0.0  # time budget: checkpoint and exit for requeue (status 99) when less than
+    # this plus one step is left before the job's end (RPT_DEADLINE or SLURM_JOB_END_TIME, unix seconds); 0: off
 
     def __post_init__(self):
         _one_of("run", "device", self.device, ("auto", "cpu", "cuda"))
         _one_of("run", "dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        if not self.save_before_minutes >= 0:
+            raise ValueError(f"run.save_before_minutes must be >= 0 (0 = no time budget), "
+                             f"got {self.save_before_minutes}")
 
 
 @dataclass
@@ -60,18 +66,28 @@ class ModelConfig:
     fused_swiglu: bool = False  # megatron's torch.compile'd SwiGLU (~7% faster training on CPU after a compile
     # of a few seconds per process and shape; worth it for long runs, on GPU especially)
     vocab_size: int | None = None  # None: take the tokenizer's vocabulary size
+    recompute: str = "none"  # activation recomputation in training: none | selective (core attention) | full (every
+    # layer's input is kept, the layer recomputed in backward: least memory, ~1/3 more compute)
+    distributed_optimizer: bool = False  # megatron's distributed optimizer: Adam state and fp32 main weights sharded
+    # over data-parallel ranks (ZeRO-1); same training math; a checkpoint resumes only with the setting that saved it
+
+    def __post_init__(self):
+        _one_of("model", "recompute", self.recompute, RECOMPUTE)
 
 
 @dataclass
 class DataConfig:
     source: str = "demo"  # demo | path to .jsonl/.json/.parquet/.txt file(s) (glob ok) | hub dataset name
     text_field: str = "text"  # field holding document text for jsonl/parquet/hub sources
+    text_template: str | None = None  # a document from several record fields instead of `text_field`, e.g.
+    # "{problem}\n\n{solution}" (OmniMATH); a record missing a named field is counted and skipped
     hub_config: str | None = None  # hub dataset config name
     hub_split: str = "train"  # hub dataset split
     streaming: bool = False  # stream the source instead of loading it into memory
     max_docs: int | None = None  # cap on documents read from a user source
     max_doc_chars: int = 200000  # longer documents are counted as bad and skipped
-    rpt_fraction: float = 0.5  # user sources: share of documents routed to the RPT split (rest pretrain)
+    rpt_fraction: float = 0.5  # user sources: share of documents routed to the RPT split (rest pretrain; 1.0: all,
+    # for a run that imports its base and pretrains nothing)
     # demo corpus (reasoning-gym chain_sum problems rendered as text documents)
     demo_task: str = "chain_sum"  # reasoning-gym generator used for the demo corpus
     demo_min_terms: int = 2  # fewest operands per problem
@@ -91,6 +107,16 @@ class DataConfig:
 
     def __post_init__(self):
         _one_of("data", "tokenizer_type", self.tokenizer_type, ("bpe", "unigram"))
+        if self.text_template is not None:
+            import string
+
+            try:
+                names = [name for _, name, _, _ in string.Formatter().parse(self.text_template) if name is not None]
+            except ValueError as err:
+                raise ValueError(f"data.text_template {self.text_template!r}: {err}") from None
+            if not names or not all(name.isidentifier() for name in names):
+                raise ValueError(f"data.text_template needs named record fields such as {{problem}} ({{{{ }}}} for a "
+                                 f"literal brace), got {self.text_template!r}")
 
 
 @dataclass
@@ -121,13 +147,36 @@ class SelectConfig:
     heldout_fraction: float = 0.25  # share of RPT-split documents held out for evaluation
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])  # easy/medium/hard
     batch_size: int = 32  # sequences per scoring forward
-    shard_docs: int = 1000  # documents per scoring shard (the unit of resumption)
+    shard_docs: int = 1000  # documents per scoring shard (the unit of resumption and of select's memory)
+    window_overlap: int | None = None  # tokens a scoring window shares with the one before, so every token t is
+    # scored with at least min(t, this) tokens of context (None: half of data.seq_length; 0: plain cuts)
 
     def __post_init__(self):
         _one_of("select", "mode", self.mode, ("threshold", "top_fraction", "random"))
         if len(self.difficulty_thresholds) != 3:
             raise ValueError(f"select.difficulty_thresholds needs 3 values (easy, medium, hard), got "
                              f"{self.difficulty_thresholds}")
+        if self.window_overlap is not None and self.window_overlap < 0:
+            raise ValueError(f"select.window_overlap must be >= 0 (or null for half a window), got "
+                             f"{self.window_overlap}")
+
+    def overlap(self, seq_length: int) -> int:
+        """The scoring windows' overlap in tokens for windows of ``seq_length`` (data.seq_length)."""
+        overlap = seq_length // 2 if self.window_overlap is None else self.window_overlap
+        if overlap >= seq_length:
+            raise ValueError(f"select.window_overlap={overlap} must be below data.seq_length={seq_length} (the "
+                             f"scoring window)")
+        return overlap
+
+
+# The RPT paper's prompt template v0 (arXiv 2506.08007, appendix, "Seven prompt templates for the next-token
+# reasoning task"), word for word as printed there, quote marks included; the paper prints the context slot as
+# "### Context {prompt_content}" and its line breaks are not recoverable from the PDF, so the context goes on its own
+# line after the heading. Braces are doubled for str.format-style rendering.
+V0_PROMPT = ("Complete the given text under \u2018### Context\u2019 by predicting the next token, and wrap it in "
+             "\u2018\\boxed{{}}\u2019. Please reason step by step to find the most probable next token as the final "
+             "answer, and enclose it in \\boxed{{}} (note: the token may begin with a space, e.g., \\boxed{{ para}} "
+             "or \\boxed{{ =}}; do not use \\text{{}}).\n\n### Context\n{context}")
 
 
 @dataclass
@@ -137,19 +186,83 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling mass
     max_new_tokens: int = 48  # response length cap
     engine: str = "auto"  # incremental forward: auto (lean where the model allows) | lean | megatron
+    max_batch_rows: int = 0  # most rows decoding at once; finished rows leave, the next chunk waits (0: all rows)
+    max_kv_tokens: int = 0  # most KV-cache tokens at once: rows x (longest prompt + max_new_tokens) (0: no limit)
     stop_at_answer: bool = True  # end a response once its \\boxed{} after </think> closes
     format_reward: float = 0.0  # added for a parseable answer, right or wrong (paper: none)
+    no_answer_warn_share: float = 0.95  # an RL stage warns (log, stage summary, report) when at least this share of
+    # its rollouts has no parseable answer over the last `no_answer_warn_steps` steps: its rewards are all 0
+    no_answer_warn_steps: int = 10  # steps in that window (the whole stage when it is shorter)
     template: str = "think"  # prompt template name (key of `templates`)
+    chat_template: bool = False  # the rendered template (context included) becomes the user turn of the tokenizer's
+    # chat template, then its assistant generation prompt (an imported HF tokenizer's; R1-Distill's opens <think>)
     templates: dict[str, str] = field(default_factory=lambda: {
         "think": "{context}<think>",
-        "v0": ("Complete the given text under ### Context by predicting the next token, list multiple potential "
-               "next tokens and reason step by step. Put your final answer in \\boxed{{}}. The next token may "
-               "begin with a space; do not use \\text{{}}.\n\n### Context\n{context}<think>"),
-    })  # prompt templates; {context} is the document prefix
+        "v0": V0_PROMPT,
+        "v0_think": V0_PROMPT + "<think>\n",
+    })  # prompt templates; {context} is the document prefix, {{ }} a literal brace. v0: the RPT paper's prompt word
+    # for word (for rollout with the model's chat template, which opens the reasoning); v0_think: v0 followed by
+    # "<think>", for prompting a model as plain text
 
     def __post_init__(self):
         _one_of("rollout", "engine", self.engine, ENGINES)
         _one_of("rollout", "template", self.template, tuple(self.templates))
+        if not 0.0 < self.no_answer_warn_share <= 1.0 or self.no_answer_warn_steps < 1:
+            raise ValueError(f"rollout.no_answer_warn_share must be in (0, 1] and rollout.no_answer_warn_steps >= 1, "
+                             f"got {self.no_answer_warn_share} and {self.no_answer_warn_steps}")
+        if self.max_batch_rows < 0 or self.max_kv_tokens < 0:
+            raise ValueError(f"rollout.max_batch_rows and rollout.max_kv_tokens must be >= 0 (0 = no limit), got "
+                             f"{self.max_batch_rows} and {self.max_kv_tokens}")
+
+
+@dataclass
+class CritiqueConfig:
+    """Critique-GRPO (arXiv 2506.03106; rpt.algo.critique, rpt.train.refinement), algo=critique_grpo."""
+
+    enabled: bool = False  # refine failed responses under a critique; refinements join their group
+    kind: str = "ground_truth"  # indicative | ground_truth (RPT: true continuation's first tokens) | self
+    reference_tokens: int = 1  # ground_truth on next-token tasks: continuation tokens the critique reveals
+    gate: str = "all_wrong"  # all_wrong (only groups with no correct response, the paper) | always (the code)
+    ratio: int = 7  # initial : refinement per refined group: k = max(1, G // (ratio + 1)) replace failed ones
+    candidates: int = 2  # refinements generated per refined group (its first failed responses); best k kept
+    gamma: float = 0.1  # refinement tokens: shaped ratio pi / (pi + gamma), pi given the question only
+    critique_max_tokens: int = 24  # kind=self: critique length
+    critique_template: str = "{response}\n[critique of this attempt]"  # kind=self: appended to the prompt
+    refine_template: str = "{response}\n[critique] {critique}\n[corrected attempt]<think>"  # appended to prompt
+
+    def __post_init__(self):
+        _one_of("algo.critique", "kind", self.kind, ("indicative", "ground_truth", "self"))
+        _one_of("algo.critique", "gate", self.gate, ("all_wrong", "always"))
+        if self.ratio < 1 or self.candidates < 1 or self.gamma <= 0 or self.reference_tokens < 1:
+            raise ValueError("algo.critique: ratio, candidates, reference_tokens must be >= 1 and gamma > 0")
+
+
+@dataclass
+class SelfDistillConfig:
+    """SDPO (arXiv 2601.20802; rpt.algo.sdpo, rpt.train.self_distill), algo=sdpo."""
+
+    enabled: bool = False  # add the divergence to the feedback-conditioned teacher to the loss
+    feedback: str = "reference"  # '+'-joined: reference (RPT: the true continuation) | sibling | verifier
+    teacher: str = "current"  # current (same weights) | ema (of the student) | mix (with the initial model)
+    teacher_rate: float = 0.05  # ema: θ_T ← (1-r)θ_T + rθ per step; mix: θ_T = (1-r)θ_init + rθ
+    top_k: int = 100  # teacher's top-K ids per token (plus one tail bucket)
+    divergence: str = "js"  # js (Jensen–Shannon, the paper's practice) | kl: D(student || teacher)
+    grpo_weight: float = 0.0  # λ: loss = D + λ · GRPO policy term (0: pure SDPO)
+    chunk_tokens: int = 1024  # response tokens per output-layer chunk (memory: chunk × vocab logits)
+    feedback_template: str = "\n[feedback] {feedback}\n[solve the original task]<think>"  # appended to prompt
+
+    def feedback_kinds(self) -> list[str]:
+        kinds = [k.strip() for k in self.feedback.split("+") if k.strip()]
+        if not kinds or any(k not in ("reference", "sibling", "verifier") for k in kinds):
+            raise ValueError(f"algo.sdpo.feedback: '+'-joined reference | sibling | verifier, got {self.feedback!r}")
+        return kinds
+
+    def __post_init__(self):
+        self.feedback_kinds()
+        _one_of("algo.sdpo", "teacher", self.teacher, ("current", "ema", "mix"))
+        _one_of("algo.sdpo", "divergence", self.divergence, ("kl", "js"))
+        if self.top_k < 1 or self.chunk_tokens < 1 or not 0.0 <= self.teacher_rate <= 1.0:
+            raise ValueError("algo.sdpo: top_k and chunk_tokens must be >= 1, teacher_rate in [0, 1]")
 
 
 @dataclass
@@ -173,17 +286,23 @@ class AlgoConfig:
     kl_cov_ratio: float = 2e-3  # KL-Cov: share of top-covariance tokens penalised
     kl_cov_coef: float = 1.0  # KL-Cov: penalty coefficient
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
+    dynamic_sampling_from_step: int = 0  # dynamic sampling acts from this step on (0-based; paper: 500), keeping
+    # every group before it
     dynamic_sampling_tol: float = 1e-6  # tolerance for "all equal"
     max_refills: int = 2  # extra rollout batches per step when refilling
     reuse_update_forward: bool = True  # ppo_epochs=1 and no forking/Clip-Cov/KL-Cov: old log-probs from the update's
     # own first forward (same weights, same tokens: identical values) instead of a separate pass; false = always a pass
     share_prompt: bool = True  # trainer forwards score a group's G responses over one copy of their prompt
     # (rpt.model.shared_prefix; same numbers to float rounding, ~(G-1)/G of the prompt compute saved)
+    critique: CritiqueConfig = field(default_factory=CritiqueConfig)  # Critique-GRPO (algo=critique_grpo)
+    sdpo: SelfDistillConfig = field(default_factory=SelfDistillConfig)  # SDPO self-distillation (algo=sdpo)
 
     def __post_init__(self):
         from rpt.algo.advantages import ADVANTAGES
         from rpt.algo.losses import POLICY_LOSSES
 
+        if self.critique.enabled and self.sdpo.enabled:
+            raise ValueError("algo.critique and algo.sdpo are separate algorithms: enable one")
         _one_of("algo", "loss_agg", self.loss_agg, AGG_MODES)
         _one_of("algo", "policy_loss", self.policy_loss, tuple(POLICY_LOSSES))
         _one_of("algo", "advantage", self.advantage, tuple(ADVANTAGES))
@@ -204,6 +323,10 @@ class TrainLoopConfig:
     steps: int = 60  # RL steps (one rollout batch + one update each)
     prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
     micro_batch_size: int = 64  # sequences per forward/backward micro-batch (cut between groups: at least one group)
+    max_tokens_per_micro_batch: int | None = None  # padded tokens per micro-batch instead of micro_batch_size (like
+    # verl's ppo_max_token_len_per_gpu; still cut between groups, a larger group runs alone); None: by row count
+    logits_chunk_tokens: int = 1024  # tokens per output-layer chunk when computing log-probs and entropies (memory
+    # ~ chunk x vocabulary, never the whole batch's logits); 0: all logits at once (the unchunked reference)
     ppo_epochs: int = 1  # passes over each rollout batch
     ppo_mini_batch_size: int | None = None  # prompts per optimizer step (global, like verl's); None: all of the
     # step's prompts (one optimizer step per epoch). Smaller: prompts_per_step / this many steps per epoch, off-policy
@@ -222,6 +345,12 @@ class TrainLoopConfig:
         return self.ppo_epochs * (self.prompts_per_step // (self.ppo_mini_batch_size or self.prompts_per_step))
 
     def check(self, section: str) -> None:
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
+            raise ValueError(f"{section}.max_tokens_per_micro_batch must be >= 1 (or null: cut by "
+                             f"micro_batch_size), got {self.max_tokens_per_micro_batch}")
+        if self.logits_chunk_tokens < 0:
+            raise ValueError(f"{section}.logits_chunk_tokens must be >= 0 (0: no chunking), got "
+                             f"{self.logits_chunk_tokens}")
         mini = self.ppo_mini_batch_size or self.prompts_per_step
         if self.ppo_epochs < 1 or mini < 1 or self.prompts_per_step % mini:
             raise ValueError(f"{section}.ppo_mini_batch_size={mini} must divide {section}.prompts_per_step="
@@ -323,6 +452,14 @@ class HFConfig:
     source: str = "rpt"  # hf_export: which stage's latest checkpoint to export
     export_dir: str | None = None  # hf_export: output directory (default <run>/hf/<source>)
     architecture: str = "Qwen2ForCausalLM"  # hf_export: Qwen2ForCausalLM | LlamaForCausalLM
+    max_shard_size: str = "5GB"  # hf_export: largest safetensors shard (e.g. 500MB, 5GB, or bytes); larger models
+    # are written as model-0000x-of-0000n.safetensors + model.safetensors.index.json
+
+    def __post_init__(self):
+        from rpt.model.hf import SUPPORTED, shard_bytes
+
+        _one_of("hf", "architecture", self.architecture, tuple(SUPPORTED))
+        shard_bytes(self.max_shard_size)  # a clear error for an unreadable size
 
 
 @dataclass
@@ -340,6 +477,20 @@ class BenchConfig:
     peers: bool = True  # also time the HF transformers peer on the same weights (needs transformers)
     peak_flops: float = 989e12  # accelerator peak (dense bf16) for MFU; H100/H200 SXM: 989e12
     out: str | None = "bench.json"  # also write the JSON here (None: stdout only)
+    # part `memory` (not in the default parts: minutes, and ~12 GB for its "before" at these shapes)
+    memory_vocab_size: int = 151936  # vocabulary of the shallow model measured (Qwen2.5's)
+    memory_context: int = 1024  # prompt tokens of the RPT step; tokens per entropy-scoring window
+    memory_response: int = 2048  # response tokens per sequence of the RPT step compared before vs after
+    memory_group_size: int = 2  # responses to the one prompt (a GRPO group, scored over one prompt copy)
+    memory_lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096])  # response lengths of
+    # the peak-vs-length table ("before" measured up to memory_response)
+    memory_scoring_windows: int = 4  # windows scored in one batch
+
+    def __post_init__(self):
+        sizes = [self.memory_vocab_size, self.memory_context, self.memory_response, self.memory_group_size,
+                 self.memory_scoring_windows, *self.memory_lengths]
+        if min(sizes) < 1 or not self.memory_lengths:
+            raise ValueError(f"bench.memory_*: sizes must be >= 1 and memory_lengths non-empty, got {sizes}")
 
 
 @dataclass
@@ -362,7 +513,8 @@ class RootConfig:
     stage: str = "pipeline"  # which stage runs (set by the `rpt <stage>` command)
     stages: list[str] = field(default_factory=lambda: ["prep", "pretrain", "select", "rpt", "rl", "eval",
                                                        "report"])  # pipeline order
-    force: bool = False  # re-run a stage even if its finished marker exists
+    force: bool = False  # start the stage (pipeline: every stage of `stages`) over: its outputs and those of the
+    # stages that consume them move to <run>/superseded/<time>/ (rpt/force.py); never remembered by the run
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -384,6 +536,7 @@ class RootConfig:
 
     def __post_init__(self):
         _one_of("rl_task", "source", self.rl_task.source, ("reasoning_gym", "dataset"))
+        self.select.overlap(self.data.seq_length)  # the scoring windows' overlap fits in a window
         for section in ("rpt", "rl"):
             getattr(self, section).check(section)
         for section in self.rl_sections():

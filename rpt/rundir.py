@@ -1,7 +1,9 @@
 """The run directory contract (docs/architecture.md): paths of every artifact, atomic writes, finished-stage markers.
 
 A stage is finished when ``done/<stage>.json`` exists; it is written last and atomically (temp file + rename),
-so a killed stage never leaves a marker or a half-written file that a later stage would trust.
+so a killed stage never leaves a marker or a half-written file that a later stage would trust. The run's memory
+(rpt/run_memory.py) lives beside it: ``overrides.yaml`` (the overrides the run was made with) and
+``stage_config/<stage>.json`` (what a finished stage fixed); ``force=true`` moves outputs to ``superseded/``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ class RunDir:
 
     def done_marker(self, stage: str) -> Path:
         return self.path / "done" / f"{stage}.json"
+
+    @property
+    def overrides(self) -> Path:
+        return self.path / "overrides.yaml"
+
+    def stage_config(self, stage: str) -> Path:
+        return self.path / "stage_config" / f"{stage}.json"
 
     # --- stage markers ---------------------------------------------------------------------
     def is_done(self, stage: str) -> bool:

@@ -1,8 +1,10 @@
 """Process runtime for a stage: device and dtype choice, torch.distributed + megatron parallel state, seeding.
 
-Works for any world size: under ``torchrun`` the usual RANK/WORLD_SIZE/MASTER_* variables are read (a job of the
-hydra-submitit Slurm launcher gets them from submitit's job environment); a plain
-``python``/``rpt`` call becomes a world of one. gloo on CPU, nccl on GPU.
+Works for any world size: under ``torchrun`` the usual RANK/WORLD_SIZE/MASTER_* variables are read; one task
+per GPU started by ``srun`` (launch/slurm/rpt.sbatch) takes its rank from SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS
+and the rendezvous from the MASTER_ADDR/MASTER_PORT the job script passes to the tasks (so Slurm's signals reach
+every rank directly, with no agent in between); a job of the hydra-submitit Slurm launcher gets them from
+submitit's job environment; a plain ``python``/``rpt`` call becomes a world of one. gloo on CPU, nccl on GPU.
 """
 
 from __future__ import annotations
@@ -69,6 +71,22 @@ def _export_submitit_ranks() -> None:
     log.info("submitit job: rank %d of %d, master %s:%d", env.rank, env.world_size, env.master_addr, env.master_port)
 
 
+def slurm_rank_env(environ) -> dict[str, str]:
+    """The torch.distributed variables of one ``srun`` task (RANK, WORLD_SIZE, LOCAL_RANK), or {} when ``environ``
+    is not such a task: torchrun's own variables win, and a Slurm task joins a world only when the job script gave
+    it MASTER_ADDR (a plain ``rpt`` in a batch script, or a one-task ``srun``, stays a world of one)."""
+    if "RANK" in environ or "SLURM_PROCID" not in environ:
+        return {}
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or 1)
+    if "MASTER_ADDR" not in environ:
+        if int(environ.get("SLURM_STEP_NUM_TASKS") or 1) > 1:  # srun's own variable: surely a multi-task step
+            raise RuntimeError(f"this is one of {tasks} srun tasks but MASTER_ADDR is not set: launch with "
+                               "launch/slurm/rpt.sbatch, or export MASTER_ADDR (first node) and MASTER_PORT")
+        return {}
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": str(tasks),
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "MASTER_PORT": environ.get("MASTER_PORT", "29500")}
+
+
 def init(run_cfg) -> Runtime:
     """Initialise torch.distributed and megatron parallel state (idempotent within a process)."""
     from megatron.core import parallel_state
@@ -85,9 +103,14 @@ def init(run_cfg) -> Runtime:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             _export_submitit_ranks()
+        elif slurm := slurm_rank_env(os.environ):
+            os.environ.update(slurm)
+            log.info("srun task: rank %s of %s, master %s:%s", slurm["RANK"], slurm["WORLD_SIZE"],
+                     os.environ["MASTER_ADDR"], slurm["MASTER_PORT"])
         if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        if "RANK" in os.environ:  # torchrun / srun: env:// rendezvous
+            # modulo: a task bound to its own GPU (srun --gpus-per-task, --gpu-bind) sees one device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        if "RANK" in os.environ:  # torchrun / srun / submitit: env:// rendezvous
             dist.init_process_group(backend)
         else:  # a plain process: a world of one on a free local port (nothing leaks into child environments)
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)

@@ -8,12 +8,16 @@ Each rank checks its own assertions; any failure (or a hang, caught by the calle
   ranks end with the same weights.
 - ``cov_masks``: the token covariance and the Cov / forking choices over a batch split across the two ranks equal
   those computed over the whole batch in one process.
+- ``distributed_optimizer <dir>``: megatron's distributed optimizer shards Adam's state over the two ranks, trains
+  exactly like the plain optimizer, and a run checkpointed after 2 steps and resumed equals 4 uninterrupted steps.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -115,11 +119,60 @@ def cov_masks(rt, tokenizer_file: str) -> None:
     assert dp_sum(float(picked.sum())) == min(max(1, math.floor(0.2 * total)), window)  # the global count
 
 
+def tiny_trainable(rt, distributed_optimizer: bool, total_steps: int = 4):
+    """A fresh tiny GPT trainable (same weights for one seed), with or without megatron's distributed optimizer."""
+    from rpt.config import ModelConfig, PretrainConfig
+    from rpt.model import cpu_compat
+    from rpt.train.optim import build_trainable
+
+    cpu_compat.seed_all(0)
+    model = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                        distributed_optimizer=distributed_optimizer)
+    return build_trainable(model, 97, rt, replace(PretrainConfig(), lr=1e-2, warmup_steps=1), total_steps)
+
+
+def train_steps(trainable, rt, steps: range) -> None:
+    """Next-token steps on random tokens that depend on (step, data-parallel rank) only."""
+    for k in steps:
+        tokens = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(100 + 2 * k + rt.dp_rank))
+        trainable.zero_grad()
+        trainable.model(tokens, torch.arange(16).expand(2, 16), None, labels=tokens).float().mean().backward()
+        assert trainable.step()[0]
+
+
+def weights(trainable) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainable.model.module.parameters()]
+
+
+def distributed_optimizer(rt, tokenizer_file: str) -> None:
+    from rpt import checkpoint
+    from rpt.distributed import dp_sum
+
+    ckpt = Path(sys.argv[3])
+    plain, straight = tiny_trainable(rt, False), tiny_trainable(rt, True)
+    train_steps(plain, rt, range(4))
+    train_steps(straight, rt, range(4))
+    held = sum(p.numel() for g in straight.optimizer.param_groups for p in g["params"])
+    total = sum(p.numel() for p in straight.model.module.parameters())
+    assert held < total and dp_sum(float(held)) == total, (held, total)  # each rank steps its own shard
+    for a, b in zip(weights(plain), weights(straight), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    first = tiny_trainable(rt, True)
+    train_steps(first, rt, range(2))
+    checkpoint.save(ckpt, 2, first, {})
+    resumed = tiny_trainable(rt, True)
+    assert checkpoint.resume_or_init(ckpt, resumed)[0] == 2
+    train_steps(resumed, rt, range(2, 4))
+    for a, b in zip(weights(straight), weights(resumed), strict=True):
+        assert torch.equal(a, b), float((a - b).abs().max())
+
+
 if __name__ == "__main__":
     scenario, tokenizer_path = sys.argv[1], sys.argv[2]
     runtime = _init()
     try:
-        {"dynamic_sampling": dynamic_sampling, "cov_masks": cov_masks}[scenario](runtime, tokenizer_path)
+        {"dynamic_sampling": dynamic_sampling, "cov_masks": cov_masks,
+         "distributed_optimizer": distributed_optimizer}[scenario](runtime, tokenizer_path)
     finally:
         from rpt import runtime as rt_mod
 

@@ -88,3 +88,75 @@ def test_indexed_storage_is_reproducible(tmp_path, tokenizer):
     read = IndexedDocs(tmp_path / "a" / "split")
     assert [read.tokens(i).tolist() for i in range(len(read))] == [ids for _, ids in docs]
     assert read.doc_ids == [d for d, _ in docs]
+
+
+def test_a_record_that_is_not_valid_unicode_is_counted_and_skipped(tmp_path):
+    """A JSON-escaped lone surrogate decodes to a str that UTF-8 cannot encode (it used to stop `prep` in doc_id);
+    among good records it is one counted bad record, and the good ones all survive."""
+    path = tmp_path / "docs.jsonl"
+    texts = [GOOD[0], "lone \ud800 surrogate", GOOD[1], "a pair is fine: \U0001f642 but not \udfff alone", GOOD[2]]
+    lines = [json.dumps({"text": t}) for t in texts]
+    assert "\\ud800" in lines[1]  # written as the escape a JSON file would hold
+    path.write_text("\n".join(lines) + "\n")
+    docs, stats = _ingest(path)
+    assert [t for _, t in docs] == GOOD
+    assert stats.read == 5 and stats.kept == 3 and dict(stats.skipped) == {"not_utf8": 2}
+
+
+def test_text_template_builds_a_document_from_several_fields(tmp_path):
+    """OmniMATH-style records: problem and solution joined by the template; a record missing a named field is counted
+    under that field's name (and the fields the first record has are kept), a non-text field is `not_text`."""
+    path = tmp_path / "omni.jsonl"
+    records = [{"problem": "What is 2+2?", "solution": "It is $4$.", "domain": "arith"},
+               {"problem": "Only a problem."},
+               {"problem": "Numbers?", "solution": 7},
+               {"problem": "Sum of 1..3?", "solution": "6"}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    docs, stats = _ingest(path, text_template="{problem}\n\n{solution}")
+    assert [t for _, t in docs] == ["What is 2+2?\n\nIt is $4$.", "Sum of 1..3?\n\n6"]
+    assert dict(stats.skipped) == {"missing_field": 1, "not_text": 1}
+    summary = stats.as_dict()
+    assert summary["missing_fields"] == {"solution": 1} and summary["fields_seen"] == ["domain", "problem", "solution"]
+    plain, _ = _ingest(path, text_field="problem")  # the same file without the template: one field only
+    assert [t for _, t in plain][:2] == ["What is 2+2?", "Only a problem."]
+
+
+def test_a_template_field_no_record_has_is_named_in_the_prep_error(tmp_path):
+    from rpt.stages.prep import _empty_split_error
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) for i in range(3)) + "\n")
+    cfg = demo_data_cfg(source=str(path), text_template="{problem}\n\n{solution}")
+    stats = IngestStats()
+    assert not list(iter_documents(cfg, stats))
+    error = _empty_split_error(type("Cfg", (), {"data": cfg})(), "rpt", stats)
+    assert "['problem', 'solution']" in error and "['answer', 'question']" in error and "text_template" in error
+
+
+@pytest.mark.parametrize("template", ["no fields at all", "{}", "{0}", "{problem", "{a.b}"])
+def test_a_text_template_without_named_fields_is_refused(template):
+    from rpt.config import DataConfig
+
+    with pytest.raises(ValueError, match="data.text_template"):
+        DataConfig(text_template=template)
+
+
+def test_prep_without_a_corpus_is_a_clear_error():
+    """`data=jsonl` without data.source used to fall back to the demo corpus silently (OmegaConf keeps a default
+    under `???`); now the empty source stops prep with the override to give."""
+    from types import SimpleNamespace
+
+    from rpt.stages.prep import run
+
+    with pytest.raises(ValueError, match="data.source=/path/to/docs.jsonl"):
+        run(SimpleNamespace(cfg=SimpleNamespace(data=demo_data_cfg(source="")), rd=None, rt=None))
+
+
+def test_rpt_fraction_one_routes_every_document_to_rpt():
+    """A run that imports its base pretrains nothing: data.rpt_fraction=1.0 sends every document to the RPT split
+    (and prep then accepts an empty pretraining split), where 0.5 splits them."""
+    from rpt.stages.prep import _split_of
+
+    ids = [doc_id(f"document {i}") for i in range(200)]
+    assert {_split_of(d, 1.0) for d in ids} == {"rpt"}
+    assert {_split_of(d, 0.5) for d in ids} == {"rpt", "pretrain"}

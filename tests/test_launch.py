@@ -39,12 +39,15 @@ def test_gpu_bench_script_runs_with_overrides(tmp_path):
 def test_sbatch_dry_run_prints_the_srun_line(tmp_path):
     env = {**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "4", "GPUS_PER_NODE": "8", "SLURM_JOB_ID": "1234",
            "MASTER_ADDR": "node001"}
+    env.pop("MASTER_PORT", None)
     out = subprocess.run(["bash", str(SBATCH), "rpt", "run.name=x", "algo=forking"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert out.startswith("srun ")
-    for part in ["--nnodes 4", "--nproc-per-node 8", "--rdzv-endpoint node001:29500", "--rdzv-id 1234",
+    assert out.startswith("srun ")  # one task per GPU, no torchrun agent between Slurm's signals and the ranks
+    for part in ["--nodes 4", "--ntasks-per-node 8", "MASTER_ADDR=node001", "MASTER_PORT=21234",
                  "-m rpt.cli rpt run.name=x algo=forking"]:
         assert part in out, part
+    assert "torch.distributed.run" not in out
+    assert not (tmp_path / "logs" / "rpt-1234.requeue").exists()
 
 
 def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path):

@@ -1,6 +1,8 @@
 """KV-cached lockstep generation on a real megatron GPTModel matches a plain causal forward, with both incremental
 forwards: the lean decoder and megatron-core's own inference path."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -150,3 +152,95 @@ def test_truncation_is_flagged_only_for_rows_stopped_by_the_cap(tiny_model, toke
     assert ended.truncated.tolist() == [False, False]
     one = generate(tiny_model, prompts, sampling(1, 0.0, eos_id=first, pad_id=tokenizer.pad_id), 0, "cpu")
     assert one.truncated.tolist() == [False, False]  # the last allowed token is the end of sequence: not cut off
+
+
+def test_chunks_pack_whole_prompt_runs_within_the_budget():
+    from rpt.rollout.engine import plan_chunks, prompt_runs
+
+    prompts = [[1, 2]] * 3 + [[3]] * 3 + [[4, 5, 6, 7]] * 2
+    runs = prompt_runs(prompts)
+    lens = [len(p) for p in prompts]
+    assert runs == [3, 3, 2]
+    assert plan_chunks(lens, runs, 4) == [range(0, 8)]  # no budget: one chunk
+    assert plan_chunks(lens, runs, 4, max_rows=6) == [range(0, 6), range(6, 8)]
+    assert plan_chunks(lens, runs, 4, max_rows=4) == [range(0, 3), range(3, 6), range(6, 8)]  # runs kept whole
+    assert plan_chunks(lens, runs, 4, max_rows=2) == [range(0, 2), range(2, 3), range(3, 5), range(5, 6),
+                                                      range(6, 8)]  # a run larger than the budget is split
+    # KV tokens: rows x (the chunk's longest prompt + 4): 6 x 6 = 36 fits; the last run needs 2 x 8
+    assert plan_chunks(lens, runs, 4, max_kv_tokens=36) == [range(0, 6), range(6, 8)]
+    assert plan_chunks(lens, runs, 4, max_kv_tokens=40) == [range(0, 6), range(6, 8)]  # 7 x 8 = 56 > 40
+    assert plan_chunks(lens, runs, 4, max_rows=1, max_kv_tokens=100) == [range(i, i + 1) for i in range(8)]
+    with pytest.raises(ValueError, match="max_kv_tokens=7 cannot hold one row"):
+        plan_chunks(lens, runs, 4, max_kv_tokens=7)
+    with pytest.raises(ValueError, match=">= 0"):
+        plan_chunks(lens, runs, 4, max_rows=-1)
+
+
+def _ragged_end(model, tokenizer, prompts, engine="auto", seed=11):
+    """A token id that, as the end of a row, ends the rows of a seeded sampling run at different lengths: the token
+    found in the most rows when nothing stops them (draws do not depend on the end id, so prefixes stay the same)."""
+    free = generate(model, prompts, sampling(10, 1.0, eos_id=-1, pad_id=tokenizer.pad_id, engine=engine), seed, "cpu")
+    in_rows = sum(torch.bincount(free.tokens[i][free.response_mask[i]].unique(), minlength=tokenizer.vocab_size)
+                  for i in range(len(prompts)))
+    return int(in_rows.argmax())
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_row_budget_changes_batching_never_samples(tiny_model, tokenizer, engine):
+    """Three prompts x 4 samples: under max_batch_rows=4 (or the KV tokens of 4 rows) at most 4 rows decode at
+    once, in 3 chunks, and every token, mask, truncation flag and sampler log-prob equals the unbudgeted run;
+    finished rows leave the batch, so the decode work is the sum of the responses, not rows x the longest."""
+    prompts = [p for text in ("1 + 2 = ", "12 - 3 + 5 - 7 = <think>", "4 =") for p in [tokenizer.encode(text)] * 4]
+    eos = _ragged_end(tiny_model, tokenizer, prompts, engine)
+    params = sampling(10, 1.0, eos_id=eos, pad_id=tokenizer.pad_id, engine=engine)
+    whole = generate(tiny_model, prompts, params, 11, "cpu")
+    width = max(len(p) for p in prompts) + 10
+    for budget in (dict(max_batch_rows=4), dict(max_kv_tokens=4 * width)):
+        part = generate(tiny_model, prompts, replace(params, **budget), 11, "cpu")
+        assert (whole.stats.chunks, whole.stats.peak_rows) == (1, 12)
+        assert (part.stats.chunks, part.stats.peak_rows) == (3, 4), budget
+        assert part.stats.peak_kv_tokens <= 4 * width < whole.stats.peak_kv_tokens
+        assert torch.equal(part.tokens, whole.tokens) and torch.equal(part.response_mask, whole.response_mask)
+        assert torch.equal(part.truncated, whole.truncated)
+        torch.testing.assert_close(part.sample_logprobs, whole.sample_logprobs, atol=1e-5, rtol=1e-5)
+    assert len(set(whole.response_lens.tolist())) > 2 and not bool(whole.truncated.all())
+    # each row's decode steps: its tokens after the first, plus (megatron, lockstep) its prompt tokens past the
+    # shortest prompt, fed one per step; a row that ends leaves, so the total is their sum, not rows x the longest
+    steps = whole.response_lens - 1
+    if engine == "megatron":
+        steps = steps + whole.prompt_lens - whole.prompt_lens.min()
+    assert whole.stats.row_steps == int(steps.sum()) < len(prompts) * int(steps.max())
+    if engine == "lean":  # each distinct prompt is still prefilled once
+        assert part.stats.row_steps == whole.stats.row_steps
+        assert whole.stats.prefill_rows == part.stats.prefill_rows == 3
+
+
+def test_the_stop_rule_follows_each_row_across_chunks(tiny_model, tokenizer):
+    """The answer-box stop rule keeps its state per row of the call: with a budget of 3 rows (chunks that split
+    a group) rows end where they end without one."""
+    from rpt.reward.answer import BoxedAnswerStop
+
+    prompts = [tokenizer.encode("1 + 2 = ")] * 4 + [tokenizer.encode("5 + 5 = ")] * 4
+    answer = _ragged_end(tiny_model, tokenizer, prompts, seed=5)  # the token that answers: "</think>\\boxed{7}"
+
+    def token_bytes(i):
+        return b"</think>\\boxed{7}" if i == answer else b"x"
+
+    params = replace(sampling(10, 1.0, eos_id=-1, pad_id=tokenizer.pad_id), stop=BoxedAnswerStop(token_bytes))
+    whole = generate(tiny_model, prompts, params, 5, "cpu")
+    part = generate(tiny_model, prompts, replace(params, max_batch_rows=3), 5, "cpu")
+    assert part.stats.peak_rows == 3 and len(set(whole.response_lens.tolist())) > 2
+    assert torch.equal(part.tokens, whole.tokens) and torch.equal(part.response_lens, whole.response_lens)
+
+
+def test_rollout_budget_comes_from_the_config_and_is_validated(tokenizer):
+    from rpt.config import RolloutConfig
+
+    params = SamplingParams.from_rollout(RolloutConfig(max_batch_rows=16, max_kv_tokens=4096), tokenizer)
+    assert (params.max_batch_rows, params.max_kv_tokens) == (16, 4096)
+    with pytest.raises(ValueError, match="max_batch_rows"):
+        RolloutConfig(max_batch_rows=-1)
+
+
+def test_an_empty_call_returns_no_rows(tiny_model, tokenizer):
+    assert len(generate(tiny_model, [], sampling(4, 1.0, eos_id=-1, pad_id=tokenizer.pad_id), 0, "cpu")) == 0

@@ -44,11 +44,12 @@ def _plain(model, tokens, response, temperature):
     return logp * keep, entropy * keep
 
 
+@pytest.mark.parametrize("chunk_tokens", [0, 3])  # all logits at once; the output layer 3 tokens at a time
 @pytest.mark.parametrize("prompt_lens,response_lens", [
     ([5, 9, 1], [3, 1, 4, 4, 2, 2]),  # ragged prompts (one of a single token) and responses
     ([7, 7], [6, 6, 6, 6]),  # no padding at all
 ])
-def test_shared_prompt_forward_matches_plain_forward(runtime, prompt_lens, response_lens):
+def test_shared_prompt_forward_matches_plain_forward(runtime, prompt_lens, response_lens, chunk_tokens):
     G = 2
     model = _model()
     tokens, plens, response = _ragged_groups(prompt_lens, response_lens, G)
@@ -59,7 +60,8 @@ def test_shared_prompt_forward_matches_plain_forward(runtime, prompt_lens, respo
     results = []
     for shared in (False, True):
         model.zero_grad()
-        logp, entropy = (shared_prompt_logprobs(model, layout, tokens.shape[0], tokens.shape[1] - 1, 0.8) if shared
+        width = tokens.shape[1] - 1
+        logp, entropy = (shared_prompt_logprobs(model, layout, tokens.shape[0], width, 0.8, chunk_tokens) if shared
                          else _plain(model, tokens, response, 0.8))
         ((logp + 0.1 * entropy) * weights).sum().backward()
         results.append((logp.detach(), entropy.detach(), [p.grad.clone() for p in model.parameters()]))

@@ -1,4 +1,7 @@
-"""The tokenizer is lossless and exposes exact per-token bytes (the reward depends on both)."""
+"""The tokenizer is lossless and exposes exact per-token bytes (the reward depends on both); an imported HF
+tokenizer takes its special tokens and chat template from its own config files."""
+
+import json
 
 import pytest
 
@@ -55,3 +58,118 @@ def test_hf_byte_level_tokenizer_round_trip_and_bytes(tmp_path):
         ids = tok.encode(text)
         assert tok.bytes_of(ids) == text.encode("utf-8")
         assert tok.decode(ids) == text
+
+
+# --- an imported HF tokenizer's own special tokens and chat template (tests/hf_fixtures.py) -----------------------
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("style, eos", [("qwen_base", "<|endoftext|>"), ("qwen_instruct", "<|im_end|>"),
+                                        ("r1", "<｜end▁of▁sentence｜>")])
+def test_special_tokens_come_from_the_tokenizer_config(tmp_path, style, eos):
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tokenizer import load_tokenizer
+
+    write_tokenizer(tmp_path, style)
+    tok = load_tokenizer(tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.eos_id == reference.eos_token_id == tok.tok.token_to_id(eos)
+    assert tok.bos_id == (-1 if reference.bos_token_id is None else reference.bos_token_id)
+    assert tok.pad_id == reference.pad_token_id
+
+
+def test_special_ids_fall_back_to_generation_config(tmp_path):
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tokenizer import load_tokenizer
+
+    write_tokenizer(tmp_path, "r1")
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    for role in ("bos", "eos", "pad"):
+        config.pop(f"{role}_token")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 7, "eos_token_id": [9, 8]}))
+    tok = load_tokenizer(tmp_path)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (7, 9, 9)  # the first eos; pad defaults to eos
+
+
+def test_a_special_token_the_vocabulary_lacks_is_a_clear_error(tmp_path):
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tokenizer import load_tokenizer
+
+    write_tokenizer(tmp_path, "qwen_base")
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|nope|>"}))
+    with pytest.raises(ValueError, match="eos_token '<\\|nope\\|>'"):
+        load_tokenizer(tmp_path)
+
+
+def test_ids_past_the_tokenizer_decode_as_nothing_and_log_once(tmp_path, caplog, tokenizer):
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tokenizer import load_tokenizer
+
+    write_tokenizer(tmp_path, "qwen_instruct")
+    hf_tok = load_tokenizer(tmp_path)
+    for tok in (hf_tok, tokenizer):  # imported and sentencepiece alike
+        ids = tok.encode("4 + 7 = 11")
+        padded_row = tok.vocab_size + 5  # a row of a padded embedding: the model can sample it
+        with caplog.at_level("WARNING", logger="rpt.tokenizer"):
+            assert tok.decode([*ids, padded_row, tok.vocab_size]) == "4 + 7 = 11"
+            assert tok.token_bytes(padded_row) == b""
+        assert sum("outside the tokenizer" in r.message for r in caplog.records) == 1
+        caplog.clear()
+
+
+@pytest.mark.parametrize("style, template_file", [("qwen_instruct", False), ("r1", False), ("r1", True)])
+def test_chat_template_renders_as_transformers_does(tmp_path, style, template_file):
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tokenizer import load_tokenizer
+
+    write_tokenizer(tmp_path, style, template_file=template_file)
+    tok = load_tokenizer(tmp_path)
+    text = "### Context\n4 + 7 = <think>"
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    assert tok.chat_prompt(text) == reference
+    assert reference.count(text) == 1 and reference != text  # the template did wrap it
+
+
+def test_chat_template_option_changes_the_prompt_ids_around_the_context(tmp_path, tokenizer):
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tasks.base import render_prompt, render_text_prompt
+    from rpt.tokenizer import load_tokenizer
+
+    write_tokenizer(tmp_path, "r1")
+    tok = load_tokenizer(tmp_path)
+    context = tok.encode(" 12 - 5 + 30 =")
+    template = "Predict the next token.\n{context}"
+    plain = render_prompt(tok, template, context)
+    chat = render_prompt(tok, template, context, chat_template=True)
+    assert chat != plain
+    start = chat.index(context[0])
+    assert chat[start:start + len(context)] == context  # the context's own ids, not re-tokenised
+    assert chat[0] == tok.bos_id and chat[-3:] == tok.encode("<｜Assistant｜><think>\n")
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(
+        [{"role": "user", "content": "Predict the next token.\n 12 - 5 + 30 ="}], add_generation_prompt=True,
+        tokenize=True, return_dict=False)
+    assert chat == list(reference)
+    assert render_text_prompt(tok, "2 + 2 =", chat_template=True) == tok.encode(tok.chat_prompt("2 + 2 ="))
+    assert render_text_prompt(tok, "2 + 2 =") == tok.encode("2 + 2 =")
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template.*sentencepiece"):
+        render_prompt(tokenizer, template, tokenizer.encode(" 12"), chat_template=True)
+
+
+def test_no_chat_template_is_a_clear_error(tmp_path):
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tokenizer import load_tokenizer
+
+    write_tokenizer(tmp_path, "qwen_base", chat_template=False)
+    with pytest.raises(ValueError, match="rollout.chat_template=true needs a tokenizer with a chat template"):
+        load_tokenizer(tmp_path).chat_prompt("hi")

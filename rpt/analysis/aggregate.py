@@ -26,6 +26,7 @@ import statistics
 from pathlib import Path
 
 from rpt.analysis.intervals import fmt_accuracy
+from rpt.analysis.run_comparison import comparison_curves, comparison_table
 from rpt.rundir import read_json, write_text
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,15 @@ Runs (under `{root}`): {', '.join(f'`{n}`' for n in names)}.
 Each cell: mean ± sample standard deviation (ddof = 1, "–" with one run) over the runs that have it, in percent,
 and how many runs that is; the per-run tables give each run's value with its 95% Wilson interval and n.
 {' '.join(warn)}
+
+## One row per run (algorithms side by side, e.g. `experiment=remedies`)
+Next-token: held-out accuracy (%) of the `rpt` checkpoint, greedy reasoning; downstream: `rl_rpt` pass@1 (%);
+entropy: the RPT stage's mean policy entropy over its last quarter of steps; diversity of `rl_rpt`'s downstream
+samples (distinct answers per question, pairwise chrF similarity).
+
+{comparison_table(root, names)}
+
+{comparison_curves(root, names, out_dir)}
 
 ## Next-token accuracy on held-out high-entropy positions (%)
 Thresholds (easy, medium, hard): {next(iter(thresholds.values()))}; held-out positions per run: {positions}.

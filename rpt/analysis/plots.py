@@ -20,9 +20,10 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def entropy_histogram(values, thresholds, path: Path) -> None:
+def entropy_histogram(counts, edges, thresholds, path: Path) -> None:
+    """Bars of a histogram counted elsewhere (`select` counts it shard by shard: ``np.histogram``'s counts, edges)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(values, bins=60, color="#4878a8")
+    ax.hist(edges[:-1], bins=edges, weights=counts, color="#4878a8")
     for thr, name in zip(thresholds, ["easy", "medium", "hard"], strict=True):
         ax.axvline(thr, color="#c44", ls="--", lw=1)
         ax.text(thr, ax.get_ylim()[1] * 0.92, f" {name}>{thr}", fontsize=8, color="#c44")

@@ -119,12 +119,35 @@ def selection_section(cfg: RootConfig, rd) -> str:
     ingest = rd.summary("prep").get("ingest", {}) if rd.is_done("prep") else {}
     skipped = ingest.get("skipped") or {}
     cap = f", positions above {cfg.select.max_entropy} nats dropped as noise" if cfg.select.max_entropy else ""
-    return (f"Scored {select.get('positions_scored', '–')} positions of the RPT split with the base model as proxy "
+    proxy = {"pretrain": "the base model", "hf": "the imported model"}.get(cfg.select.proxy, f"`{cfg.select.proxy}`")
+    return (f"Scored {select.get('positions_scored', '–')} positions of the RPT split with {proxy} as proxy "
             f"(top-{cfg.select.top_k} entropy, renormalised){cap}. Mode `{cfg.select.mode}` kept "
             f"{select.get('train_positions', '–')} training positions (fraction {select.get('fraction_kept', 0):.3f}); "
             f"held-out positions: {select.get('heldout_positions', '–')} (by highest bucket: "
             f"{select.get('heldout_buckets', {})}). Corpus records skipped at ingestion: "
             f"{skipped if skipped else 'none'}.\n\n![entropy_hist](entropy_hist.png)\n")
+
+
+def training_warnings(rd) -> list[str]:
+    """The warnings RL stages recorded in their summaries (``no_answer_warning``, ``rpt.train.no_answer``); the
+    `rl` stage's summary holds one entry per starting checkpoint."""
+    found = []
+    for stage in ("rpt", "rl"):
+        summary = rd.summary(stage) if rd.is_done(stage) else {}
+        parts = [summary] + [v for v in summary.values() if isinstance(v, dict)]
+        found += [part["no_answer_warning"] for part in parts if part.get("no_answer_warning")]
+    return found
+
+
+def warnings_section(rd) -> str:
+    found = training_warnings(rd)
+    if not found:
+        return ""
+    items = "\n".join(f"- {w}" for w in found)
+    return f"""## ⚠ Warnings: training that could not learn
+{items}
+
+"""
 
 
 def build_report(cfg: RootConfig, rd) -> Path:
@@ -134,17 +157,21 @@ def build_report(cfg: RootConfig, rd) -> Path:
     stages = ["rpt"] + [f"rl_{s}" for s in cfg.rl_task.train_on]
     training = "\n".join(rl_stage_section(rd, s, cfg.analysis.law_fit_fraction)[0] for s in stages)
     samples = samples_section(rd.path / "rollouts", stages, cfg.report.samples_per_kind, cfg.report.sample_chars)
+    warn = warnings_section(rd)  # at the top: a stage that could not learn must not read as a result
+    ds_from = f" from step {cfg.algo.dynamic_sampling_from_step}" if cfg.algo.dynamic_sampling_from_step else ""
     text = f"""# RPT run `{rd.path.name}`
 
-Model `{cfg.model.name}` ({cfg.model.num_layers} layers, width {cfg.model.hidden_size}); corpus `{cfg.data.source}`;
-template `{cfg.rollout.template}`; G={cfg.rollout.group_size}, temperature {cfg.rollout.temperature};
-policy loss `{cfg.algo.policy_loss}`, aggregation `{cfg.algo.loss_agg}`, forking rho {cfg.algo.forking_rho},
-dynamic sampling {cfg.algo.dynamic_sampling}, {cfg.rpt.updates_per_rollout()} optimizer step(s) per rollout.
+{warn}Model `{cfg.model.name}` ({cfg.model.num_layers} layers, width {cfg.model.hidden_size}); corpus
+`{cfg.data.source}`; template `{cfg.rollout.template}`; G={cfg.rollout.group_size}, temperature
+{cfg.rollout.temperature}; policy loss `{cfg.algo.policy_loss}`, aggregation `{cfg.algo.loss_agg}`, forking rho
+{cfg.algo.forking_rho}, dynamic sampling {cfg.algo.dynamic_sampling}{ds_from}, {cfg.rpt.updates_per_rollout()}
+optimizer step(s) per rollout.
 
 ## Position selection
 {selection_section(cfg, rd)}
 ## Next-token accuracy on held-out high-entropy positions
 {nt['positions']} positions; buckets are nested (a "hard" position is also "medium" and "easy").
+`hf` = the imported base model (`hf_import`), `base` = the base pretrained in this run.
 "direct" = greedy next token with no reasoning; "reasoning" = the model writes `<think> … </think> \\boxed{{…}}`
 first and the box is scored with the prefix-matching reward. Cells: accuracy [95% interval] (n).
 {AVG_AT_K_NOTE}

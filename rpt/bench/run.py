@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from rpt.bench.hf_peer import hf_peer
+from rpt.bench.memory import bench_memory
 from rpt.bench.rollout import bench_rollout, bench_rollout_ragged
 from rpt.bench.rpt_step import bench_rpt_step
 from rpt.bench.scaling import bench_scoring_processes
@@ -48,13 +49,15 @@ def run_bench(cfg, rt) -> dict:
             result["scoring"] = bench_scoring(model, bc, vocab, rt)
         elif name == "scoring_processes":
             result["scoring_processes"] = bench_scoring_processes(bc)
+        elif name == "memory":
+            result["memory"] = bench_memory(cfg, rt)
         elif name == "rpt_step":
             result["rpt_step"] = bench_rpt_step(cfg, rt, vocab, bc)
         elif name == "trl_grpo_step":  # last: TRL trains the HF peer's weights in place
             result["trl_grpo_step"] = bench_trl_grpo_step(hf or hf_peer(model, mc, rt.dtype), cfg, vocab, bc)
         else:
             raise ValueError(f"bench.parts: unknown part {name!r} (rollout, rollout_ragged, train, scoring, "
-                             "scoring_processes, rpt_step, trl_grpo_step)")
+                             "scoring_processes, memory, rpt_step, trl_grpo_step)")
     if "rpt_step_s" in result.get("rpt_step", {}) and "trl_grpo_step_s" in result.get("trl_grpo_step", {}):
         result["rpt_step"]["rpt_step_speedup_vs_trl"] = (result["trl_grpo_step"]["trl_grpo_step_s"]
                                                          / result["rpt_step"]["rpt_step_s"])

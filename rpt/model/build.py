@@ -18,6 +18,18 @@ from rpt.model.attention import SDPAttention
 log = logging.getLogger(__name__)
 
 
+def recompute_options(recompute: str) -> dict:
+    """megatron's activation-recomputation fields for ``model.recompute``: ``selective`` recomputes the core
+    attention of every layer; ``full`` keeps only each layer's input and recomputes the whole layer in backward."""
+    if recompute == "none":
+        return {}
+    if recompute == "selective":
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    if recompute == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    raise ValueError(f"model.recompute must be one of none | selective | full, got {recompute!r}")
+
+
 def transformer_config(model_cfg, dtype: torch.dtype) -> TransformerConfig:
     """Map our model config (``conf/model/*.yaml``) to megatron's ``TransformerConfig``."""
     from megatron.core import parallel_state
@@ -50,6 +62,7 @@ def transformer_config(model_cfg, dtype: torch.dtype) -> TransformerConfig:
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         use_cpu_initialization=not torch.cuda.is_available(),
+        **recompute_options(model_cfg.recompute),
     )
 
 

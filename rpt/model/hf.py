@@ -8,49 +8,53 @@ separate, GPU-only project). The mapping is small and exact:
 - SwiGLU: megatron's ``linear_fc1`` is [gate | up] per tensor-parallel rank;
 - column-parallel weights split on dim 0 (per group for QKV, per half for fc1), row-parallel on dim 1,
   embedding and output layer on the vocabulary dim.
+Every HF tensor must land somewhere: one the mapping does not consume (an o_proj bias; an lm_head that differs from
+the embedding under ``tie_word_embeddings=true``) is refused, as are config settings the model cannot express
+(``hf_config``).
+Export writes the model's own dtype, sharded like ``save_pretrained`` (huggingface_hub's ``save_torch_state_dict``).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-SUPPORTED = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+from rpt.model.hf_config import SUPPORTED, hf_config_from_model, model_config_from_hf
+
+__all__ = ["HF_TOKENIZER_FILES", "SUPPORTED", "export_hf", "hf_to_megatron", "import_hf", "megatron_to_hf",
+           "model_config_from_hf", "shard_bytes"]
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+_IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")  # buffers some older checkpoints saved
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)?\s*$", re.IGNORECASE)
 
 
-def model_config_from_hf(hf_dir: str | Path) -> dict:
-    """Our ``model`` config fields from an HF ``config.json``."""
-    cfg = json.loads((Path(hf_dir) / "config.json").read_text())
-    arch = (cfg.get("architectures") or ["?"])[0]
-    if arch not in SUPPORTED:
-        raise ValueError(f"unsupported architecture {arch!r}; supported: {sorted(SUPPORTED)}")
-    return {
-        "name": cfg.get("_name_or_path") or arch,
-        "num_layers": cfg["num_hidden_layers"],
-        "hidden_size": cfg["hidden_size"],
-        "ffn_hidden_size": cfg["intermediate_size"],
-        "num_attention_heads": cfg["num_attention_heads"],
-        "num_query_groups": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
-        "norm_epsilon": cfg["rms_norm_eps"],
-        "qkv_bias": SUPPORTED[arch] == "qwen2" or bool(cfg.get("attention_bias", False)),
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-        "rotary_base": int(cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000))),
-        "max_position_embeddings": cfg.get("max_position_embeddings", 4096),
-        "vocab_size": cfg["vocab_size"],
-    }
+def shard_bytes(size: str | int) -> int:
+    """``hf.max_shard_size`` in bytes: an int, or a number with KB/MB/GB/TB (powers of 1000, as transformers)."""
+    m = _SIZE.match(str(size))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"hf.max_shard_size must be a positive size like 500MB or 5GB (or bytes), got {size!r}")
+    unit = (m.group(2) or "B").upper()
+    return int(float(m.group(1)) * {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit])
 
 
 def _load_hf_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
-    files = sorted(Path(hf_dir).glob("*.safetensors"))
+    index = hf_dir / "model.safetensors.index.json"
+    if index.exists():  # only the shards the index names (a directory may hold stale ones)
+        files = [hf_dir / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    else:
+        files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {hf_dir}")
     tensors = {}
     for f in files:
         tensors.update(load_file(str(f)))
-    return {k.removeprefix("model."): v for k, v in tensors.items()}
+    return {k.removeprefix("model."): v for k, v in tensors.items() if not _IGNORED.search(k)}
 
 
 def _shard(t: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
@@ -81,6 +85,7 @@ def _split_qkv(qkv, heads: int, groups: int):
 def hf_to_megatron(tensors: dict[str, torch.Tensor], mc: dict, tp_rank: int = 0, tp_size: int = 1) -> dict:
     """Megatron ``GPTModel.state_dict()`` entries (this TP rank's shards) from HF tensors."""
     heads, groups = mc["num_attention_heads"], mc["num_query_groups"]
+    _check_embedding_tie(tensors, mc["tie_embeddings"])
     out = {"embedding.word_embeddings.weight": _shard(tensors["embed_tokens.weight"], 0, tp_rank, tp_size),
            "decoder.final_layernorm.weight": tensors["norm.weight"]}
     if not mc["tie_embeddings"]:
@@ -102,7 +107,29 @@ def hf_to_megatron(tensors: dict[str, torch.Tensor], mc: dict, tp_rank: int = 0,
         up = _shard(tensors[h + "mlp.up_proj.weight"], 0, tp_rank, tp_size)
         out[m + "mlp.linear_fc1.weight"] = torch.cat([gate, up], dim=0)
         out[m + "mlp.linear_fc2.weight"] = _shard(tensors[h + "mlp.down_proj.weight"], 1, tp_rank, tp_size)
+    unused = sorted(set(tensors) - _consumed(mc))
+    if unused:
+        raise ValueError(f"HF import: the model cannot express these HF tensors (refusing to drop them): "
+                         f"{unused[:6]}{' ...' if len(unused) > 6 else ''}")
     return out
+
+
+def _check_embedding_tie(tensors: dict[str, torch.Tensor], tied: bool) -> None:
+    head = tensors.get("lm_head.weight")
+    if not tied and head is None:
+        raise ValueError("HF import: tie_word_embeddings=false but the checkpoint has no lm_head.weight")
+    if tied and head is not None and not torch.equal(head, tensors["embed_tokens.weight"]):
+        raise ValueError("HF import: tie_word_embeddings=true but lm_head.weight differs from embed_tokens.weight; "
+                         "the config does not match the weights")
+
+
+def _consumed(mc: dict) -> set[str]:
+    """The HF tensor names ``hf_to_megatron`` reads (``model.`` prefix removed)."""
+    qkv = [f"self_attn.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")[:1 + mc["qkv_bias"]]]
+    per_layer = ["input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                 "mlp.up_proj.weight", "mlp.down_proj.weight", "self_attn.o_proj.weight", *qkv]
+    return {"embed_tokens.weight", "norm.weight", "lm_head.weight",
+            *(f"layers.{i}.{n}" for i in range(mc["num_layers"]) for n in per_layer)}
 
 
 def megatron_to_hf(state: dict[str, torch.Tensor], mc: dict) -> dict[str, torch.Tensor]:
@@ -127,7 +154,7 @@ def megatron_to_hf(state: dict[str, torch.Tensor], mc: dict) -> dict[str, torch.
                     h + "mlp.down_proj.weight": state[m + "mlp.linear_fc2.weight"]})
     if mc["tie_embeddings"]:
         out.pop("lm_head.weight")
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}  # host copies: GPU memory stays
 
 
 def import_hf(model, hf_dir: str | Path, tp_rank: int = 0, tp_size: int = 1) -> None:
@@ -147,28 +174,28 @@ def import_hf(model, hf_dir: str | Path, tp_rank: int = 0, tp_size: int = 1) -> 
 
 
 def export_hf(model, mc: dict, out_dir: str | Path, architecture: str = "Qwen2ForCausalLM",
-              tokenizer_dir: str | Path | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files) for a TP=1 model."""
-    if architecture not in SUPPORTED:
-        raise ValueError(f"unsupported architecture {architecture!r}")
+              tokenizer_dir: str | Path | None = None, max_shard_size: str | int = "5GB",
+              special_ids: dict | None = None) -> Path:
+    """Write a TP=1 model as an HF checkpoint: ``config.json``, safetensors in the model's own dtype (sharded as
+    ``model-0000x-of-0000n.safetensors`` + index above ``max_shard_size``), ``generation_config.json`` and the
+    tokenizer files of ``tokenizer_dir``. ``special_ids``: bos/eos/pad token ids (``bos_token_id``, ...)."""
+    from huggingface_hub import save_torch_state_dict
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    save_file(megatron_to_hf(state, mc), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    config = {
-        "architectures": [architecture], "model_type": SUPPORTED[architecture],
-        "num_hidden_layers": mc["num_layers"], "hidden_size": mc["hidden_size"],
-        "intermediate_size": mc["ffn_hidden_size"], "num_attention_heads": mc["num_attention_heads"],
-        "num_key_value_heads": mc["num_query_groups"], "rms_norm_eps": mc["norm_epsilon"],
-        "rope_theta": mc["rotary_base"], "tie_word_embeddings": mc["tie_embeddings"],
-        "max_position_embeddings": mc["max_position_embeddings"], "vocab_size": mc["vocab_size"],
-        "hidden_act": "silu", "torch_dtype": "float32",
-    }
-    if SUPPORTED[architecture] == "llama":
-        config["attention_bias"] = mc["qkv_bias"]
+    dtype = state["embedding.word_embeddings.weight"].dtype
+    ids = {k: v for k, v in (special_ids or {}).items() if v is not None and v >= 0}
+    config = hf_config_from_model(mc, architecture, dtype, ids)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_torch_state_dict(megatron_to_hf(state, mc), out_dir, max_shard_size=shard_bytes(max_shard_size),
+                          metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {}
     if tokenizer_dir is not None:
-        for f in Path(tokenizer_dir).iterdir():
-            if f.is_file():
-                (out_dir / f.name).write_bytes(f.read_bytes())
+        for name in (*HF_TOKENIZER_FILES, "tokenizer.model"):  # generation_config.json is written below
+            if (Path(tokenizer_dir) / name).exists():
+                shutil.copy(Path(tokenizer_dir) / name, out_dir / name)
+        imported = Path(tokenizer_dir) / "generation_config.json"  # the imported model's sampling defaults
+        generation = json.loads(imported.read_text()) if imported.exists() else {}
+    (out_dir / "generation_config.json").write_text(json.dumps({**ids, **generation}, indent=2) + "\n")
     return out_dir

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rpt import checkpoint
 from rpt.model.build import build_model
+from rpt.model.hf_config import check_imported_shape
 
 
 def checkpoint_dir(rd, source: str) -> Path:
@@ -19,7 +20,9 @@ def checkpoint_dir(rd, source: str) -> Path:
 
 
 def load_eval_model(model_cfg, rt, rd, source: str, vocab_size: int):
-    """The model of ``model_cfg`` with ``source``'s latest weights, in eval mode."""
+    """The model of ``model_cfg`` with ``source``'s latest weights, in eval mode. In a run with an ``hf_import``,
+    a ``model_cfg`` of another shape is refused before building (naming the fields)."""
+    check_imported_shape(model_cfg, rd, model_cfg.vocab_size or vocab_size)
     model = build_model(model_cfg, model_cfg.vocab_size or vocab_size, rt.dtype)
     checkpoint.load_model_weights(checkpoint_dir(rd, source), model)
     model.eval()

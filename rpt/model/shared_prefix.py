@@ -16,7 +16,9 @@ prompt ``P``, each response to its longest response ``R``) and the model runs on
 megatron-core's packed-sequence path (THD, ``PackedSeqParams``) cannot express "many sequences share one prefix"
 and needs Transformer Engine, hence this module. The log-probs and entropies come back in the plain
 ``[n, T-1]`` layout (aligned with ``tokens[:, 1:]``, zero outside the responses) so nothing downstream changes;
-the output layer runs only on the hidden states that predict a response token (``output_columns``).
+the output layer runs only on the hidden states that predict a response token, a chunk of tokens at a time
+(``rpt.model.forward.token_logprobs``: the prompt's and the padding's logits are never computed, and no more than
+one chunk's logits exist at once).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rpt.model.forward import logprobs_and_entropy
+from rpt.model.forward import LOGITS_CHUNK_TOKENS, final_hidden_states, token_logprobs, unwrap
 
 
 @dataclass
@@ -136,36 +138,20 @@ def rotary_positions(gpt_model, positions: torch.Tensor):
         handle.remove()
 
 
-@contextlib.contextmanager
-def output_columns(gpt_model, cols: torch.Tensor, rows: torch.Tensor):
-    """Run ``gpt_model``'s output layer only on the hidden states at ``(cols[i, t], rows[i])``: the forward then
-    returns logits ``[n, R, V]`` for those positions instead of ``[rows, S, V]`` for all (with a 150k vocabulary
-    the prompt's logits would be most of the activation memory)."""
-
-    def select(module, args, kwargs):  # hidden states arrive as [S, rows, h]
-        return (args[0][cols.t(), rows.view(1, -1)], *args[1:]), kwargs
-
-    handle = gpt_model.output_layer.register_forward_pre_hook(select, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def shared_prompt_logprobs(model, layout: GroupLayout, n: int, width: int, temperature: float):
+def shared_prompt_logprobs(model, layout: GroupLayout, n: int, width: int, temperature: float,
+                           chunk_tokens: int = LOGITS_CHUNK_TOKENS):
     """Log-probs and full-distribution entropies of every response token, in the plain ``[n, width]`` layout
-    (``width = T - 1``; zero outside the responses)."""
-    gpt = model
-    while hasattr(gpt, "module"):
-        gpt = gpt.module
-    rows = torch.arange(n, device=layout.tokens.device) // layout.mask.group_size
-    with rotary_positions(gpt, layout.positions), output_columns(gpt, layout.source_cols, rows):
-        logits = model(layout.tokens, layout.positions, layout.mask, runtime_gather_output=True)
-    logp, entropy = logprobs_and_entropy(logits.float() / temperature, layout.targets)  # [n, R] each
+    (``width = T - 1``; zero outside the responses); the output layer runs ``chunk_tokens`` tokens at a time."""
+    gpt = unwrap(model)
+    with rotary_positions(gpt, layout.positions):
+        hidden = final_hidden_states(model, layout.tokens, layout.positions, layout.mask)  # [S, rows, h]
     seq, tok = layout.valid.nonzero(as_tuple=True)
+    row = seq // layout.mask.group_size
+    logp, entropy = token_logprobs(gpt, hidden[layout.source_cols[seq, tok], row], layout.targets[seq, tok],
+                                   temperature, chunk_tokens)  # [valid tokens] each
     where = (seq, layout.plain_index[seq, tok])
 
     def plain(values):  # out-of-place index_put keeps the autograd graph
-        return torch.zeros(n, width, dtype=torch.float32, device=logp.device).index_put(where, values[seq, tok])
+        return torch.zeros(n, width, dtype=torch.float32, device=values.device).index_put(where, values)
 
     return plain(logp), plain(entropy)

@@ -1,23 +1,33 @@
 """Batched, KV-cached sampling of completions: the lean decoder (``rpt.rollout.lean_decoder``) where the model
 qualifies, megatron-core's ``StaticInferenceContext`` path otherwise (``rollout.engine`` chooses).
 
+Memory is a function of the configured budget, not of the call: the rows of one call are decoded in chunks of at
+most ``max_batch_rows`` rows and ``max_kv_tokens`` KV-cache tokens (``plan_chunks``; 0 = no limit), and a row
+that finishes (end of sequence, closed answer box, length cap) leaves its chunk at once: its KV-cache row and
+state are compacted away (``keep``), so the decode work is the sum of the responses' lengths, not rows × the
+longest. Chunks are cut between runs of identical prompts where they can be, so a GRPO group's prompt is still
+prefilled once.
+
 Each step feeds one token per sequence. The lean decoder prefills every prompt whole (ragged lengths, each row
 at its own positions), so generation takes ``max_new_tokens`` steps whatever the spread of prompt lengths. The
-megatron path advances all rows in lockstep instead: its cache is prefilled with the shortest prompt and a longer
-prompt's remaining tokens are fed one per step (teacher forcing). Either way every token sits at the position a
-plain causal forward over its own row gives it, so the trainer's recomputed log-probs are comparable with the
-sampler's. Rows are written at per-row columns (``col``), right-padded, in the same layout for both.
+megatron path advances all rows of a chunk in lockstep instead: its cache is prefilled with the shortest prompt
+and a longer prompt's remaining tokens are fed one per step (teacher forcing). Either way every token sits at the
+position a plain causal forward over its own row gives it, so the trainer's recomputed log-probs are comparable
+with the sampler's. Rows are written at per-row columns (``col``), right-padded, in the same layout for both.
 
 The log-prob of every sampled token under the sampling distribution (``logits / temperature`` after top-p) is
 kept for the train/rollout gap metric. The k-th generated token of row i is drawn with the uniform number
-``U[i, k]`` of one table drawn up front from an explicit ``torch.Generator``, so a rollout is a pure function of
-(weights, prompts, seed), whichever engine or prefill produced the logits: resumed runs reproduce it exactly and
-the lean and megatron engines (used by one process and by tensor-parallel runs) sample the same tokens.
+``U[i, k]`` of one table drawn up front for the whole call from an explicit ``torch.Generator``, so a rollout is a
+pure function of (weights, prompts, seed), whichever engine, prefill, chunking or batch composition produced the
+logits: resumed runs reproduce it exactly, the lean and megatron engines (used by one process and by
+tensor-parallel runs) sample the same tokens, and a budget changes memory and speed, never the samples (up to
+float rounding of the logits at another batch size).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import logging
+from dataclasses import dataclass, field, replace
 
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
@@ -25,6 +35,8 @@ from megatron.core.inference.contexts import StaticInferenceContext
 from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.reward.answer import BoxedAnswerStop
 from rpt.rollout import lean_decoder
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "lean", "megatron")
 
@@ -41,14 +53,28 @@ class SamplingParams:
     top_p: float = 1.0
     engine: str = "auto"  # auto | lean | megatron (``make_decoder``)
     stop: BoxedAnswerStop | None = None  # ends a row once its answer box closes
+    max_batch_rows: int = 0  # most rows decoding at once (0: every row of the call)
+    max_kv_tokens: int = 0  # most KV-cache tokens (rows x (longest prompt + max_new_tokens)) at once (0: no limit)
 
     @classmethod
     def from_rollout(cls, rollout_cfg, tokenizer, **overrides) -> SamplingParams:
         stop = BoxedAnswerStop(tokenizer.token_bytes) if rollout_cfg.stop_at_answer else None
         params = cls(max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, top_p=rollout_cfg.top_p,
-                     engine=rollout_cfg.engine, stop=stop)
+                     engine=rollout_cfg.engine, stop=stop, max_batch_rows=rollout_cfg.max_batch_rows,
+                     max_kv_tokens=rollout_cfg.max_kv_tokens)
         return replace(params, **overrides)
+
+
+@dataclass
+class DecodeStats:
+    """How a ``generate`` call spent its work (logged at debug level; tests read it)."""
+
+    chunks: int = 0  # decoder batches run one after another
+    peak_rows: int = 0  # most rows in one decoder batch
+    peak_kv_tokens: int = 0  # largest KV cache allocated: rows x columns
+    prefill_rows: int = 0  # prompt rows the decoders computed (a run of identical prompts counts once: lean)
+    row_steps: int = 0  # sum over decode steps of the rows in the batch (prefill excluded)
 
 
 @dataclass
@@ -58,6 +84,7 @@ class Rollouts:
     response_mask: torch.Tensor  # [N, T] True where the token was generated
     sample_logprobs: torch.Tensor  # [N, T] log-prob of generated tokens under the sampler (0 elsewhere)
     truncated: torch.Tensor  # [N] bool: ended by the max_new_tokens cap (no end-of-sequence, no closed answer)
+    stats: DecodeStats = field(default_factory=DecodeStats, compare=False)  # work done by the producing call
 
     @property
     def response_lens(self) -> torch.Tensor:
@@ -118,6 +145,7 @@ class MegatronDecoder:
     def __init__(self, model, batch: int, max_len: int):
         self.model, self.ctx = model, StaticInferenceContext(batch, max_len)
         self.length = 0
+        self.prefilled_rows = 0
 
     @megatron_cuda_calls
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -134,7 +162,15 @@ class MegatronDecoder:
         """The shortest prompt's length of every row (lockstep): logits after it, and the column each row writes
         next; longer prompts' remaining tokens are fed by ``generate`` one per step."""
         start = int(lens.min())
+        self.prefilled_rows = tokens.shape[0]
         return self.forward(tokens[:, :start]), torch.full_like(lens, start)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Compact the cache to ``rows`` (indices into the current batch, ascending): they become rows
+        0..len(rows)-1 and later calls feed only them (megatron's static cache takes a smaller batch)."""
+        for key, value in self.ctx.key_value_memory_dict.values():  # [max_len, batch, groups, dim]
+            key[:, :len(rows)] = key[:, rows]
+            value[:, :len(rows)] = value[:, rows]
 
 
 def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
@@ -148,54 +184,128 @@ def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
     return MegatronDecoder(model, batch, max_len)
 
 
+def prompt_runs(prompts: list[list[int]]) -> list[int]:
+    """Lengths of the runs of identical consecutive prompts (a GRPO group's G copies form one run)."""
+    runs: list[int] = []
+    for i, p in enumerate(prompts):
+        if i and p == prompts[i - 1]:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
+
+
+def plan_chunks(prompt_lens: list[int], runs: list[int], max_new_tokens: int, max_rows: int = 0,
+                max_kv_tokens: int = 0) -> list[range]:
+    """Consecutive row ranges that decode together: at most ``max_rows`` rows and ``max_kv_tokens`` cache tokens
+    (rows x (the chunk's longest prompt + ``max_new_tokens``)) each, 0 meaning no limit. Whole runs of identical
+    prompts are packed greedily so each is prefilled once; a run that does not fit an empty chunk is split."""
+    if max_rows < 0 or max_kv_tokens < 0:
+        raise ValueError(f"generate: budgets must be >= 0 (0 = no limit), got max_batch_rows={max_rows}, "
+                         f"max_kv_tokens={max_kv_tokens}")
+    need = max(prompt_lens, default=0) + max_new_tokens
+    if max_kv_tokens and need > max_kv_tokens:
+        raise ValueError(f"rollout.max_kv_tokens={max_kv_tokens} cannot hold one row: its longest prompt plus "
+                         f"max_new_tokens is {need} tokens")
+
+    def fits(start: int, end: int) -> bool:
+        rows = end - start
+        width = max(prompt_lens[start:end]) + max_new_tokens
+        return (not max_rows or rows <= max_rows) and (not max_kv_tokens or rows * width <= max_kv_tokens)
+
+    chunks, start, end = [], 0, 0
+    for run in runs:
+        run_end = end + run
+        if fits(start, run_end):
+            end = run_end
+            continue
+        if end > start:  # close the chunk before this run
+            chunks.append(range(start, end))
+            start = end
+        while not fits(start, run_end):  # the run alone is too big: split it
+            cut = start + 1
+            while fits(start, cut + 1):
+                cut += 1
+            chunks.append(range(start, cut))
+            start = cut
+        end = run_end
+    if end > start:
+        chunks.append(range(start, end))
+    return chunks
+
+
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], sampling: SamplingParams, seed: int, device) -> Rollouts:
     """Complete every prompt once (replicate prompts G times beforehand for G samples each), as ``sampling``
-    says; a pure function of (weights, prompts, sampling, seed)."""
-    max_new_tokens, temperature, top_p = sampling.max_new_tokens, sampling.temperature, sampling.top_p
-    eos_id, pad_id, stop = sampling.eos_id, sampling.pad_id, sampling.stop
+    says, within its row and KV-token budget; a pure function of (weights, prompts, sampling, seed)."""
     n = len(prompts)
-    lens = torch.tensor([len(p) for p in prompts], device=device)
-    if int(lens.min()) < 1:
+    if n == 0:
+        return Rollouts.concat([], sampling.pad_id)
+    if min(len(p) for p in prompts) < 1:
         raise ValueError("generate: every prompt needs at least one token")
-    total = int(lens.max()) + max_new_tokens
-    tokens = torch.full((n, total), pad_id, dtype=torch.long, device=device)
+    lens = torch.tensor([len(p) for p in prompts], device=device)
+    total = int(lens.max()) + sampling.max_new_tokens
+    tokens = torch.full((n, total), sampling.pad_id, dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         tokens[i, :len(p)] = torch.tensor(p, device=device)
-    mask = torch.zeros(n, total, dtype=torch.bool, device=device)
-    sample_lp = torch.zeros(n, total, dtype=torch.float32, device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    capped = torch.zeros(n, dtype=torch.bool, device=device)
-    uniforms = torch.rand(n, max_new_tokens, generator=torch.Generator().manual_seed(seed)).to(device)
-    if stop is not None:
-        stop.reset(n)
+    out = Rollouts(tokens, lens, torch.zeros(n, total, dtype=torch.bool, device=device),
+                   torch.zeros(n, total, dtype=torch.float32, device=device),
+                   torch.zeros(n, dtype=torch.bool, device=device))
+    # row i's k-th draw is U[i, k] whatever chunk or batch position row i decodes in
+    uniforms = torch.rand(n, sampling.max_new_tokens, generator=torch.Generator().manual_seed(seed)).to(device)
+    if sampling.stop is not None:
+        sampling.stop.reset(n)
+    chunks = plan_chunks(lens.tolist(), prompt_runs(prompts), sampling.max_new_tokens, sampling.max_batch_rows,
+                         sampling.max_kv_tokens)
     was_training = model.training
     model.eval()
-    decoder = make_decoder(model, n, total, sampling.engine)
-    logits, col = decoder.prefill(tokens[:, :int(lens.max())], lens)  # col: the column each row writes next
-    rows = torch.arange(n, device=device)
+    try:
+        for rows in chunks:
+            _decode_chunk(model, torch.arange(rows.start, rows.stop, device=device), out, uniforms, sampling)
+    finally:
+        model.train(was_training)
+    out.stats.chunks = len(chunks)
+    log.debug("generate: %d rows in %d chunks, %s", n, len(chunks), out.stats)
+    mask = out.response_mask
+    width = int((mask.any(0).nonzero().max() + 1) if mask.any() else lens.max())
+    return Rollouts(out.tokens[:, :width].clone(), lens, mask[:, :width].clone(),
+                    out.sample_logprobs[:, :width].clone(), out.truncated, out.stats)
+
+
+def _decode_chunk(model, rows: torch.Tensor, out: Rollouts, uniforms: torch.Tensor, sampling: SamplingParams):
+    """Decode the global rows ``rows`` together into ``out``; a row leaves the batch as soon as it ends."""
+    max_new_tokens, eos_id, stop = sampling.max_new_tokens, sampling.eos_id, sampling.stop
+    lens = out.prompt_lens[rows]
+    width = int(lens.max()) + max_new_tokens
+    decoder = make_decoder(model, len(rows), width, sampling.engine)
+    stats = out.stats
+    stats.peak_rows = max(stats.peak_rows, len(rows))
+    stats.peak_kv_tokens = max(stats.peak_kv_tokens, len(rows) * width)
+    logits, col = decoder.prefill(out.tokens[rows, :int(lens.max())], lens)  # col: the column each row writes next
+    stats.prefill_rows += decoder.prefilled_rows
     while True:
         in_prompt = col < lens
-        sampled, lp = _sample(logits, temperature, top_p,
+        sampled, lp = _sample(logits, sampling.temperature, sampling.top_p,
                               uniforms[rows, (col - lens).clamp(0, max_new_tokens - 1)])
-        gen = ~in_prompt & ~done
-        tokens[rows, col] = torch.where(in_prompt, tokens[rows, col],
-                                        torch.where(gen, sampled, torch.full_like(sampled, pad_id)))
-        mask[rows, col] = gen
-        sample_lp[rows, col] = torch.where(gen, lp, torch.zeros_like(lp))
+        gen = ~in_prompt
+        out.tokens[rows, col] = torch.where(in_prompt, out.tokens[rows, col], sampled)
+        out.response_mask[rows, col] = gen
+        out.sample_logprobs[rows, col] = torch.where(gen, lp, torch.zeros_like(lp))
         ended = sampled == eos_id
         if stop is not None:
-            ids = sampled.tolist()
+            ids, global_rows = sampled.tolist(), rows.tolist()
             for i in gen.nonzero().squeeze(-1).tolist():
-                if stop.update(i, ids[i]):
+                if stop.update(global_rows[i], ids[i]):
                     ended[i] = True
         at_cap = col + 1 - lens >= max_new_tokens
-        capped |= gen & at_cap & ~ended
-        done |= gen & (ended | at_cap)
-        if bool(done.all()) or int(col.max()) + 1 == total:
-            break
-        logits = decoder.forward(tokens[rows, col].unsqueeze(1))
+        out.truncated[rows] = gen & at_cap & ~ended
+        going = ~(gen & (ended | at_cap))
+        if not bool(going.any()):
+            return
+        if not bool(going.all()):  # finished rows leave the batch: compact the cache and the row state
+            keep = going.nonzero().squeeze(-1)
+            decoder.keep(keep)
+            rows, lens, col = rows[keep], lens[keep], col[keep]
+        stats.row_steps += len(rows)
+        logits = decoder.forward(out.tokens[rows, col].unsqueeze(1))
         col = col + 1
-    model.train(was_training)
-    width = int((mask.any(0).nonzero().max() + 1) if mask.any() else lens.max())
-    return Rollouts(tokens[:, :width].clone(), lens, mask[:, :width].clone(), sample_lp[:, :width].clone(), capped)

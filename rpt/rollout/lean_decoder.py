@@ -8,7 +8,8 @@ HF ``generate``). This module reads the model's own parameters (no copies, so it
 and runs each layer as a handful of torch calls: RMSNorm, fused QKV projection split by query group, RoPE,
 a preallocated KV cache written in place, SDPA with grouped-query heads, output projection, SwiGLU MLP.
 The prefill runs once per run of identical rows (a GRPO group's G copies of one prompt) and copies the keys and
-values into each row's cache, so a group's prompt costs one forward instead of G.
+values into each row's cache, so a group's prompt costs one forward instead of G. ``keep`` compacts the cache to
+the rows still decoding (``rpt.rollout.engine`` drops finished rows), so later steps compute only those rows.
 
 Scope: the architecture ``rpt.model.build`` makes (RMSNorm, SwiGLU, RoPE without interleaving, GQA, optional
 QKV bias, tied or untied output), tensor- and pipeline-parallel size 1. ``supports(model)`` says whether a model
@@ -63,7 +64,18 @@ class LeanDecoder:
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, head_dim]
         self.cos, self.sin = emb.cos().to(param.dtype), emb.sin().to(param.dtype)
         self.length = 0  # cache columns filled
-        self.offsets = None  # [batch] left padding of each row's cache; None = no row is padded
+        self.rows = batch  # rows decoding: the first ``rows`` rows of the cache
+        self.offsets = None  # [rows] left padding of each row's cache; None = no row is padded
+        self.prefilled_rows = 0  # distinct prompt rows the prefill computed
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Compact the cache to ``rows`` (indices into the current batch, ascending): they become rows
+        0..len(rows)-1, and later steps feed only them."""
+        for cache in (*self.k_cache, *self.v_cache):
+            cache[:len(rows)] = cache[rows]
+        self.rows = len(rows)
+        if self.offsets is not None:
+            self.offsets = self.offsets[rows]
 
     def _rope_and_mask(self, offsets, s: int, device):
         """cos/sin for this call's columns of rows with left padding ``offsets`` and the boolean attention mask
@@ -93,14 +105,15 @@ class LeanDecoder:
         start, end = self.length, self.length + s
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        k_cache, v_cache = self.k_cache[index][:self.rows], self.v_cache[index][:self.rows]
         if copies is not None:  # prefill of unique rows: attend within them, fill every copy's cache
-            self.k_cache[index][:, :, start:end] = k.repeat_interleave(copies, 0)
-            self.v_cache[index][:, :, start:end] = v.repeat_interleave(copies, 0)
+            k_cache[:, :, start:end] = k.repeat_interleave(copies, 0)
+            v_cache[:, :, start:end] = v.repeat_interleave(copies, 0)
             keys, values = k, v
         else:
-            self.k_cache[index][:, :, start:end] = k
-            self.v_cache[index][:, :, start:end] = v
-            keys, values = self.k_cache[index][:, :, :end], self.v_cache[index][:, :, :end]
+            k_cache[:, :, start:end] = k
+            v_cache[:, :, start:end] = v
+            keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
         # a prefill attends causally within itself; a single new token attends to everything cached
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              is_causal=mask is None and s > 1 and start == 0, scale=self.scale,
@@ -117,6 +130,7 @@ class LeanDecoder:
         """Every prompt whole: logits ``[b, vocab]`` after the last token of each, and the column each row writes
         next (its length). ``tokens`` ``[b, max(lens)]`` right-padded."""
         width = tokens.shape[1]
+        self.prefilled_rows = tokens.shape[0]  # a multi-token forward counts its distinct rows instead
         offsets = width - lens.to(tokens.device)
         if bool((offsets == 0).all()):
             return self.forward(tokens), lens.clone()
@@ -129,11 +143,14 @@ class LeanDecoder:
         """Logits ``[b, vocab]`` (float32) after the last of ``tokens`` ``[b, s]``, which follow the cache."""
         if tokens.shape[1] > 1 and self.length > 0:
             raise ValueError("LeanDecoder: multi-token steps are only supported as the first (prefill) call")
+        if tokens.shape[0] != self.rows:
+            raise ValueError(f"LeanDecoder: {self.rows} rows are decoding, got a step of {tokens.shape[0]}")
         model = self.model
         offsets, copies = self.offsets, None
         if tokens.shape[1] > 1:  # prefill: each run of identical rows is computed once
             first, copies = _unique_runs(tokens, offsets)
             tokens = tokens[first]
+            self.prefilled_rows = len(first)
             offsets = None if offsets is None else offsets[first]
         cos, sin, mask = self._rope_and_mask(offsets, tokens.shape[1], tokens.device)
         x = F.embedding(tokens, model.embedding.word_embeddings.weight)

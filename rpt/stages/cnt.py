@@ -16,6 +16,7 @@ from rpt.checkpoint import latest_step_dir
 from rpt.distributed import dp_mean
 from rpt.model.forward import last_token_logits
 from rpt.model.loading import checkpoint_dir
+from rpt.positions import Positions
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
 from rpt.train.loop import LoopSpec, run_loop
@@ -35,7 +36,7 @@ def run(ctx) -> dict:
     lc = cfg.rpt
     rd.require("select")
     tok = Tokenizer.from_run(rd)
-    task = NextTokenTask(rd.positions / "train.jsonl", tok, cfg.rollout.templates[cfg.rollout.template])
+    task = NextTokenTask(Positions.of_run(rd, "train"), tok, cfg.rollout.templates[cfg.rollout.template])
     trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, lc, lc.steps)
     per_step = lc.prompts_per_step * cfg.rollout.group_size
 

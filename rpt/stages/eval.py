@@ -1,10 +1,11 @@
 """Stage `eval`: next-token accuracy on held-out high-entropy positions by difficulty, and downstream task
 accuracy, for every checkpoint the run has.
 
-Next-token: base predicting directly, base reasoning first, RPT reasoning first (and RPT directly), each greedy
-and averaged over k samples. Buckets are nested like the paper's thresholds: "easy" = entropy > 0.5 (all held-out
-positions), "medium" > 1.0, "hard" > 1.5. Downstream: greedy and k-sample accuracy on the held-out questions.
-Concentration: for every finished RL stage, where its change of the policy lands (``rpt.analysis.concentration``).
+Next-token: the base (pretrained here, ``base``, or imported, ``hf``) predicting directly and reasoning first, RPT
+reasoning first (and RPT directly), each greedy and averaged over k samples. Buckets are nested like the paper's
+thresholds: "easy" = entropy > 0.5 (all held-out positions), "medium" > 1.0, "hard" > 1.5. Downstream: greedy and
+k-sample accuracy on the held-out questions. Concentration: for every finished RL stage, where its change of the
+policy lands (``rpt.analysis.concentration``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rpt import checkpoint
 from rpt.analysis.concentration import measure_concentration
 from rpt.eval.accuracy import direct_next_token, mean_diversity, pass_at_ks, reasoning_first, sample_completions
 from rpt.model.loading import load_eval_model
+from rpt.positions import Positions
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
 from rpt.tasks.downstream import build_downstream_task
@@ -57,7 +59,7 @@ def run(ctx) -> dict:
     ec = cfg.eval
     tok = Tokenizer.from_run(rd)
     template = cfg.rollout.templates[cfg.rollout.template]
-    nt_task = NextTokenTask(rd.positions / "heldout.jsonl", tok, template)
+    nt_task = NextTokenTask(Positions.of_run(rd, "heldout"), tok, template)
     rng = np.random.default_rng(cfg.run.seed)
     pick = sorted(rng.permutation(len(nt_task))[:ec.max_positions].tolist())
     items = [nt_task.items[i] for i in pick]
@@ -67,7 +69,8 @@ def run(ctx) -> dict:
                                           temperature=ec.temperature)
     greedy = replace(sampled, temperature=0.0)
     next_token = {}
-    for source in [s for s in ("pretrain", "rpt", "cnt") if rd.is_done(s)]:
+    imported = checkpoint.latest_step_dir(rd.checkpoints("hf")) is not None
+    for source in [s for s in ("hf", "pretrain", "rpt", "cnt") if rd.is_done(s) or (s == "hf" and imported)]:
         model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
         label = "base" if source == "pretrain" else source
         runs = {

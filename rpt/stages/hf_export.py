@@ -1,6 +1,7 @@
 """Stage `hf_export`: write a stage's latest checkpoint (``hf.source``: rpt, rl_rpt, pretrain, …) as an HF
-checkpoint (config.json + model.safetensors + tokenizer files) that vLLM, lm-eval or verl load. Runs at TP=1;
-dist-checkpoints saved under any layout load here."""
+checkpoint that vLLM, lm-eval, verl or ``transformers`` load: config.json, safetensors in the run's dtype (bf16 on
+GPU), sharded above ``hf.max_shard_size``, generation_config.json with the tokenizer's bos/eos ids, and the
+tokenizer files. Runs at TP=1; dist-checkpoints saved under any layout load here."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ def run(ctx) -> dict:
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
     if cfg.run.tensor_parallel != 1:
         raise ValueError("hf_export runs with run.tensor_parallel=1 (the checkpoint reshards on load)")
-    vocab = cfg.model.vocab_size or Tokenizer.from_run(rd).vocab_size
+    tok = Tokenizer.from_run(rd)
+    vocab = cfg.model.vocab_size or tok.vocab_size
     model = load_eval_model(cfg.model, rt, rd, cfg.hf.source, vocab)
     mc = {**asdict(cfg.model), "vocab_size": vocab}
     out = Path(cfg.hf.export_dir or rd.path / "hf" / cfg.hf.source)
     if rt.is_main:
-        export_hf(model, mc, out, cfg.hf.architecture, rd.tokenizer if rd.tokenizer.exists() else None)
+        special_ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+        export_hf(model, mc, out, cfg.hf.architecture, rd.tokenizer, cfg.hf.max_shard_size, special_ids)
     ctx.barrier()
-    return {"source": cfg.hf.source, "out": str(out)}
+    return {"source": cfg.hf.source, "out": str(out), "dtype": str(rt.dtype).removeprefix("torch.")}

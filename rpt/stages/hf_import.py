@@ -1,11 +1,18 @@
 """Stage `hf_import`: bring an HF checkpoint (Qwen2 / Qwen2.5 / Llama: config.json + safetensors + tokenizer
 files) into the run as a megatron dist-checkpoint under ``checkpoints/hf/``, sharded for the current tensor-
-parallel layout, and its ``tokenizer.json`` into ``tokenizer/``. Later stages start from it with
-``rpt.init_from=hf`` or ``rl_task.train_on=[hf]``.
+parallel layout, and its tokenizer files (tokenizer.json, tokenizer_config.json with the special tokens and chat
+template, generation_config.json) into ``tokenizer/``. Later stages start from it with ``rpt.init_from=hf`` or
+``rl_task.train_on=[hf]``.
+
+The run's ``model`` config must already be the checkpoint's shape (``model=qwen2_5_1_5b`` or the overrides the
+error lists): the stage refuses a config that differs from config.json rather than quietly importing another
+shape, because every later stage builds its model from ``model``, and the run's saved config must tell the truth.
+The shape read is recorded in ``checkpoints/hf/model.json``, which later stages check their ``model`` against.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,7 +20,34 @@ from megatron.core import parallel_state
 
 from rpt.checkpoint import save_model_only
 from rpt.model.build import build_model
-from rpt.model.hf import import_hf, model_config_from_hf
+from rpt.model.hf import HF_TOKENIZER_FILES, import_hf
+from rpt.model.hf_config import model_config_from_hf, overrides_for, shape_mismatches, write_shape_record
+from rpt.tokenizer import HFTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def check_model_config(model_cfg, hf_cfg: dict, tokenizer_vocab: int, src: Path) -> None:
+    """Refuse a ``model`` config that differs from the checkpoint's, naming each field with both values."""
+    if tokenizer_vocab > hf_cfg["vocab_size"]:
+        raise ValueError(f"{src}: the tokenizer defines {tokenizer_vocab} ids but the model has only "
+                         f"{hf_cfg['vocab_size']} embedding rows")
+    diffs = shape_mismatches(model_cfg, tokenizer_vocab, hf_cfg)
+    if diffs:
+        listed = ", ".join(f"model.{f}={ours} (config) vs {theirs} (config.json)" for f, ours, theirs in diffs)
+        raise ValueError(f"the model config does not match the checkpoint: {listed}. Pick the matching model=... "
+                         f"entry or pass {overrides_for(hf_cfg)}")
+    if model_cfg.max_position_embeddings != hf_cfg["max_position_embeddings"]:
+        log.info("model.max_position_embeddings=%d (the checkpoint's config.json says %d)",
+                 model_cfg.max_position_embeddings, hf_cfg["max_position_embeddings"])
+
+
+def copy_tokenizer(src: Path, dest: Path) -> None:
+    """The checkpoint's tokenizer files (not a sentencepiece tokenizer.model: the run reads tokenizer.json)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (*HF_TOKENIZER_FILES, "generation_config.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dest / name)
 
 
 def run(ctx) -> dict:
@@ -22,19 +56,16 @@ def run(ctx) -> dict:
         raise ValueError("hf_import needs hf.path=/path/to/hf/checkpoint")
     src = Path(cfg.hf.path)
     hf_cfg = model_config_from_hf(src)
-    ours = {k: getattr(cfg.model, k, None) for k in hf_cfg if k != "name"}
-    mismatched = {k: (ours[k], hf_cfg[k]) for k in ours if ours[k] is not None and ours[k] != hf_cfg[k]}
-    if mismatched:
-        raise ValueError(f"model config does not match {src}/config.json (ours, theirs): {mismatched}; "
-                         f"pick the matching model=... entry or override these fields")
+    if not (src / "tokenizer.json").exists():
+        raise FileNotFoundError(f"no tokenizer.json in {src}; hf_import needs the checkpoint's tokenizer files")
+    check_model_config(cfg.model, hf_cfg, HFTokenizer(src / "tokenizer.json").vocab_size, src)
+    if rt.is_main:
+        copy_tokenizer(src, rd.tokenizer)
     model = build_model(cfg.model, hf_cfg["vocab_size"], rt.dtype)
     import_hf(model, src, parallel_state.get_tensor_model_parallel_rank(),
               parallel_state.get_tensor_model_parallel_world_size())
     step_dir = save_model_only(rd.checkpoints("hf"), model)
     if rt.is_main:
-        rd.tokenizer.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (src / name).exists():
-                shutil.copy(src / name, rd.tokenizer / name)
+        write_shape_record(rd, src, hf_cfg)
     ctx.barrier()
     return {"source": str(src), "checkpoint": str(step_dir), "model": hf_cfg}

@@ -6,6 +6,10 @@ A user corpus is streamed, never held in memory: the sentencepiece tokenizer is 
 by a hash of its id, tokenises it and streams it into its own part files; finally rank 0 merges the parts in rank
 order, dropping documents an earlier part already holds and applying ``data.max_docs`` to the whole, so the result
 equals a one-process run. The small embedded demo corpus is written by rank 0 directly.
+
+A run that starts from an imported model (``select.proxy=hf`` or ``rpt.init_from=hf``) must have imported it first
+(its tokenizer is the run's), and usually routes every document to the RPT split (``data.rpt_fraction=1.0``: the
+pretraining split may then be empty). An empty ``data.source`` is refused with the override to give.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ SPLITS = ("pretrain", "rpt")
 
 
 def _split_of(did: str, rpt_fraction: float) -> str:
+    if rpt_fraction >= 1.0:  # a run that imports its base pretrains nothing: every document is for RPT
+        return "rpt"
     bucket = int(hashlib.sha256(did.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "rpt" if bucket < rpt_fraction else "pretrain"
 
@@ -70,8 +76,7 @@ def _merge_parts(cfg, rd, world: int, shard_stats: list[IngestStats], vocab_size
     writers = {name: IndexedWriter(rd.data / name, vocab_size) for name in SPLITS}
     stats, seen = IngestStats(), set()
     for s in shard_stats:
-        stats.read += s.read
-        stats.skipped.update(s.skipped)
+        stats.merge(s)
     for rank in range(world):
         readers = {name: IndexedDocs(parts / f"{name}.rank{rank}") for name in SPLITS}
         cursor = dict.fromkeys(SPLITS, 0)
@@ -100,8 +105,34 @@ def _train_tokenizer_on_sample(cfg, rd) -> None:
                     cfg.data.tokenizer_type)
 
 
+def _check_import(cfg, rd) -> None:
+    """A run that starts from an imported model must tokenise with that model's tokenizer: refuse to train a new
+    one (whose ids would mean nothing to the imported weights) when `hf_import` has not run."""
+    users = [key for key, value in (("select.proxy", cfg.select.proxy), ("rpt.init_from", cfg.rpt.init_from))
+             if value == "hf"]
+    if users and not (rd.tokenizer / "tokenizer.json").exists():
+        raise ValueError(f"prep: {' and '.join(f'{k}=hf' for k in users)} start from an imported model, but "
+                         f"{rd.tokenizer} holds no imported tokenizer.json; run `rpt hf_import run.name="
+                         f"{rd.path.name} hf.path=/path/to/hf/checkpoint` (with this run's experiment= or model=) "
+                         f"first")
+
+
+def _empty_split_error(cfg, name: str, stats: IngestStats) -> str:
+    error = f"prep: the {name} split is empty (source {cfg.data.source!r}, {stats.as_dict()})"
+    if stats.missing_fields:
+        wanted = f"data.text_template={cfg.data.text_template!r}" if cfg.data.text_template else \
+            f"data.text_field={cfg.data.text_field!r}"
+        error += (f"; records lack the field(s) {sorted(stats.missing_fields)} that {wanted} names; the first "
+                  f"record has {stats.fields_seen}")
+    return error
+
+
 def run(ctx) -> dict:
     cfg, rd, rt = ctx.cfg, ctx.rd, ctx.rt
+    if not cfg.data.source:  # conf/data/jsonl.yaml leaves it empty: a corpus must be named, never a silent default
+        raise ValueError("prep: data.source is empty; name the corpus: data.source=/path/to/docs.jsonl (jsonl, json, "
+                         "parquet or txt files, a glob, or a hub dataset name)")
+    _check_import(cfg, rd)
     summary: dict = {"splits": {}}
     if cfg.data.source == "demo":
         if rt.is_main:
@@ -122,9 +153,10 @@ def run(ctx) -> dict:
     error = None
     if rt.is_main:
         write_json(rd.data / "ingest_summary.json", stats.as_dict())
-        empty = [name for name, manifest in summary["splits"].items() if not manifest["documents"]]
+        wanted = [name for name in SPLITS if name != "pretrain" or cfg.data.rpt_fraction < 1.0]
+        empty = [name for name in wanted if not summary["splits"][name]["documents"]]
         if empty:
-            error = f"prep: the {empty[0]} split is empty (source {cfg.data.source!r}, {stats.as_dict()})"
+            error = _empty_split_error(cfg, empty[0], stats)
     error = broadcast_from_main(error)  # every rank raises the same error instead of waiting for rank 0 forever
     if error:
         raise ValueError(error)

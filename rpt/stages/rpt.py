@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from rpt.eval.validation import Validator
+from rpt.positions import Positions
 from rpt.rollout.engine import SamplingParams
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
@@ -15,10 +16,10 @@ def run(ctx) -> dict:
     rd.require("select")
     tok = Tokenizer.from_run(rd)
     template = cfg.rollout.templates[cfg.rollout.template]
-    task = NextTokenTask(rd.positions / "train.jsonl", tok, template, cfg.rollout.format_reward)
+    task = NextTokenTask(Positions.of_run(rd, "train"), tok, template, cfg.rollout.format_reward)
     validator = None
     if cfg.rpt.eval_every:
-        heldout = NextTokenTask(rd.positions / "heldout.jsonl", tok, template)
+        heldout = NextTokenTask(Positions.of_run(rd, "heldout"), tok, template)
         sampling = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=cfg.eval.max_new_tokens)
         validator = Validator(heldout, cfg.rpt.eval_size, sampling, cfg.run.seed, ctx.rt,
                               cfg.select.difficulty_thresholds)

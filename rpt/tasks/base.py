@@ -10,11 +10,13 @@ from typing import Any
 
 
 class Task(abc.ABC):
-    """Items plus ``prompt_ids``/``reward``; ``tokenizer`` is the tokenizer the prompts are encoded with."""
+    """Items plus ``prompt_ids``/``reward``; ``tokenizer`` is the tokenizer the prompts are encoded with;
+    ``chat_template``: prompts are the user turn of the tokenizer's chat template (rollout.chat_template)."""
 
-    def __init__(self, items: Sequence[Any], tokenizer):
+    def __init__(self, items: Sequence[Any], tokenizer, chat_template: bool = False):
         self.items = items
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
 
     def __len__(self) -> int:
         return len(self.items)
@@ -64,7 +66,31 @@ def split_template(template: str, slot: str) -> tuple[str, str]:
     return before.replace("{{", "{").replace("}}", "}"), after.replace("{{", "{").replace("}}", "}")
 
 
-def render_prompt(tokenizer, template: str, context_ids: Sequence[int]) -> list[int]:
-    """Template text around the context's own token ids (the context is never re-tokenised)."""
+_CONTEXT_MARK = "\x00rpt-context\x00"  # stands for the context while the chat template renders around it
+
+
+def chat_frame(tokenizer, before: str, after: str) -> tuple[str, str]:
+    """The text around the context once ``before + context + after`` is the user turn of the tokenizer's chat
+    template (with the generation prompt): rendered around a marker, then cut there, so the context's ids are
+    placed as they are."""
+    rendered = tokenizer.chat_prompt(before + _CONTEXT_MARK + after)
+    if rendered.count(_CONTEXT_MARK) != 1:
+        raise ValueError("the tokenizer's chat template does not place the user message verbatim; cannot put the "
+                         "context's token ids into it (use rollout.chat_template=false)")
+    head, tail = rendered.split(_CONTEXT_MARK)
+    return head, tail
+
+
+def render_prompt(tokenizer, template: str, context_ids: Sequence[int], chat_template: bool = False) -> list[int]:
+    """Template text around the context's own token ids (the context is never re-tokenised). ``chat_template``:
+    the template text (context included) is the user message of the tokenizer's chat template, followed by the
+    assistant's generation prompt (rollout.chat_template)."""
     before, after = split_template(template, "context")
+    if chat_template:
+        before, after = chat_frame(tokenizer, before, after)
     return (tokenizer.encode(before) if before else []) + list(context_ids) + (tokenizer.encode(after) if after else [])
+
+
+def render_text_prompt(tokenizer, text: str, chat_template: bool = False) -> list[int]:
+    """A prompt given as text (downstream questions) as ids, as the user turn of the chat template if asked."""
+    return tokenizer.encode(tokenizer.chat_prompt(text) if chat_template else text)

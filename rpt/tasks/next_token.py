@@ -9,7 +9,7 @@ ground-truth token boundary. The prediction is the response's boxed answer (``rp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rpt.reward.answer import extract_answer
@@ -41,29 +41,34 @@ def prefix_reward(prediction: str | bytes | None, target_token_bytes: Sequence[b
 
 
 class NextTokenTask(Task):
-    def __init__(self, positions_file: Path, tokenizer, template: str, format_reward: float = 0.0):
-        items = read_jsonl(positions_file)
-        if not items:
-            raise ValueError(f"no positions in {positions_file}")
-        super().__init__(items, tokenizer)
+    """Items are positions: mappings with ``context`` and ``target`` token ids and the proxy's ``entropy``. Either
+    selected positions by reference (``rpt.positions.Positions``: a rank reads an item's tokens from the corpus
+    only when it uses the item) or a ``.jsonl`` file of items written out in full (small hand-made tasks)."""
+
+    def __init__(self, positions: Sequence[Mapping] | Path, tokenizer, template: str, format_reward: float = 0.0,
+                 chat_template: bool = False):
+        items = read_jsonl(positions) if isinstance(positions, str | Path) else positions
+        if not len(items):
+            raise ValueError(f"no positions in {getattr(positions, 'split', positions)}")
+        super().__init__(items, tokenizer, chat_template)
         self.template = template
         self.format_reward = format_reward
 
-    def prompt_ids(self, item: dict) -> list[int]:
-        return render_prompt(self.tokenizer, self.template, item["context"])
+    def prompt_ids(self, item: Mapping) -> list[int]:
+        return render_prompt(self.tokenizer, self.template, item["context"], self.chat_template)
 
-    def target_bytes(self, item: dict) -> list[bytes]:
+    def target_bytes(self, item: Mapping) -> list[bytes]:
         return [self.tokenizer.token_bytes(t) for t in item["target"]]
 
-    def reward(self, item: dict, response_text: str) -> float:
+    def reward(self, item: Mapping, response_text: str) -> float:
         answer = extract_answer(response_text)
         bonus = self.format_reward if answer else 0.0
         return prefix_reward(answer, self.target_bytes(item)) + bonus
 
-    def reference(self, item: dict) -> str:
+    def reference(self, item: Mapping) -> str:
         """The stored ground-truth continuation as text."""
         return b"".join(self.target_bytes(item)).decode("utf-8", errors="replace")
 
-    def answer_length(self, item: dict, answer: str | None) -> int | None:
+    def answer_length(self, item: Mapping, answer: str | None) -> int | None:
         """Target tokens a correct boxed answer covers (1 = just the next token); None when it is not correct."""
         return matched_tokens(answer, self.target_bytes(item)) or None

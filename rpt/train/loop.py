@@ -1,5 +1,6 @@
 """The one training-loop skeleton every training stage runs (pretrain, cnt, rpt, rl): it owns resume, metrics,
-the progress bar, preemption and checkpoints, so a stage writes only its step.
+the progress bar, preemption and the time budget (rpt/train/preemption.py), and checkpoints, so a stage writes
+only its step.
 
 A step is ``step_fn(step, state) -> (metrics or None, state)``: ``step`` counts from 0, ``state`` is the loop's
 own JSON-able state (e.g. the RL data cursor), saved in every checkpoint and handed back on resume. Metrics rows
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,9 @@ def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
     history = []
     bar = ctx.progress(range(start, spec.steps), desc=spec.stage, initial=start, total=spec.steps)
     plain_log = ctx.cfg.logging.log_every if not sys.stderr.isatty() else 0
+    budget = preemption.TimeBudget.from_run(ctx.cfg.run)
     for step in bar:
+        step_start = time.perf_counter()
         row, state = step_fn(step, state)
         if row is not None:
             samples = row.pop("samples", None)
@@ -62,7 +66,8 @@ def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
             if plain_log and ((step + 1) % plain_log == 0 or step + 1 == spec.steps):
                 log.info("%s step %d/%d %s", spec.stage, step + 1, spec.steps,
                          " ".join(f"{k}={v}" for k, v in shown.items()))
+        budget.step_done(time.perf_counter() - step_start)
         preemption.end_of_step(spec.stage, step + 1, spec.steps, spec.checkpoint_every, ckpt_dir, trainable,
-                               metrics, state)
+                               metrics, state, budget=budget, is_main=ctx.rt.is_main)
     metrics.close()
     return history

@@ -1,12 +1,15 @@
 """Trainable model bundle: megatron DDP + megatron optimizer (Adam, fp32 main params) + LR/WD scheduler.
 
 Pretrain, RPT and RL all train through this one bundle, so data parallelism, gradient clipping, mixed precision
-on GPU and checkpoint layout are identical across stages.
+on GPU and checkpoint layout are identical across stages. ``model.distributed_optimizer`` switches both the DDP
+wrapper (contiguous grad buffers reduce-scattered) and the optimizer to megatron's distributed optimizer: each
+data-parallel rank keeps Adam's moments and the fp32 main weights of its 1/DP shard only (ZeRO-1); the training
+math is unchanged (tested equal to the plain optimizer) and its checkpoints reshard (``rpt.checkpoint``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -22,6 +25,7 @@ class Trainable:
     model: DistributedDataParallel  # call it like the GPTModel; `.module` is the GPTModel
     optimizer: object  # megatron MegatronOptimizer
     scheduler: OptimizerParamScheduler
+    extra_models: dict = field(default_factory=dict)  # name -> GPTModel saved in every checkpoint (SDPO's EMA teacher)
 
     def zero_grad(self) -> None:
         self.model.zero_grad_buffer()
@@ -51,7 +55,7 @@ def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int)
     ddp = DistributedDataParallel(
         gpt.config,
         DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                      use_distributed_optimizer=False),
+                                      use_distributed_optimizer=model_cfg.distributed_optimizer),
         gpt,
     )
     bf16 = rt.dtype == torch.bfloat16
@@ -59,7 +63,7 @@ def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int)
         OptimizerConfig(optimizer="adam", lr=train_cfg.lr, min_lr=train_cfg.min_lr,
                         weight_decay=train_cfg.weight_decay, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
                         clip_grad=train_cfg.clip_grad, bf16=bf16, params_dtype=rt.dtype,
-                        use_distributed_optimizer=False),
+                        use_distributed_optimizer=model_cfg.distributed_optimizer),
         [ddp],
     )
     warmup = min(train_cfg.warmup_steps, max(total_steps - 1, 0))

@@ -1,22 +1,40 @@
-"""Preemption: on SIGUSR1 or SIGTERM a training stage checkpoints at the end of the current step and exits with
-``EXIT_REQUEUE``; the Slurm script requeues the job, and the requeued job resumes by itself (finished stages are
-skipped, the interrupted one continues from the checkpoint just written).
+"""Preemption and the time budget: a training stage checkpoints at the end of the current step and exits with
+``EXIT_REQUEUE`` when a rank receives SIGUSR1 or SIGTERM, or when the job's time is nearly spent; the Slurm script
+requeues the job, and the requeued job resumes by itself (finished stages are skipped, the interrupted one
+continues from the checkpoint just written).
 
-The handler only sets a flag (signal-safe); the loops poll ``should_stop()`` after each step, which all-reduces the
-flag so every rank stops at the same step and writes one consistent checkpoint.
+The signal handler only sets a flag (signal-safe). After each step the loop calls ``end_of_step``, which
+all-reduces "signalled or out of time" once, so every rank stops at the same step and writes one consistent
+checkpoint. Before exiting, the main rank writes the requeue marker named by ``RPT_REQUEUE_MARKER`` (the Slurm
+script sets it), so the script requeues even when the launcher's exit status is not ours (srun reports the worst
+status of its tasks, and a task killed while the others exit would hide the 99).
+
+The time budget (``run.save_before_minutes``): the job's end comes from ``RPT_DEADLINE`` (unix seconds, set by
+hand or by a launcher) or else Slurm's ``SLURM_JOB_END_TIME``. It is read from the environment, never from the
+config, because it belongs to one launch: a requeued job has a new end time, and the run directory's saved config
+must not carry the old one. After each step, when less than ``save_before_minutes`` plus the longest step so far
+remain, the stage checkpoints and exits for requeue — for steps that take minutes, Slurm's USR1 warning (120 s)
+comes too late. At least one step runs per launch, so a budget larger than the job's time limit cannot requeue a
+job forever without progress.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import time
+from dataclasses import dataclass
 
 from rpt import checkpoint
-from rpt.distributed import world_any
+from rpt.distributed import barrier, world_any
+from rpt.rundir import write_json
 
 log = logging.getLogger(__name__)
 
-EXIT_REQUEUE = 99  # exit status meaning "checkpointed on a preemption signal: requeue me"
+EXIT_REQUEUE = 99  # exit status meaning "checkpointed on a preemption signal or the time budget: requeue me"
+DEADLINE_ENV = ("RPT_DEADLINE", "SLURM_JOB_END_TIME")  # where the job's end time is read, first found wins
+MARKER_ENV = "RPT_REQUEUE_MARKER"  # file the main rank writes before exiting for requeue (set by the job script)
 _requested = False
 
 
@@ -37,19 +55,78 @@ def install() -> None:
         signal.signal(sig, _handler)
 
 
-def should_stop() -> bool:
-    """True on every rank once any rank has received the signal (a world collective: every rank calls it)."""
-    return world_any(_requested)
+def should_stop(out_of_time: bool = False) -> bool:
+    """True on every rank once any rank has received the signal or is ``out_of_time`` (a world collective: every
+    rank calls it)."""
+    return world_any(_requested or out_of_time)
+
+
+def job_deadline(environ=os.environ) -> float | None:
+    """The job's end as unix seconds: ``RPT_DEADLINE``, else ``SLURM_JOB_END_TIME``, else None (no known end)."""
+    for name in DEADLINE_ENV:
+        value = environ.get(name, "").strip()
+        if value:
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is not a time: give the job's end as unix seconds, "
+                                 "e.g. RPT_DEADLINE=$(date -d '+6 hours' +%s)") from None
+    return None
+
+
+@dataclass
+class TimeBudget:
+    """Stop early enough to save: out of time once ``deadline`` is less than ``reserve_s`` plus the longest step
+    run so far away."""
+
+    deadline: float | None  # unix seconds of the job's end; None: no budget
+    reserve_s: float  # seconds kept for the last checkpoint and exit (run.save_before_minutes * 60)
+    longest_step_s: float = 0.0  # the longest step this process has run
+
+    @classmethod
+    def from_run(cls, run_cfg) -> TimeBudget:
+        reserve_s = run_cfg.save_before_minutes * 60
+        deadline = job_deadline() if reserve_s > 0 else None
+        if deadline is not None:
+            log.info("time budget: the job ends at %s; checkpointing and exiting for requeue when less than %.1f "
+                     "min plus one step remain", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deadline)),
+                     run_cfg.save_before_minutes)
+        elif reserve_s > 0:
+            log.warning("run.save_before_minutes=%s but the job's end is unknown (set %s or run under Slurm): no "
+                        "time budget", run_cfg.save_before_minutes, " or ".join(DEADLINE_ENV))
+        return cls(deadline, reserve_s)
+
+    def step_done(self, seconds: float) -> None:
+        self.longest_step_s = max(self.longest_step_s, seconds)
+
+    def out_of_time(self, now: float | None = None) -> bool:
+        if self.deadline is None or self.longest_step_s == 0.0:  # no budget, or no step run yet in this launch
+            return False
+        left = self.deadline - (time.time() if now is None else now)
+        if left < self.reserve_s + self.longest_step_s:
+            log.warning("time budget: %.0f s left, keeping %.0f s for the save plus %.0f s for a step: "
+                        "checkpointing now and exiting for requeue", left, self.reserve_s, self.longest_step_s)
+            return True
+        return False
+
+
+def _write_requeue_marker(stage: str, step: int, is_main: bool) -> None:
+    marker = os.environ.get(MARKER_ENV)
+    if marker and is_main:
+        write_json(marker, {"stage": stage, "step": step, "time": time.time()})
+    barrier()  # the marker exists before any rank exits (a launcher may kill the rest when the first one exits)
 
 
 def end_of_step(stage: str, step: int, total: int, every: int, ckpt_dir, trainable, metrics,
-                loop_state: dict | None = None) -> None:
+                loop_state: dict | None = None, budget: TimeBudget | None = None, is_main: bool = True) -> None:
     """After ``step`` completed steps: checkpoint ``trainable`` (with the W&B run id of ``metrics`` and the loop's
-    ``loop_state``, e.g. a data cursor) when due: every ``every`` steps, at the end, or on a preemption signal; on
-    a signal also close ``metrics`` and raise ``Preempted``."""
-    stop = should_stop()
+    ``loop_state``, e.g. a data cursor) when due: every ``every`` steps, at the end, on a preemption signal or
+    when the time ``budget`` runs out; on those two also write the requeue marker, close ``metrics`` and raise
+    ``Preempted``."""
+    stop = should_stop(budget is not None and budget.out_of_time())
     if step % every == 0 or step == total or stop:
         checkpoint.save(ckpt_dir, step, trainable, {"wandb_id": metrics.wandb_id, "loop_state": loop_state or {}})
     if stop:
         metrics.close()
+        _write_requeue_marker(stage, step, is_main)
         raise Preempted(stage, step)

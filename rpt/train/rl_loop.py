@@ -31,7 +31,9 @@ from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
 from rpt.train.loop import LoopSpec, run_loop
+from rpt.train.no_answer import NoAnswerWatch
 from rpt.train.optim import build_trainable
+from rpt.train.refinement import Refiner
 from rpt.train.rl_update import (
     PolicyValues,
     UpdateResult,
@@ -40,6 +42,7 @@ from rpt.train.rl_update import (
     policy_values,
     update,
 )
+from rpt.train.self_distill import SelfDistiller
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ class RLSetup:
     logging: Any = None  # LoggingConfig: sample rollouts, peak FLOP/s for the MFU
     validator: Callable[[Any], dict] | None = None  # held-out accuracy every ``loop.eval_every`` steps
     grams: list[str] | None = None  # strategic grams (planning tokens); None: ``analysis.strategic_grams``
+    refiner: Any = None  # Critique-GRPO refinements (rpt.train.refinement.Refiner), algo.critique
+    self_distill: Any = None  # SDPO teacher (rpt.train.self_distill.SelfDistiller), algo.sdpo
 
     def __post_init__(self):
         if self.grams is None:
@@ -76,6 +81,11 @@ class RLSetup:
     def n_mini(self) -> int:
         """Optimizer steps per epoch: prompts per step over prompts per mini-batch."""
         return self.loop.prompts_per_step // (self.loop.ppo_mini_batch_size or self.loop.prompts_per_step)
+
+    @property
+    def forward_budget(self) -> dict:
+        """The memory budget of every trainer forward (keywords of ``policy_values`` and ``update``)."""
+        return {"max_tokens": self.loop.max_tokens_per_micro_batch, "chunk_tokens": self.loop.logits_chunk_tokens}
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class Collected:
     answers: list  # [rows] their extracted answers (None: no parseable answer)
     stats: dict
     cursor: int  # the next prompt batch to draw
+    refined: torch.Tensor | None = None  # [rows] bool: Critique-GRPO refinement rows
 
 
 def collect(run: RLSetup, step: int, cursor: int) -> Collected:
@@ -97,9 +108,11 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
     rt, algo, G = run.rt, run.algo, run.rollout.group_size
     per_rank = run.loop.prompts_per_step // rt.dp_size
     tok = run.task.tokenizer
+    dynamic = algo.dynamic_sampling and step >= algo.dynamic_sampling_from_step  # the paper starts it at step 500
     kept, kept_rewards, kept_items, kept_texts, kept_answers, answered = [], [], [], [], [], []
     sampled, truncated, all_equal, groups_seen, n_kept = [], [], 0, 0, 0
-    for refill in range(algo.max_refills + 1 if algo.dynamic_sampling else 1):
+    kept_refined = []
+    for refill in range(algo.max_refills + 1 if dynamic else 1):
         items = run.task.items_for_step(cursor, per_rank * rt.dp_size, run.seed)[rt.dp_rank::rt.dp_size]
         cursor += 1
         prompts = [ids for it in items for ids in [run.task.prompt_ids(it)] * G]
@@ -109,19 +122,24 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
         rewards = torch.tensor([run.task.reward(items[i // G], text) for i, text in enumerate(texts)])
         sampled.append(rewards)
         truncated.append(ro.truncated.cpu())
+        refined = torch.zeros(len(texts), dtype=torch.bool)
+        if run.refiner is not None:  # Critique-GRPO: refinements replace failed responses of gated groups
+            ro, texts, rewards, refined = run.refiner(run.trainable.model.module, items, ro, texts, rewards,
+                                                      _step_seed(run.seed, step, refill, rt.dp_rank, 1), rt.device)
         answers = [extract_answer(text) for text in texts]  # parsed once per response
         answered += [answer is not None for answer in answers]
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
         all_equal, groups_seen = all_equal + int(equal.sum()), groups_seen + len(items)
-        keep_group = ~equal if algo.dynamic_sampling else torch.ones_like(equal)
+        keep_group = ~equal if dynamic else torch.ones_like(equal)
         keep = keep_group.repeat_interleave(G)
         kept.append(ro.select(keep.to(ro.tokens.device)))
         kept_rewards.append(rewards[keep])
+        kept_refined.append(refined[keep])
         kept_items += [it for it, k in zip(items, keep_group.tolist(), strict=True) if k]
         kept_texts += [text for text, k in zip(texts, keep.tolist(), strict=True) if k]
         kept_answers += [answer for answer, k in zip(answers, keep.tolist(), strict=True) if k]
         n_kept += int(keep.sum()) // G
-        if not algo.dynamic_sampling or dp_sum(min(n_kept, per_rank)) >= run.loop.prompts_per_step:
+        if not dynamic or dp_sum(min(n_kept, per_rank)) >= run.loop.prompts_per_step:
             break
     rollouts = Rollouts.concat(kept, tok.pad_id).select(slice(0, per_rank * G))
     rewards = torch.cat(kept_rewards)[:per_rank * G]
@@ -134,7 +152,7 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
              "truncated_share": dp_mean_of(torch.cat(truncated).float()),
              "no_answer_share": 1.0 - dp_mean_of(torch.tensor(answered, dtype=torch.float32))}
     return Collected(rollouts, rewards, kept_items[:per_rank], kept_texts[:per_rank * G],
-                     kept_answers[:per_rank * G], stats, cursor)
+                     kept_answers[:per_rank * G], stats, cursor, torch.cat(kept_refined)[:per_rank * G])
 
 
 def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
@@ -147,24 +165,31 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, run.task.tokenizer, run.grams)[:, 1:]
     adv = compute_advantages(got.rewards, G, algo, planning)
     learn = dp_max(float(adv.abs().max()) if adv.numel() else 0.0) > 0 or bool(algo.entropy_coef or algo.kl_coef)
+    learn = learn or run.self_distill is not None  # the teacher's signal does not need reward differences
+    feedback = [f for f in (run.refiner, run.self_distill) if f is not None]
     updates = run.loop.ppo_epochs * run.n_mini
     mb, temp = run.loop.micro_batch_size, run.rollout.temperature
+    budget = run.forward_budget
     old = None
     if not learn or needs_old_values(algo, updates):
-        old = policy_values(model, rollouts, G, algo.share_prompt, temp, mb)
+        old = policy_values(model, rollouts, G, algo.share_prompt, temp, mb, **budget)
     ref_logp = None
     if algo.kl_coef:
-        ref_logp = policy_values(run.ref_model, rollouts, G, algo.share_prompt, temp, mb).logp
+        ref_logp = policy_values(run.ref_model, rollouts, G, algo.share_prompt, temp, mb, **budget).logp
     gen = torch.Generator().manual_seed(_step_seed(run.seed, step, 7))
     batch = build_batch(rollouts, adv, old, algo, G, gen, ref_logp)
+    for f in feedback:  # refinement tokens, teacher targets
+        batch = f.prepare(batch, got, mb, temp)
     t_score = time.perf_counter() - t1
     t2 = time.perf_counter()
     if learn:
         result = update(run.trainable, batch, algo, temp, run.loop.ppo_epochs, run.n_mini, mb,
-                        run.rollout.max_new_tokens, run.rt.dp_size)
+                        run.rollout.max_new_tokens, run.rt.dp_size, **budget)
     else:  # no group carries a signal anywhere: an Adam step on zero gradients would still move the weights
         result = UpdateResult({"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl_to_old": 0.0,
                                "grad_norm": 0.0, "update_applied": 0.0, "optimizer_steps": 0.0}, None)
+    for f in feedback:
+        f.after_update()
     t_update = time.perf_counter() - t2
     values = old if old is not None else result.old
     metrics = {**got.stats, **result.stats, **step_metrics(batch, values, got.rewards),
@@ -173,6 +198,8 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     metrics.update(entropy_analysis(run, rollouts, batch.mask, planning, values, step))
     metrics["semantic_entropy"] = shannon_entropy(dp_sum(*gram_counts(got.texts, run.grams), 0.0)[:-1])
     metrics.update(answer_metrics(run, got))
+    for f in feedback:
+        metrics.update(f.metrics(batch, values, got))
     if run.analysis.diversity_every and step % run.analysis.diversity_every == 0:
         metrics.update(diversity_metrics(run, got))
     if ref_logp is not None:
@@ -277,7 +304,7 @@ def entropy_analysis(run: RLSetup, rollouts: Rollouts, mask: torch.Tensor, plann
     }
     if run.init_model is not None and ac.overlap_every and step % ac.overlap_every == 0:
         init = policy_values(run.init_model, rollouts, run.rollout.group_size, run.algo.share_prompt,
-                             run.rollout.temperature, run.loop.micro_batch_size)
+                             run.rollout.temperature, run.loop.micro_batch_size, **run.forward_budget)
         now, then = forking_mask(values.entropy, mask, ac.overlap_rho), forking_mask(init.entropy, mask, ac.overlap_rho)
         both, chosen = dp_sum(float((now & then).sum()), float(now.sum()))
         out["forking_overlap_with_init"] = both / max(chosen, 1.0)
@@ -295,15 +322,21 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     init_model = ref_model
     if init_model is None and cfg.analysis.overlap_every:
         init_model = load_eval_model(cfg.model, rt, rd, init_source, vocab)
-    run = make_setup(cfg, rt, trainable, task, loop_cfg, ref_model, init_model, validator)
+    teacher_init = None  # SDPO's EMA / mixed teacher starts from the stage's initial weights
+    if cfg.algo.sdpo.enabled and cfg.algo.sdpo.teacher != "current":
+        teacher_init = load_eval_model(cfg.model, rt, rd, init_source, vocab)
+    run = make_setup(cfg, rt, trainable, task, loop_cfg, ref_model, init_model, validator, teacher_init)
     if cfg.analysis.mine_grams:  # from the initial policy, also when resuming
         initial = init_model or load_eval_model(cfg.model, rt, rd, init_source, vocab)
         run.grams = mine_grams(run, initial, cfg.analysis.mine_prompts)
         log.info("%s: %d strategic grams mined from the initial policy's successful rollouts: %s", stage_name,
                  len(run.grams), run.grams[:20])
 
+    watch = NoAnswerWatch(stage_name, cfg.rollout, loop_cfg.steps)
+
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         metrics, cursor = rl_step(run, step, state["cursor"])
+        watch.observe(metrics["no_answer_share"])
         return metrics, {"cursor": cursor}
 
     spec = LoopSpec(stage_name, loop_cfg.steps, loop_cfg.checkpoint_every, checkpoint_dir(rd, init_source),
@@ -311,7 +344,7 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     history = run_loop(ctx, spec, trainable, step_fn)
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(latest_step_dir(rd.checkpoints(stage_name))),
-            "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail))}
+            "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail)), **watch.summary()}
 
 
 def mine_grams(run: RLSetup, model, prompts: int) -> list[str]:
@@ -329,11 +362,15 @@ def mine_grams(run: RLSetup, model, prompts: int) -> list[str]:
 
 
 def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, ref_model=None,
-               init_model=None, validator=None) -> RLSetup:
-    """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo, analysis and logging sections) for one RL loop."""
-    return RLSetup(trainable, task, cfg.rollout, cfg.algo, loop_cfg, cfg.analysis,
-                   SamplingParams.from_rollout(cfg.rollout, task.tokenizer), rt, cfg.run.seed, ref_model, init_model,
-                   cfg.logging, validator)
+               init_model=None, validator=None, teacher_init=None) -> RLSetup:
+    """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo, analysis and logging sections) for one RL loop;
+    ``teacher_init``: the initial weights of SDPO's EMA / mixed teacher (None: a copy of the trainable's)."""
+    sampling, algo, G = SamplingParams.from_rollout(cfg.rollout, task.tokenizer), cfg.algo, cfg.rollout.group_size
+    refiner = Refiner(algo.critique, task, sampling, G) if algo.critique.enabled else None
+    distill = SelfDistiller(algo.sdpo, task, trainable, G, teacher_init, cfg.model, rt.dtype) if algo.sdpo.enabled \
+        else None
+    return RLSetup(trainable, task, cfg.rollout, algo, loop_cfg, cfg.analysis, sampling, rt, cfg.run.seed, ref_model,
+                   init_model, cfg.logging, validator, refiner=refiner, self_distill=distill)
 
 
 def check_layout(loop_cfg: TrainLoopConfig, dp_size: int, section: str) -> None:

@@ -21,10 +21,12 @@ all-reduce pairs up.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from rpt.algo.critique import shape_refinements
 from rpt.algo.losses import (
     aggregation_weights,
     forking_mask,
@@ -33,9 +35,10 @@ from rpt.algo.losses import (
     token_losses,
 )
 from rpt.distributed import dp_sum
-from rpt.model.forward import full_logits, logprobs_and_entropy
+from rpt.model.forward import LOGITS_CHUNK_TOKENS, sequence_logprobs
 from rpt.model.shared_prefix import group_layout, shared_prompt_logprobs
 from rpt.rollout.engine import Rollouts
+from rpt.train.micro_batches import plan_micro_batches
 
 
 @dataclass(frozen=True)
@@ -44,33 +47,43 @@ class PolicyValues:
     entropy: torch.Tensor  # [N, T-1] entropy of the whole next-token distribution
 
 
-def micro_batches(rows: range, size: int, group_size: int) -> list[range]:
-    """``rows`` cut into chunks of at most ``size`` rows (at least one group), between groups."""
-    size = max(group_size, size - size % group_size)
-    return [range(s, min(s + size, rows.stop)) for s in range(rows.start, rows.stop, size)]
-
-
-def trainer_forward(model, rollouts: Rollouts, rows: range, group_size: int, temperature: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs and entropies (``[len(rows), T-1]``) of ``rows`` under ``model`` at ``temperature``: over one copy
-    of each group's prompt when ``group_size > 1`` and the rows are such groups, else a plain causal forward."""
+def trainer_forward(model, rollouts: Rollouts, rows: range, group_size: int, temperature: float,
+                    chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies (``[len(rows), T-1]``, zero outside the responses) of ``rows`` under ``model`` at
+    ``temperature``: over one copy of each group's prompt when ``group_size > 1`` and the rows are such groups,
+    else a plain causal forward over the rows cut to their longest sequence. The output layer runs on response
+    tokens only, ``chunk_tokens`` at a time (``rpt.model.forward``)."""
     part = rollouts.select(slice(rows.start, rows.stop))
+    width = part.tokens.shape[1] - 1
     layout = None
     if group_size > 1:
         layout = group_layout(part.tokens, part.prompt_lens, part.response_lens, group_size)
-    if layout is None:
-        logits = full_logits(model, part.tokens[:, :-1]) / temperature
-        return logprobs_and_entropy(logits, part.tokens[:, 1:])
-    return shared_prompt_logprobs(model, layout, len(part), part.tokens.shape[1] - 1, temperature)
+    if layout is not None:
+        return shared_prompt_logprobs(model, layout, len(part), width, temperature, chunk_tokens)
+    used = max(int((part.prompt_lens + part.response_lens).max()) - 1, 1) if len(part) else 1
+    logp, entropy = sequence_logprobs(model, part.tokens[:, :used], part.tokens[:, 1:used + 1], temperature,
+                                      part.response_mask[:, 1:used + 1], chunk_tokens)
+    pad = torch.nn.functional.pad
+    return pad(logp, (0, width - used)), pad(entropy, (0, width - used))
+
+
+def forward_micro_batches(rollouts: Rollouts, rows: range, micro_batch: int, group_size: int, shared: int,
+                          max_tokens: int | None) -> list[range]:
+    """``rows`` cut into micro-batches of whole groups (``rpt.train.micro_batches``)."""
+    return plan_micro_batches(rollouts.prompt_lens, rollouts.response_lens, rows, micro_batch, group_size,
+                              shared > 1, max_tokens)
 
 
 @torch.no_grad()
 def policy_values(model, rollouts: Rollouts, group_size: int, share_prompt: bool, temperature: float,
-                  micro_batch: int) -> PolicyValues:
-    """Log-probs and entropies of every rollout token under ``model`` (no gradient)."""
+                  micro_batch: int, max_tokens: int | None = None,
+                  chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> PolicyValues:
+    """Log-probs and entropies of every rollout token under ``model`` (no gradient), in micro-batches of
+    ``micro_batch`` rows or, when set, of ``max_tokens`` padded tokens."""
     shared = group_size if share_prompt else 1
-    parts = [trainer_forward(model, rollouts, rows, shared, temperature)
-             for rows in micro_batches(range(len(rollouts)), micro_batch, group_size)]
+    parts = [trainer_forward(model, rollouts, rows, shared, temperature, chunk_tokens)
+             for rows in forward_micro_batches(rollouts, range(len(rollouts)), micro_batch, group_size, shared,
+                                               max_tokens)]
     if not parts:
         empty = torch.zeros(0, rollouts.tokens.shape[1] - 1, device=rollouts.tokens.device)
         return PolicyValues(empty, empty)
@@ -88,6 +101,8 @@ class RLBatch:
     chosen: torch.Tensor | None = None  # [N, T-1] the loss variant's token choice (Clip-Cov / KL-Cov)
     ref_logp: torch.Tensor | None = None  # [N, T-1] reference policy (KL penalty)
     share_prompt: bool = True  # forwards score each group over one copy of its prompt
+    refinement: torch.Tensor | None = None  # [N, T-1] Critique-GRPO refinement tokens (shaped objective)
+    teacher: Any = None  # SDPO's rpt.train.self_distill.TeacherTargets (adds the distillation term)
 
     @property
     def shared_group(self) -> int:
@@ -130,8 +145,11 @@ def mini_batches(n_rows: int, group_size: int, count: int) -> list[range]:
 
 
 def update(trainable, batch: RLBatch, algo, temperature: float, ppo_epochs: int, n_mini: int, micro_batch: int,
-           max_response_len: int, dp_size: int) -> UpdateResult:
-    """``ppo_epochs × n_mini`` optimizer steps (collectives: every rank calls it with the same counts)."""
+           max_response_len: int, dp_size: int, max_tokens: int | None = None,
+           chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> UpdateResult:
+    """``ppo_epochs × n_mini`` optimizer steps (collectives: every rank calls it with the same counts); each
+    mini-batch's backward runs in micro-batches of ``micro_batch`` rows or, when set, ``max_tokens`` padded tokens
+    (the loss weights are fixed per mini-batch, so the cut changes no number)."""
     group, shared = batch.group_size, batch.shared_group
     minis = mini_batches(len(batch.rollouts), group, n_mini)
     local = [v for rows in minis for v in (float(batch.train_mask[rows.start:rows.stop].sum()),
@@ -152,14 +170,19 @@ def update(trainable, batch: RLBatch, algo, temperature: float, ppo_epochs: int,
     for epoch in range(ppo_epochs):
         for rows in minis:
             trainable.zero_grad()
-            for micro in micro_batches(rows, micro_batch, group):
+            for micro in forward_micro_batches(batch.rollouts, rows, micro_batch, group, shared, max_tokens):
                 sl = slice(micro.start, micro.stop)
-                logp, entropy = trainer_forward(trainable.model, batch.rollouts, micro, shared, temperature)
+                logp, entropy = trainer_forward(trainable.model, batch.rollouts, micro, shared, temperature,
+                                                chunk_tokens)
                 if filled is not None:
                     filled.logp[sl], filled.entropy[sl] = logp.detach(), entropy.detach()
                 old = filled.logp[sl] if filled is not None else old_logp[sl]
                 terms = policy_loss.fn(logp, old, batch.adv[sl], algo,
                                        None if batch.chosen is None else batch.chosen[sl])
+                if batch.refinement is not None:  # Critique-GRPO: pi/(pi + gamma) on refinement tokens
+                    terms = shape_refinements(terms, logp, batch.adv[sl], batch.refinement[sl], algo.critique.gamma)
+                if batch.teacher is not None:  # SDPO: + D(student || feedback-conditioned teacher)
+                    terms = batch.teacher.distill(terms, trainable.model, batch.rollouts, micro, temperature)
                 ref = None if batch.ref_logp is None else batch.ref_logp[sl]
                 per_token = token_losses(terms, logp, entropy, ref, batch.mask[sl], algo)
                 loss = (per_token * weights[sl]).sum()

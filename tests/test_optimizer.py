@@ -1,0 +1,59 @@
+"""``model.distributed_optimizer``: megatron's distributed optimizer (Adam state and main weights sharded over
+data-parallel ranks) trains exactly like the plain one, and its checkpoints save and resume (megatron's
+``fully_reshardable`` format, loadable on CPU through cpu_compat (G)); one process here, two gloo processes in
+``tests/dp_scenarios.py``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.dp_scenarios import tiny_trainable, train_steps, weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_distributed_optimizer_is_megatrons_and_trains_like_the_plain_one(runtime):
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    plain, sharded = tiny_trainable(runtime, False), tiny_trainable(runtime, True)
+    assert all(isinstance(o, DistributedOptimizer) for o in sharded.optimizer.chained_optimizers)
+    assert not any(isinstance(o, DistributedOptimizer) for o in plain.optimizer.chained_optimizers)
+    assert sharded.model.ddp_config.use_distributed_optimizer
+    train_steps(plain, runtime, range(3))
+    train_steps(sharded, runtime, range(3))
+    for a, b in zip(weights(plain), weights(sharded), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_distributed_optimizer_resumes_exactly(runtime, tmp_path):
+    """Saved after 2 steps and loaded into a fresh (never-stepped) trainable, 2 more steps equal 4 straight ones:
+    Adam's moments, its step count (each parameter's own) and the schedule all come back."""
+    from rpt import checkpoint
+
+    straight = tiny_trainable(runtime, True)
+    train_steps(straight, runtime, range(4))
+    first = tiny_trainable(runtime, True)
+    train_steps(first, runtime, range(2))
+    checkpoint.save(tmp_path, 2, first, {})
+    resumed = tiny_trainable(runtime, True)
+    assert checkpoint.resume_or_init(tmp_path, resumed)[0] == 2
+    steps = [s["step"] for o in resumed.optimizer.chained_optimizers for s in o.optimizer.state.values()]
+    assert steps and all(float(s) == 2 for s in steps) and len({id(s) for s in steps}) == len(steps)
+    train_steps(resumed, runtime, range(2, 4))
+    for a, b in zip(weights(straight), weights(resumed), strict=True):
+        assert torch.equal(a, b), float((a - b).abs().max())
+    with pytest.raises(ValueError, match="distributed_optimizer=True"):  # the optimizer kinds do not cross-load
+        checkpoint.resume_or_init(tmp_path, tiny_trainable(runtime, False))
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_shard_the_optimizer_and_resume_exactly(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+           str(ROOT / "tests" / "dp_scenarios.py"), "distributed_optimizer", "-", str(tmp_path / "ckpt")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
