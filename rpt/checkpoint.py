@@ -4,6 +4,8 @@
 Layout: ``checkpoints/<stage>/step_000123/`` holds the distributed checkpoint (reshardable across TP/DP layouts)
 and ``state.pt`` (step, scheduler, RNG states of python/numpy/torch/megatron, data cursor, W&B run id, any extra
 JSON-able values). ``checkpoints/<stage>/latest`` names the newest complete step and is written last, atomically.
+Models beside the trained one that a resume needs (``Trainable.extra_models``: SDPO's EMA teacher) are saved in
+the same distributed checkpoint under their name's prefix.
 With ``model.distributed_optimizer`` the optimizer state is megatron's ``fully_reshardable`` format of the
 distributed optimizer (each rank saves its shard; loads under another DP/TP layout); a checkpoint resumes only with
 the optimizer kind that saved it (checked, with a clear error).

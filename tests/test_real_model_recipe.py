@@ -2,8 +2,9 @@
 paper's settings and none of the CPU demo's; the paper's v0 prompt word for word; dynamic sampling from the step the
 paper starts it; a stage whose rollouts state no answer says so in the log, its summary and the report; `rl` refuses
 a start the run does not have. And the acceptance test: the README's real-model lines, run through the CLI on tiny
-random Qwen2 and Llama checkpoints made here (``tests/hf_fixtures.py``), to a report that shows the imported base and
-an export that ``transformers`` loads with the same logits as the trained checkpoint scores.
+random Qwen2 and Llama checkpoints made here (``tests/hf_fixtures.py``), to a report that shows the imported base (and
+warns, first thing, that a random model states no answers) and an export that ``transformers`` loads as the right
+architecture and dtype (its logits: the original's when RPT had no reward to learn from, as a random model has).
 """
 
 from __future__ import annotations

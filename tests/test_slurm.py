@@ -141,6 +141,7 @@ def finish(job: subprocess.Popen, cluster: Path) -> str:
     return out + logs
 
 
+@pytest.mark.e2e
 @pytest.mark.multiprocess
 def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exactly(cluster):
     reference = new_run(cluster, "reference")
@@ -174,6 +175,7 @@ def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exa
     assert rows(run, "pretrain") == rows(reference, "pretrain")
 
 
+@pytest.mark.e2e
 @pytest.mark.multiprocess
 def test_term_to_the_job_script_reaches_every_rank(cluster):
     """A signal for the batch shell only (a preemption's SIGTERM, `--signal=B:...`) goes on through srun."""
@@ -208,6 +210,7 @@ def test_job_script_passes_the_job_end_to_the_tasks(cluster, tmp_path):
     assert "RPT_DEADLINE" not in dry_run()
 
 
+@pytest.mark.e2e
 def test_time_budget_stops_early_with_a_checkpoint_and_the_requeue_status(cluster, tmp_path):
     """An hour left and a 2-hour budget: the stage stops after its first step (never before one), checkpoints,
     writes the requeue marker and exits 99; the same launch without the budget runs to the end."""

@@ -69,9 +69,14 @@ def final_hidden_states(model, tokens: torch.Tensor, positions: torch.Tensor | N
 
 
 def _output_layer(gpt, hidden: torch.Tensor) -> torch.Tensor:
-    """``[c, 1, V]`` float32 logits (gathered over tensor-parallel ranks) of hidden states ``[c, h]``."""
+    """``[c, 1, V]`` float32 logits (gathered over tensor-parallel ranks) of hidden states ``[c, h]``. Never a
+    view (megatron's gather returns its input as a view at one rank, so it is skipped there), so the backward
+    below may reuse the buffer."""
+    from megatron.core import parallel_state
+
     weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
-    logits, _ = gpt.output_layer(hidden.unsqueeze(1), weight=weight, runtime_gather_output=True)
+    gather = parallel_state.get_tensor_model_parallel_world_size() > 1
+    logits, _ = gpt.output_layer(hidden.unsqueeze(1), weight=weight, runtime_gather_output=gather)
     return logits.float()
 
 
@@ -144,7 +149,7 @@ class _ChunkedLogProbs(torch.autograd.Function):
         for c in _chunks(len(hidden), ctx.chunk_tokens):
             h = hidden[c].detach().requires_grad_()
             with torch.enable_grad():
-                logits = _output_layer(ctx.gpt, h)  # [c, 1, V], not a view: its buffer may be reused below
+                logits = _output_layer(ctx.gpt, h)  # [c, 1, V]
             with torch.no_grad():
                 # the gradient is built in the logits' own buffer (nothing in the graph saves them): two [c, V]
                 # buffers at most. log p, then -p * (gl + gH * (log p + H)) + gl at the target, then / T

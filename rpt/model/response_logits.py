@@ -16,6 +16,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from rpt.model.forward import final_hidden_states, output_logits, unwrap
+from rpt.model.shared_prefix import group_layout, rotary_positions
 
 
 def response_positions(prompt_lens: torch.Tensor, response_lens: torch.Tensor, width: int
@@ -28,10 +29,17 @@ def response_positions(prompt_lens: torch.Tensor, response_lens: torch.Tensor, w
     return rows, prompt_lens[rows] - 1 + steps
 
 
-def response_hidden(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, response_lens: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def response_hidden(model, tokens: torch.Tensor, prompt_lens: torch.Tensor, response_lens: torch.Tensor,
+                    group_size: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final hidden states ``[n_tokens, h]`` at the positions predicting each response token of ``tokens``
-    (``[n, T]``, right-padded, plain causal layout), with their (row, column) from ``response_positions``."""
+    (``[n, T]``, right-padded), with their (row, column) from ``response_positions``. Rows that come in groups of
+    ``group_size`` sharing one prompt run over one copy of it (``rpt.model.shared_prefix``), else plain rows."""
+    layout = group_layout(tokens, prompt_lens, response_lens, group_size) if group_size > 1 else None
+    if layout is not None:
+        with rotary_positions(unwrap(model), layout.positions):
+            hidden = final_hidden_states(model, layout.tokens, layout.positions, layout.mask)  # [S, rows, h]
+        seq, tok = layout.valid.nonzero(as_tuple=True)  # (row, t) order, as response_positions
+        return hidden[layout.source_cols[seq, tok], seq // group_size], seq, layout.plain_index[seq, tok]
     prompt_lens = prompt_lens.to(tokens.device)
     used = max(int((prompt_lens + response_lens.to(tokens.device)).max()) - 1, 1) if len(tokens) else 1
     rows, cols = response_positions(prompt_lens, response_lens, used)

@@ -367,8 +367,9 @@ def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, 
     ``teacher_init``: the initial weights of SDPO's EMA / mixed teacher (None: a copy of the trainable's)."""
     sampling, algo, G = SamplingParams.from_rollout(cfg.rollout, task.tokenizer), cfg.algo, cfg.rollout.group_size
     refiner = Refiner(algo.critique, task, sampling, G) if algo.critique.enabled else None
-    distill = SelfDistiller(algo.sdpo, task, trainable, G, teacher_init, cfg.model, rt.dtype) if algo.sdpo.enabled \
-        else None
+    distill = None
+    if algo.sdpo.enabled:
+        distill = SelfDistiller(algo.sdpo, task, trainable, G, teacher_init, cfg.model, rt.dtype, algo.share_prompt)
     return RLSetup(trainable, task, cfg.rollout, algo, loop_cfg, cfg.analysis, sampling, rt, cfg.run.seed, ref_model,
                    init_model, cfg.logging, validator, refiner=refiner, self_distill=distill)
 

@@ -53,11 +53,12 @@ class TeacherTargets:
     divergence: str  # kl | js
     grpo_weight: float  # λ on the GRPO policy term
     chunk: int  # response tokens per output-layer chunk
+    shared_group: int  # forwards score groups of this many rows over one copy of their prompt (1: plain rows)
 
     def distill(self, terms, model, rollouts: Rollouts, rows: range, temperature: float):
         """``terms`` with loss λ·loss + D_t at each response token of ``rows`` (with gradient to ``model``)."""
         part = rollouts.select(slice(rows.start, rows.stop))
-        hidden, r, c = response_hidden(model, part.tokens, part.prompt_lens, part.response_lens)
+        hidden, r, c = response_hidden(model, part.tokens, part.prompt_lens, part.response_lens, self.shared_group)
         tokens = slice(int(self.offsets[rows.start]), int(self.offsets[rows.stop]))
 
         def reduce(logits, ids, teacher):
@@ -72,8 +73,10 @@ class TeacherTargets:
 class SelfDistiller:
     """Feedback, teacher weights and teacher targets for one RL stage (``algo.sdpo``)."""
 
-    def __init__(self, cfg, task, trainable, group_size: int, teacher_init=None, model_cfg=None, dtype=None):
+    def __init__(self, cfg, task, trainable, group_size: int, teacher_init=None, model_cfg=None, dtype=None,
+                 share_prompt: bool = True):
         self.cfg, self.task, self.trainable, self.group_size = cfg, task, trainable, group_size
+        self.shared = group_size if share_prompt else 1
         self.kinds = cfg.feedback_kinds()
         self.teacher = self.initial = None
         if cfg.teacher != "current":
@@ -124,9 +127,10 @@ class SelfDistiller:
             top = full.topk(k, dim=-1)
             return top.indices, top.values, full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
-        for start in range(0, len(rows), max(micro_batch, 1)):
-            part = rows.select(slice(start, start + micro_batch))
-            hidden, r, c = response_hidden(model, part.tokens, part.prompt_lens, part.response_lens)
+        size = max(G, micro_batch - micro_batch % G)  # whole groups
+        for start in range(0, len(rows), size):
+            part = rows.select(slice(start, start + size))
+            hidden, r, c = response_hidden(model, part.tokens, part.prompt_lens, part.response_lens, self.shared)
             top_ids, top_logp, own = chunked_reduce(model, hidden, cfg.chunk_tokens, reduce, part.tokens[r, c + 1])
             ids.append(top_ids)
             logp.append(top_logp)
@@ -138,7 +142,7 @@ class SelfDistiller:
         empty = torch.zeros(0, k, device=token_logp.device)
         return TeacherTargets(torch.cat(ids) if ids else empty.long(), torch.cat(logp) if logp else empty,
                               token_logp, offsets, torch.tensor([bool(f) for f in feedback]), cfg.divergence,
-                              cfg.grpo_weight, cfg.chunk_tokens)
+                              cfg.grpo_weight, cfg.chunk_tokens, self.shared)
 
     def teacher_model(self):
         if self.teacher is None:
