@@ -12,8 +12,9 @@ What a finished stage was made with: ``FIXES`` names the keys each stage fixes; 
 those keys go to ``stage_config/<stage>.json`` (just before its done marker). A later call whose config differs on
 one of them is refused before anything is written, naming the key, both values and the way out (``force=true`` on
 that stage, or a new ``run.name``), unless that stage is being forced or goes stale by this call (``rpt.force``).
-Keys no stage fixes stay free: ``run.*`` but the seed, ``logging.*``, ``analysis`` for eval/report, ``bench.*``,
-and the bookkeeping in ``FREE`` (checkpoint intervals, performance switches that give the same numbers).
+Keys no stage fixes stay free: ``run.*`` but the seed (device, dtype, log level), ``logging.*``, ``bench.*``, and the
+bookkeeping in ``FREE`` (checkpoint and log intervals, performance switches that give the same numbers). A run made
+before this existed has no ``overrides.yaml`` and no stage records: it composes from this call alone, unchecked.
 """
 
 from __future__ import annotations

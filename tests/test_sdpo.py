@@ -148,3 +148,14 @@ def test_ema_teacher_resumes_exactly(tmp_path, runtime, tokenizer):
         assert torch.equal(a, b)
     for a, b in zip(resumed.self_distill.teacher.parameters(), whole.self_distill.teacher.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_bad_sdpo_settings_are_refused():
+    for bad, match in (("algo.sdpo.feedback=hint", "feedback"), ("algo.sdpo.feedback=reference+", None),
+                       ("algo.sdpo.teacher=frozen", "teacher"), ("algo.sdpo.divergence=tv", "divergence"),
+                       ("algo.sdpo.top_k=0", "top_k")):
+        if match is None:  # a trailing '+' is harmless
+            assert _cfg(["algo=sdpo", bad]).algo.sdpo.feedback_kinds() == ["reference"]
+            continue
+        with pytest.raises(ValueError, match=match):
+            _cfg(["algo=sdpo", bad])
