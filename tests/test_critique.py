@@ -140,3 +140,17 @@ def test_bad_critique_settings_are_refused():
             _cfg(["algo=critique_grpo", bad])
     with pytest.raises(ValueError, match="separate algorithms"):
         _cfg(["algo=critique_grpo", "algo.sdpo.enabled=true"])
+
+
+@pytest.mark.parametrize("option", ["algo.critique.kind=ground_truth", "algo.critique.gamma=0.5",
+                                    "algo.critique.ratio=1", "algo.critique.candidates=1"])
+def test_every_critique_option_changes_training(option, runtime, tokenizer):
+    """From the same start and initial rollouts, each option trains other weights than the default set-up."""
+    common = ["algo=critique_grpo", "algo.critique.kind=indicative", "algo.critique.candidates=3",
+              "rollout.max_new_tokens=8"]
+    weights = []
+    for extra in ([], [option]):
+        run = _setup(_cfg([*common, *extra]), runtime, tokenizer, DigitTask(tokenizer))
+        rl_step(run, 0, 0)
+        weights.append(_weights(run))
+    assert max(float((a - b).abs().max()) for a, b in zip(*weights, strict=True)) > 1e-7, option

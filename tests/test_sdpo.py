@@ -159,3 +159,20 @@ def test_bad_sdpo_settings_are_refused():
             continue
         with pytest.raises(ValueError, match=match):
             _cfg(["algo=sdpo", bad])
+
+
+@pytest.mark.parametrize("option", ["algo.sdpo.feedback=verifier", "algo.sdpo.feedback=reference+sibling",
+                                    "algo.sdpo.divergence=kl", "algo.sdpo.top_k=3", "algo.sdpo.grpo_weight=1.0",
+                                    "algo.sdpo.teacher=ema", "algo.sdpo.teacher=mix"])
+def test_every_sdpo_option_changes_training(option, runtime, tokenizer):
+    """From the same start and rollouts, each option trains other weights than default SDPO within two steps (the
+    EMA / mixed teachers equal the student until it has moved once)."""
+    common = ["algo=sdpo", "rpt.lr=0.01", "rpt.min_lr=0.01", "rpt.warmup_steps=0", "algo.sdpo.teacher_rate=0.5"]
+    weights = []
+    for extra in ([], [option]):
+        run = _setup(_cfg([*common, *extra]), runtime, tokenizer, DigitTask(tokenizer))
+        cursor = 0
+        for step in range(2):
+            _, cursor = rl_step(run, step, cursor)
+        weights.append(_weights(run))
+    assert max(float((a - b).abs().max()) for a, b in zip(*weights, strict=True)) > 1e-7, option
