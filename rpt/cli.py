@@ -44,6 +44,10 @@ def run_stage(ctx_factory, stage: str) -> dict:
     if ctx.rd.is_done(stage):
         log.info("stage %s: already finished in %s (force=true to redo)", stage, ctx.rd.path)
         return ctx.rd.summary(stage)
+    if stage != "hf_import":  # the backstop behind run memory: every stage builds the shape the run imported
+        from rpt.model.hf_config import check_imported_shape
+
+        check_imported_shape(ctx.cfg.model, ctx.rd)
     log.info("stage %s: starting", stage)
     t0 = time.perf_counter()
     summary = importlib.import_module(f"rpt.stages.{stage}").run(ctx)

@@ -148,9 +148,10 @@ def test_cnt_baseline_trains_on_the_selected_positions_and_is_evaluated(referenc
 
     run = tmp_path / "cnt"
     shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("wandb"))
-    run_ok(rpt_cmd(tmp_path, "cnt", "cnt", "rpt.steps=3"), cwd=tmp_path)
+    # cnt takes rpt's budget (same positions, same steps); the run remembers rpt.steps=8 from its rpt stage
+    run_ok(rpt_cmd(tmp_path, "cnt", "cnt"), cwd=tmp_path)
     rows = stage_rows(run, "cnt")
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
     assert (run / "checkpoints" / "cnt" / "latest").exists()
     run_ok(rpt_cmd(tmp_path, "cnt", "eval", "force=true"), cwd=tmp_path)

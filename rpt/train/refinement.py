@@ -72,11 +72,9 @@ class Refiner:
         if self.cfg.kind != "ground_truth":
             return verdict
         if hasattr(self.task, "target_bytes"):  # next-token task: the true continuation's first tokens
-            hint = b"".join(self.task.target_bytes(item)[:self.cfg.reference_tokens]).decode("utf-8", "replace")
-        else:
-            hint = self.task.reference(item)
-        return f"{verdict} The correct answer begins with: {hint}" if hasattr(self.task, "target_bytes") \
-            else f"{verdict} The correct answer is: {hint}"
+            first = b"".join(self.task.target_bytes(item)[:self.cfg.reference_tokens]).decode("utf-8", "replace")
+            return f"{verdict} The correct answer begins with: {first}"
+        return f"{verdict} The correct answer is: {self.task.reference(item)}"
 
     def self_critiques(self, model, prompts: list[list[int]], texts: list[str], seed: int, device) -> list[str]:
         tok = self.task.tokenizer
