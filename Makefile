@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# extra Hydra overrides for the demo, after its own (a later value of a key wins): tests/test_readme.py runs
+# `make demo` with smoke sizes and its own run.root this way
+RPT_ARGS ?=
 
 .PHONY: demo test install clean-demo
 
@@ -18,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	WANDB_SILENT=true $(BIN)/rpt pipeline experiment=demo
+	WANDB_SILENT=true $(BIN)/rpt pipeline experiment=demo $(RPT_ARGS)
 
 # ruff first (seconds), then the whole suite; `pytest -m "not e2e and not multiprocess"` runs the fast unit tests
 test: $(STAMP)

@@ -451,14 +451,16 @@ class HFConfig:
     path: str | None = None  # hf_import: directory with config.json, *.safetensors and tokenizer files
     source: str = "rpt"  # hf_export: which stage's latest checkpoint to export
     export_dir: str | None = None  # hf_export: output directory (default <run>/hf/<source>)
-    architecture: str = "Qwen2ForCausalLM"  # hf_export: Qwen2ForCausalLM | LlamaForCausalLM
+    architecture: str | None = None  # hf_export: Qwen2ForCausalLM | LlamaForCausalLM; None: the imported model's
+    # architecture, else Qwen2 for a model with QKV bias and Llama without
     max_shard_size: str = "5GB"  # hf_export: largest safetensors shard (e.g. 500MB, 5GB, or bytes); larger models
     # are written as model-0000x-of-0000n.safetensors + model.safetensors.index.json
 
     def __post_init__(self):
         from rpt.model.hf import SUPPORTED, shard_bytes
 
-        _one_of("hf", "architecture", self.architecture, tuple(SUPPORTED))
+        if self.architecture is not None:
+            _one_of("hf", "architecture", self.architecture, tuple(SUPPORTED))
         shard_bytes(self.max_shard_size)  # a clear error for an unreadable size
 
 

@@ -8,11 +8,15 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
+README_LINES = ("rpt bench model=tiny bench.batch_size=16",)  # the README's benchmark line (tests/test_readme.py)
+
 
 def test_bench_emits_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "rpt.cli", "bench", "model=smoke", "bench.batch_size=2",
-                           "bench.prompt_len=8", "bench.new_tokens=4", "bench.train_seq_len=16", "bench.repeats=1",
+    # the README's line with smaller sizes after it (a later value of a key wins)
+    proc = subprocess.run([sys.executable, "-m", "rpt.cli", *README_LINES[0].split()[1:], "model=smoke",
+                           "bench.batch_size=2", "bench.prompt_len=8", "bench.new_tokens=4", "bench.train_seq_len=16",
+                           "bench.repeats=1",
                            "rpt.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
                            "logging=disabled", f"bench.out={out}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)

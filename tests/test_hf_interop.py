@@ -19,7 +19,7 @@ from rpt.config import HFConfig, ModelConfig  # noqa: E402
 from rpt.model.build import build_model  # noqa: E402
 from rpt.model.forward import full_logits  # noqa: E402
 from rpt.model.hf import export_hf, hf_to_megatron, import_hf, model_config_from_hf, shard_bytes  # noqa: E402
-from rpt.model.hf_config import check_imported_shape, write_shape_record  # noqa: E402
+from rpt.model.hf_config import check_imported_shape, export_architecture, write_shape_record  # noqa: E402
 from rpt.rundir import RunDir  # noqa: E402
 
 ARCHS = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
@@ -162,7 +162,7 @@ def test_a_run_with_an_import_refuses_another_shape_before_building(tmp_path, ru
     rd = RunDir(tmp_path, "run")
     imported = dict(ModelConfig(num_layers=2, hidden_size=32, vocab_size=448).__dict__)
     check_imported_shape(ModelConfig(), rd, 448)  # no import in this run: nothing to compare
-    write_shape_record(rd, "/models/x", imported)
+    write_shape_record(rd, "/models/x", imported, "LlamaForCausalLM")
     check_imported_shape(ModelConfig(num_layers=2, hidden_size=32, vocab_size=448), rd)
     check_imported_shape(ModelConfig(num_layers=2, hidden_size=32), rd, 448)  # vocabulary from the tokenizer
     with pytest.raises(ValueError, match=r"model.hidden_size=64 here but 32 in the import.*"
@@ -217,3 +217,14 @@ def test_cli_import_then_export_round_trip(tmp_path, import_tp):
     tokens = _tokens(ckpt.vocab_size, (1, 9), seed=2)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens).logits, ckpt.model(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_export_writes_the_imported_architecture_unless_told_otherwise(tmp_path):
+    from rpt.config import ModelConfig
+
+    rd = RunDir(tmp_path, "run")
+    assert export_architecture(None, rd, qkv_bias=True) == "Qwen2ForCausalLM"  # no import: from the QKV bias
+    assert export_architecture(None, rd, qkv_bias=False) == "LlamaForCausalLM"
+    write_shape_record(rd, "/models/x", dict(ModelConfig(qkv_bias=False).__dict__), "LlamaForCausalLM")
+    assert export_architecture(None, rd, qkv_bias=False) == "LlamaForCausalLM"
+    assert export_architecture("Qwen2ForCausalLM", rd, qkv_bias=False) == "Qwen2ForCausalLM"

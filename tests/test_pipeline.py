@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1", "logging.sample_every=4", "logging.samples=3",
                  "rpt.eval_every=4", "rpt.eval_size=20",
                  "algo.entropy_coef=0.01"]  # the 6-step smoke base earns no reward: the bonus makes every step train
+README_LINES = ("rpt cnt",)  # run by test_cnt_baseline_... with the run's name and root (tests/test_readme.py)
 TIMING_KEYS = {"rollout_s", "score_s", "update_s", "tokens_per_s", "seconds", "peak_memory_gb"}  # machine-dependent
 
 

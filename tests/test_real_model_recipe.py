@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 README_LINES = {
     "rpt_qwen2_5_1_5b": [
         "rpt hf_import experiment=rpt_qwen2_5_1_5b run.name=q15 hf.path=/models/Qwen2.5-1.5B",
-        "rpt pipeline experiment=rpt_qwen2_5_1_5b run.name=q15 data.source=/data/omnimath.jsonl",
-        "rpt hf_export experiment=rpt_qwen2_5_1_5b run.name=q15 hf.source=rpt hf.export_dir=/models/q15-rpt",
+        "rpt pipeline run.name=q15 data.source=/data/omnimath.jsonl",
+        "rpt hf_export run.name=q15 hf.source=rpt hf.export_dir=/models/q15-rpt",
     ],
     "rpt_r1_distill_1_5b": [
         "rpt hf_import experiment=rpt_r1_distill_1_5b run.name=r1 hf.path=/models/DeepSeek-R1-Distill-Qwen-1.5B",
-        "rpt pipeline experiment=rpt_r1_distill_1_5b run.name=r1 data.source=/data/omnimath.jsonl",
-        "rpt hf_export experiment=rpt_r1_distill_1_5b run.name=r1 hf.source=rpt hf.export_dir=/models/r1-rpt",
+        "rpt pipeline run.name=r1 data.source=/data/omnimath.jsonl",
+        "rpt hf_export run.name=r1 hf.source=rpt hf.export_dir=/models/r1-rpt",
     ],
 }
 PRESETS = ("rpt_qwen2_5_1_5b", "rpt_r1_distill_1_5b", "paper_14b")
@@ -256,13 +256,11 @@ def test_the_readme_real_model_lines_run_to_a_report_and_an_export(preset, arch,
     ckpt = make_hf_checkpoint(tmp_path / "hf_model", arch, style)
     paths = {"hf.path": ckpt.path, "data.source": _corpus(tmp_path / "omnimath.jsonl"),
              "hf.export_dir": tmp_path / "exported"}
-    # sizes appended: the run's root, the tiny checkpoint's shape (until runs remember the imported shape), the
-    # scaled-down lengths and counts, and the architecture to export
+    # sizes appended: the run's root, the tiny checkpoint's shape and the scaled-down lengths and counts (the run
+    # remembers its preset from the first line; the same values given again are no change)
     extra = [f"run.root={tmp_path / 'runs'}", *model_overrides(ckpt.path), *SIZES]
     for line in README_LINES[preset]:
         cmd = _substitute(line, paths) + extra
-        if "hf_export" in line and arch == "llama":
-            cmd.append("hf.architecture=LlamaForCausalLM")
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-4000:]}"
     run_name = re.search(r"run\.name=(\S+)", README_LINES[preset][0]).group(1)

@@ -134,6 +134,7 @@ def test_jsonl_records_with_bad_ones_are_counted_and_skipped(tmp_path, tokenizer
 
 # --- the stage through the CLI -------------------------------------------------------------------------------------
 
+README_LINES = ("rpt sft",)  # run by test_resumed_sft_... with the run's name and root (tests/test_readme.py)
 SFT_OVERRIDES = ["stages=[prep,pretrain,sft]", "rl.steps=6", "sft.checkpoint_every=3", "sft.micro_batch_size=5",
                  "sft.lr=3e-3", "sft.min_lr=3e-3", "sft.warmup_steps=0"]
 

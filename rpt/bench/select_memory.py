@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--root", type=Path, required=True)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--code", type=Path, default=None, help="run select from this checkout (PYTHONPATH)")
-    ap.add_argument("--pretrain-steps", type=int, default=60)
+    ap.add_argument("--pretrain-steps", type=int, default=6)  # the proxy only has to exist: memory, not quality
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)

@@ -119,13 +119,26 @@ def record_path(rd) -> Path:
     return rd.checkpoints("hf") / RECORD
 
 
-def write_shape_record(rd, source: str | Path, mc: dict) -> Path:
-    """Record the imported model's shape for the run's later stages (written by ``hf_import``)."""
+def write_shape_record(rd, source: str | Path, mc: dict, architecture: str) -> Path:
+    """Record the imported model's shape and architecture for the run's later stages (written by ``hf_import``)."""
     from rpt.rundir import write_json
 
     path = record_path(rd)
-    write_json(path, {"source": str(source), "model": mc})
+    write_json(path, {"source": str(source), "architecture": architecture, "model": mc})
     return path
+
+
+def export_architecture(chosen: str | None, rd, qkv_bias: bool) -> str:
+    """The architecture ``hf_export`` writes: the one chosen, else the imported model's, else Qwen2 for a model with
+    QKV bias and Llama without."""
+    if chosen:
+        return chosen
+    path = record_path(rd)
+    if path.exists():
+        imported = json.loads(path.read_text(encoding="utf-8")).get("architecture")
+        if imported:
+            return imported
+    return "Qwen2ForCausalLM" if qkv_bias else "LlamaForCausalLM"
 
 
 def shape_mismatches(model_cfg, vocab_size: int | None, record: dict) -> list[tuple[str, object, object]]:

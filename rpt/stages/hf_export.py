@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rpt.model.hf import export_hf
+from rpt.model.hf_config import export_architecture
 from rpt.model.loading import load_eval_model
 from rpt.tokenizer import Tokenizer
 
@@ -24,6 +25,7 @@ def run(ctx) -> dict:
     out = Path(cfg.hf.export_dir or rd.path / "hf" / cfg.hf.source)
     if rt.is_main:
         special_ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-        export_hf(model, mc, out, cfg.hf.architecture, rd.tokenizer, cfg.hf.max_shard_size, special_ids)
+        architecture = export_architecture(cfg.hf.architecture, rd, cfg.model.qkv_bias)
+        export_hf(model, mc, out, architecture, rd.tokenizer, cfg.hf.max_shard_size, special_ids)
     ctx.barrier()
     return {"source": cfg.hf.source, "out": str(out), "dtype": str(rt.dtype).removeprefix("torch.")}

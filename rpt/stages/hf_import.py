@@ -12,6 +12,7 @@ The shape read is recorded in ``checkpoints/hf/model.json``, which later stages 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -66,6 +67,6 @@ def run(ctx) -> dict:
               parallel_state.get_tensor_model_parallel_world_size())
     step_dir = save_model_only(rd.checkpoints("hf"), model)
     if rt.is_main:
-        write_shape_record(rd, src, hf_cfg)
+        write_shape_record(rd, src, hf_cfg, json.loads((src / "config.json").read_text())["architectures"][0])
     ctx.barrier()
     return {"source": str(src), "checkpoint": str(step_dir), "model": hf_cfg}

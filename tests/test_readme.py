@@ -1,0 +1,494 @@
+"""The README's commands, run the way a user runs them.
+
+Team rule: every command the README shows is one a test runs, or it is marked as needing a GPU, a cluster or the hub
+(a trailing `# needs a GPU` / `# needs a cluster` / `# needs the hub` comment). A test module names the README lines
+it runs, verbatim, in a module-level ``README_LINES`` (a tuple, list or dict of them);
+``test_every_readme_command_is_run_or_marked`` reads README.md's ```bash blocks and its inline command spans and
+fails naming every command that no ``README_LINES`` holds and no mark excuses, and
+``test_every_readme_lines_entry_is_a_readme_command`` keeps the constants from drifting away from the text.
+
+The e2e tests below run the lines no other test runs, in a temporary directory (so `runs/` is the test's own), at
+smoke size: placeholder paths and sizes are replaced in place, and the smoke sizes are appended after the verbatim
+line (Hydra takes the last value of a key; a run remembers its first call's overrides, rpt/run_memory.py, so the
+later lines of a block get only what they change themselves).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+MARKS = ("needs a GPU", "needs a cluster", "needs the hub")
+# an inline `code` span in the prose that is a command (not a module path such as `rpt/config.py`)
+INLINE_COMMAND = re.compile(r"(rpt [a-z_]+|make [a-z]+|launch/\S+\.sh)( .*)?")
+
+# The README lines this file runs (the others: tests/test_real_model_recipe.py, test_bench.py, test_pipeline.py,
+# test_sft.py). `make test` is the CI command: .ci/run runs it (test_make_test_is_the_ci_command).
+README_LINES = {
+    "two commands": ["make demo", "make test"],
+    "one stage at a time": [
+        "rpt prep run.name=exp1",
+        "rpt pretrain run.name=exp1 pretrain.steps=3000 model.num_layers=6",
+        "rpt select run.name=exp1 select.mode=top_fraction select.top_fraction=0.2",
+        "rpt rpt run.name=exp1 algo=forking rollout.group_size=16 rpt.steps=200",
+        "rpt rpt run.name=exp1 algo=kl_cov rpt.ppo_mini_batch_size=4 force=true",
+        "rpt pipeline run.name=exp1 rl.ppo_mini_batch_size=4",
+    ],
+    "remedies sweep": [
+        "rpt pipeline --multirun experiment=remedies algo=grpo,clip_higher,forking,kl_cov,clip_cov,gppo,hicra",
+    ],
+    "seeds": [
+        "rpt pipeline --multirun run.seed=0,1,2 'run.name=seed${run.seed}'",
+        "rpt report run.name=seeds 'report.runs=[seed0,seed1,seed2]'",
+    ],
+    "own corpus, imported model": [
+        "rpt hf_import experiment=rpt_r1_distill_1_5b run.name=mine hf.path=/models/DeepSeek-R1-Distill-Qwen-1.5B",
+        "rpt pipeline run.name=mine data.source='/data/corpus/*.jsonl' data.text_template=null data.text_field=text",
+    ],
+    "own corpus, from scratch": [
+        "rpt pipeline data=jsonl data.source='/data/corpus/*.jsonl' data.text_field=text run.name=scratch",
+        "rpt pipeline data=jsonl data.source=/data/docs.parquet data.streaming=true run.name=scratch2",
+    ],
+    "downstream tasks": [
+        "rpt rl rl_task.task=basic_arithmetic rl_task.operators=null rl_task.template=\"'{question} <think>'\"",
+        "rpt rl rl_task.operators=null rl_task.template=\"'{question} <think>'\" "
+        "+rl_task.mix.chain_sum='{weight:2,min_terms:3}' +rl_task.mix.basic_arithmetic='{weight:1}'",
+        "rpt rl rl_task.source=dataset rl_task.dataset.path='/data/qa/*.jsonl' "
+        "rl_task.dataset.test_split=\"'train[-500:]'\" rl_task.dataset.train_split=\"'train[:-500]'\" "
+        "rl_task.dataset.question_field=problem rl_task.template=\"'{question} <think>'\"",
+    ],
+    "baselines": [
+        "rpt pipeline experiment=compare",
+        "rpt pipeline stages=[prep,pretrain,select,rpt,rl,sft,eval,report]",
+    ],
+    "benchmarks": ['rpt bench "bench.parts=[memory]"'],
+    "cluster": [
+        "mkdir -p logs",
+        "DRY_RUN=1 SLURM_NNODES=4 bash launch/slurm/rpt.sbatch pipeline run.name=big",
+        "launch/torchrun.sh 8 pipeline run.name=x run.tensor_parallel=2",
+    ],
+}
+
+
+# ---- the README's commands -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    text: str  # continuation lines joined, trailing comment removed
+    comment: str = ""
+
+    @property
+    def mark(self) -> str | None:
+        return next((m for m in MARKS if m in self.comment), None)
+
+
+def split_comment(line: str) -> tuple[str, str]:
+    """`code  # comment` → (code, comment): the first `#` outside quotes that starts a word."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip(), line[i + 1:].strip()
+    return line.rstrip(), ""
+
+
+def block_commands(markdown: str) -> list[Command]:
+    """The commands of every ```bash block: a line ending in `\\` continues on the next one."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", markdown, flags=re.S | re.M):
+        parts, comments = [], []
+        for raw in block.splitlines():
+            code, comment = split_comment(raw)
+            comments += [comment] if comment else []
+            if code.endswith("\\"):
+                parts.append(code[:-1].strip())
+                continue
+            parts.append(code.strip())
+            text = " ".join(p for p in parts if p)
+            if text:
+                commands.append(Command(text, " ".join(comments)))
+            parts, comments = [], []
+    return commands
+
+
+def inline_commands(markdown: str) -> list[Command]:
+    """Inline `code` spans of the prose that are commands, except those that only name the start of another one
+    (`rpt pipeline`, `rpt select run.name=exp1` in the text about the block that holds the whole line)."""
+    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    spans = [s for s in re.findall(r"`([^`\n]+)`", prose) if INLINE_COMMAND.fullmatch(s)]
+    whole = [c.text for c in block_commands(markdown)] + spans
+    return [Command(s) for s in dict.fromkeys(spans) if not any(o != s and o.startswith(s + " ") for o in whole)]
+
+
+def readme_commands(markdown: str) -> list[Command]:
+    return block_commands(markdown) + inline_commands(markdown)
+
+
+def readme_lines_in_tests() -> dict[str, list[str]]:
+    """Every string of every tests/test_*.py module's top-level ``README_LINES`` → the files that hold it."""
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        else:
+            for v in value:
+                yield from strings(v)
+
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == "README_LINES" for t in targets):
+                for line in strings(ast.literal_eval(node.value)):
+                    found.setdefault(line, []).append(path.name)
+    return found
+
+
+def uncovered(commands: list[Command], run_lines) -> list[str]:
+    return [c.text for c in commands if c.text not in run_lines and c.mark is None]
+
+
+def test_the_parser_joins_continuations_and_keeps_comments_for_the_marks():
+    md = ("text `rpt a` and `rpt cnt` and `rpt/config.py`\n```bash\nrpt a x=1   # one\n"
+          "rpt b y=\"'#no comment'\" \\\n    z=2   # needs a GPU\n\nmkdir -p logs\n```\n```\nnot bash\n```\n")
+    commands = readme_commands(md)
+    assert commands == [Command("rpt a x=1", "one"), Command("rpt b y=\"'#no comment'\" z=2", "needs a GPU"),
+                        Command("mkdir -p logs"), Command("rpt cnt")]
+    assert uncovered(commands, {"rpt a x=1"}) == ["mkdir -p logs", "rpt cnt"]
+
+
+def test_every_readme_command_is_run_or_marked():
+    commands = readme_commands(README.read_text())
+    assert len(commands) > 30  # the parser found the README's commands
+    missing = uncovered(commands, readme_lines_in_tests())
+    assert not missing, ("README commands that no test runs (add a test that runs the line and put it, verbatim, "
+                         "in that module's README_LINES) and no `# needs a GPU/cluster/the hub` mark excuses:\n  "
+                         + "\n  ".join(missing))
+
+
+def test_every_readme_lines_entry_is_a_readme_command():
+    commands = {c.text for c in readme_commands(README.read_text())}
+    stale = {line: files for line, files in readme_lines_in_tests().items() if line not in commands}
+    assert not stale, f"README_LINES entries that README.md no longer shows as a command: {stale}"
+
+
+def test_make_test_is_the_ci_command():
+    """`make test` is not run from inside the suite (it would recurse): CI runs it, and it runs ruff and pytest."""
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == "make test"
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+    assert "ruff check ." in recipe and "-m pytest" in recipe
+
+
+# ---- running a line --------------------------------------------------------------------------------------------
+
+def smoke_sizes() -> list[str]:
+    """conf/experiment/smoke.yaml as command-line overrides, to append after a line that names another experiment
+    (a second `experiment=` would replace the first one's settings, not only its sizes)."""
+    cfg = yaml.safe_load((ROOT / "conf" / "experiment" / "smoke.yaml").read_text())
+    out = [f"{k.removeprefix('override /')}={v}" for entry in cfg.pop("defaults") for k, v in entry.items()]
+
+    def flatten(prefix, node):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flatten(f"{prefix}{key}.", value)
+            else:
+                out.append(f"{prefix}{key}={value}")
+
+    flatten("", cfg)
+    return out
+
+
+def environment() -> dict:
+    """This process's environment with this interpreter's bin first on PATH (`rpt`, `torchrun`), without a job's
+    Slurm or rendezvous variables (the suite may run inside a Slurm job)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RPT_", "MASTER_", "RANK"))}
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "WANDB_SILENT": "true"}
+
+
+def run_line(line: str, cwd: Path, *, replace: dict | None = None, append=(), env: dict | None = None,
+             timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a README line with bash in ``cwd``. ``replace`` maps a word (or the key of a `key=value` word) to its
+    substitute; ``append`` goes after the line."""
+    replace = replace or {}
+    words = []
+    for word in shlex.split(line):
+        key = word.split("=", 1)[0] if "=" in word else word
+        words.append(word if key not in replace else f"{key}={replace[key]}" if "=" in word else str(replace[key]))
+    script = shlex.join(words + list(append))
+    proc = subprocess.run(["bash", "-c", script], cwd=cwd, env={**environment(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{line}\n$ {script}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def lines(section: str) -> list[str]:
+    return README_LINES[section]
+
+
+def finished(run: Path) -> set[str]:
+    return {p.stem for p in (run / "done").glob("*.json")}
+
+
+def metrics(run: Path, stage: str) -> list[dict]:
+    rows = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [r for r in rows if r["stage"] == stage]
+
+
+def config(run: Path) -> dict:
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+PIPELINE = {"prep", "pretrain", "select", "rpt", "rl", "eval", "report"}
+
+
+def assert_reported(run: Path, stages=PIPELINE) -> str:
+    assert stages <= finished(run), finished(run)
+    report = (run / "report" / "report.md").read_text()
+    assert "## " in report
+    return report
+
+
+@pytest.fixture(scope="module")
+def smoke_base(tmp_path_factory) -> Path:
+    """A smoke run named `demo` up to `rpt` (what `rl` and the later stages start from), copied by the tests."""
+    root = tmp_path_factory.mktemp("base")
+    run_line("rpt pipeline experiment=smoke stages=[prep,pretrain,select,rpt]", root)
+    return root / "runs" / "demo"
+
+
+def copy_run(run: Path, root: Path) -> Path:
+    shutil.copytree(run, root / "runs" / run.name)
+    return root / "runs" / run.name
+
+
+def corpus_documents(n: int = 120) -> list[str]:
+    """Demo documents, half of them worked in the think format (`<think> … </think> \\boxed{…}`)."""
+    from data_prep.demo_corpus import generate_documents
+    from tests.conftest import demo_data_cfg
+
+    return generate_documents(demo_data_cfg(), n, 0.5, seed=3)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---- Two commands ------------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_make_demo(tmp_path):
+    """`make demo` in the repository, its runs under tmp_path (RPT_ARGS: smoke sizes and run.root)."""
+    venv = Path(sys.prefix)
+    stamp = venv / ".installed"
+    if not stamp.exists() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        pytest.skip(f"{venv} was not installed by `make install` (or is older than pyproject.toml): `make demo` "
+                    "would install packages")
+    args = " ".join(shlex.quote(a) for a in [*smoke_sizes(), f"run.root={tmp_path / 'runs'}"])
+    run_line("make demo", ROOT, env={"VENV": str(venv), "RPT_ARGS": args})
+    run = tmp_path / "runs" / "demo"
+    assert_reported(run)
+    cfg = config(run)  # the demo's own settings, under the smoke sizes
+    assert cfg["select"]["threshold"] == 0.75 and cfg["algo"]["dynamic_sampling"] and cfg["model"]["name"] == "smoke"
+    assert len(metrics(run, "rpt")) == 3 and metrics(run, "rl_rpt")
+    assert not (ROOT / "runs" / "demo" / "overrides.yaml").exists() or "run.root" not in (
+        ROOT / "runs" / "demo" / "overrides.yaml").read_text()  # the repository's own runs/ untouched
+
+
+# ---- One stage at a time -----------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_one_stage_at_a_time_remembers_the_run_and_force_redoes_a_stage(tmp_path):
+    prep, pretrain, select, rpt_forking, rpt_kl_cov, rest = lines("one stage at a time")
+    # smoke sizes, remembered from the first call; 8 prompts per step so that mini-batches of 4 make two optimizer
+    # steps per rollout (kl_cov needs them; the demo has 16 prompts)
+    run_line(prep, tmp_path, append=["experiment=smoke", "rpt.prompts_per_step=8", "rl.prompts_per_step=8"])
+    run_line(pretrain, tmp_path, replace={"pretrain.steps": 6})
+    run_line(select, tmp_path)
+    run_line(rpt_forking, tmp_path, replace={"rpt.steps": 3})
+    run = tmp_path / "runs" / "exp1"
+    assert [r["step"] for r in metrics(run, "rpt")] == [1, 2, 3]
+    run_line(rpt_kl_cov, tmp_path)
+    (aside,) = (run / "superseded").iterdir()  # the forking stage moved aside, nothing deleted
+    assert (aside / "done" / "rpt.json").exists() and (aside / "checkpoints" / "rpt" / "latest").exists()
+    run_line(rest, tmp_path)
+    assert_reported(run)
+    cfg = config(run)  # the later lines kept what the earlier ones set, without repeating it
+    assert cfg["model"]["num_layers"] == 6 and cfg["model"]["hidden_size"] == 32
+    assert cfg["select"]["mode"] == "top_fraction" and cfg["rollout"]["group_size"] == 16
+    assert cfg["algo"]["policy_loss"] == "kl_cov" and cfg["rpt"]["steps"] == 3
+    assert cfg["rpt"]["ppo_mini_batch_size"] == 4 and cfg["rl"]["ppo_mini_batch_size"] == 4
+    assert [r["step"] for r in metrics(run, "rpt")] == [1, 2, 3] and metrics(run, "rl_rpt")
+
+
+@pytest.mark.e2e
+def test_the_remedies_sweep_gives_each_algo_its_run(tmp_path):
+    (sweep,) = lines("remedies sweep")
+    run_line(sweep, tmp_path, replace={"algo": "grpo,kl_cov"},
+             append=[*smoke_sizes(), "rpt.prompts_per_step=8", "rl.prompts_per_step=8"])
+    for algo, loss in [("grpo", "vanilla"), ("kl_cov", "kl_cov")]:
+        run = tmp_path / "runs" / f"remedies_{algo}"
+        assert_reported(run)
+        cfg = config(run)
+        assert cfg["algo"]["policy_loss"] == loss and cfg["rpt"]["ppo_mini_batch_size"] == 4
+        assert all(r["optimizer_steps"] in (0, 2) for r in metrics(run, "rpt"))
+
+
+# ---- Numbers with their uncertainty ------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_a_seed_sweep_and_its_aggregate_report(tmp_path):
+    sweep, aggregate = lines("seeds")
+    run_line(sweep, tmp_path, append=["experiment=smoke"])
+    for seed in (0, 1, 2):
+        assert_reported(tmp_path / "runs" / f"seed{seed}")
+        assert config(tmp_path / "runs" / f"seed{seed}")["run"]["seed"] == seed
+    run_line(aggregate, tmp_path)
+    report = (tmp_path / "runs" / "seeds" / "report" / "report.md").read_text()
+    assert "±" in report and all(f"seed{s}" in report for s in (0, 1, 2))
+
+
+# ---- Your own corpus ---------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_own_corpus_from_scratch_jsonl_and_streamed_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = corpus_documents()
+    assert sum("</think> \\boxed{" in d for d in docs) > 20
+    half = len(docs) // 2
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": d} for d in docs[:half]])
+    write_jsonl(tmp_path / "corpus" / "b.jsonl", [{"text": d} for d in docs[half:]])
+    pq.write_table(pa.table({"text": docs}), tmp_path / "docs.parquet")
+    jsonl, parquet = lines("own corpus, from scratch")
+    run_line(jsonl, tmp_path, replace={"data.source": tmp_path / "corpus" / "*.jsonl"}, append=["experiment=smoke"])
+    run_line(parquet, tmp_path, replace={"data.source": tmp_path / "docs.parquet"}, append=["experiment=smoke"])
+    for name in ("scratch", "scratch2"):
+        run = tmp_path / "runs" / name
+        assert_reported(run)
+        assert json.loads((run / "data" / "ingest_summary.json").read_text())["kept"] == len(docs)
+        assert len(metrics(run, "rpt")) == 3
+
+
+@pytest.mark.e2e
+def test_own_corpus_on_an_imported_model(tmp_path):
+    pytest.importorskip("transformers")
+    from tests.hf_fixtures import make_hf_checkpoint, model_overrides
+    from tests.test_real_model_recipe import SIZES
+
+    ckpt = make_hf_checkpoint(tmp_path / "hf_model", "llama", "r1")
+    docs = corpus_documents()
+    write_jsonl(tmp_path / "corpus" / "docs.jsonl", [{"text": d} for d in docs])
+    sizes = [*model_overrides(ckpt.path), *SIZES]
+    imported, pipeline = lines("own corpus, imported model")
+    run_line(imported, tmp_path, replace={"hf.path": ckpt.path}, append=sizes)
+    run_line(pipeline, tmp_path, replace={"data.source": tmp_path / "corpus" / "*.jsonl"}, append=sizes)
+    run = tmp_path / "runs" / "mine"
+    report = assert_reported(run, PIPELINE - {"pretrain"} | {"hf_import"})
+    assert "| hf | direct |" in report
+    assert json.loads((run / "data" / "ingest_summary.json").read_text())["kept"] == len(docs)
+
+
+# ---- Downstream RL tasks -----------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_downstream_rl_tasks(smoke_base, tmp_path):
+    """Each line on its own copy of the run it fine-tunes (`runs/demo`, finished up to `rpt`)."""
+    generator, mixture, local_qa = lines("downstream tasks")
+    qa = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(26) for b in range(20)]
+    for i, (line, replace) in enumerate([(generator, {}), (mixture, {}),
+                                         (local_qa, {"rl_task.dataset.path": tmp_path / "qa" / "*.jsonl"})]):
+        home = tmp_path / f"line{i}"
+        write_jsonl(home / "qa" / "train.jsonl", qa)
+        run = copy_run(smoke_base, home)
+        replace = {k: str(v).replace(str(tmp_path), str(home)) for k, v in replace.items()}
+        run_line(line, home, replace=replace)
+        assert "rl" in finished(run)
+        for stage in ("rl_pretrain", "rl_rpt"):
+            rows = metrics(run, stage)
+            assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["reward_mean"] <= 1 for r in rows)
+    assert config(tmp_path / "line0" / "runs" / "demo")["rl_task"]["task"] == "basic_arithmetic"
+    assert set(config(tmp_path / "line1" / "runs" / "demo")["rl_task"]["mix"]) == {"chain_sum", "basic_arithmetic"}
+    summary = json.loads((tmp_path / "line2" / "runs" / "demo" / "done" / "rl.json").read_text())
+    assert config(tmp_path / "line2" / "runs" / "demo")["rl_task"]["source"] == "dataset", summary
+
+
+# ---- Baselines and the comparison recipe -------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_the_comparison_recipe(tmp_path):
+    compare, _ = lines("baselines")
+    run_line(compare, tmp_path, append=smoke_sizes())
+    run = tmp_path / "runs" / "compare"
+    report = assert_reported(run, PIPELINE | {"cnt", "sft"})
+    downstream = json.loads((run / "eval" / "downstream.json").read_text())["results"]
+    assert {"pretrain", "sft", "rl_pretrain", "rpt", "rl_rpt", "cnt", "rl_cnt"} <= set(downstream) or \
+        {"base", "sft", "rl_pretrain", "rpt", "rl_rpt", "cnt", "rl_cnt"} <= set(downstream), set(downstream)
+    assert "| sft |" in report and "rl_cnt" in report
+
+
+@pytest.mark.e2e
+def test_sft_beside_rl_in_the_pipeline(smoke_base, tmp_path):
+    _, with_sft = lines("baselines")
+    run = copy_run(smoke_base, tmp_path)
+    run_line(with_sft, tmp_path)
+    assert_reported(run, PIPELINE | {"sft"})
+    assert metrics(run, "sft") and "sft" in json.loads((run / "eval" / "downstream.json").read_text())["results"]
+
+
+# ---- Benchmarks --------------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_the_memory_benchmark(tmp_path):
+    (memory,) = lines("benchmarks")
+    proc = run_line(memory, tmp_path, append=[
+        "bench.memory_vocab_size=300", "bench.memory_context=8", "bench.memory_response=6",
+        "bench.memory_lengths=[6]", "bench.memory_scoring_windows=2", "rpt.logits_chunk_tokens=3"])
+    result = json.loads(proc.stdout)
+    assert result == json.loads((tmp_path / "bench.json").read_text()) and set(result) >= {"memory"}
+    step = result["memory"]["rpt_step"]
+    assert step["before_peak_mb"] > 0 and step["max_abs_logp_diff"] < 1e-4
+
+
+# ---- Running on a cluster ----------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_the_slurm_dry_run_prints_the_srun_line(tmp_path):
+    mkdir, dry_run, _ = lines("cluster")
+    run_line(mkdir, tmp_path)
+    out = run_line(dry_run, tmp_path, replace={"launch/slurm/rpt.sbatch": ROOT / "launch" / "slurm" / "rpt.sbatch"},
+                   env={"PYTHON": sys.executable}).stdout
+    assert out.startswith("srun ") and "--nodes 4" in out and "-m rpt.cli pipeline run.name=big" in out
+    assert (tmp_path / "logs").is_dir() and not (tmp_path / "runs").exists()  # printed, nothing ran
+
+
+@pytest.mark.e2e
+@pytest.mark.multiprocess
+def test_torchrun_on_one_node(tmp_path):
+    *_, torchrun = lines("cluster")
+    run_line(torchrun, tmp_path, replace={"launch/torchrun.sh": ROOT / "launch" / "torchrun.sh", "8": 2},
+             append=["experiment=smoke"], env={"OMP_NUM_THREADS": "1"})
+    run = tmp_path / "runs" / "x"
+    assert_reported(run)
+    assert len(metrics(run, "rpt")) == 3 and metrics(run, "rl_rpt")
