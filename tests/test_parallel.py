@@ -90,8 +90,8 @@ def test_tp2_checkpoint_loads_under_tp1(single):
         pytest.skip("needs the tp2 run of test_two_processes_match_one")
     for name in ("single", "tp2"):
         _cli(root, 1, "select", f"run.name={name}")
-    a = np.load(single / "positions" / "entropy.npz")["entropy"].astype(np.float32)
-    b = np.load(run / "positions" / "entropy.npz")["entropy"].astype(np.float32)
+    a, b = (np.concatenate([np.load(p)["entropy"] for p in sorted((r / "positions" / "entropy_shards").glob(
+        "shard_*.npz"))]) for r in (single, run))
     np.testing.assert_allclose(b, a, atol=2e-3, equal_nan=True)
 
 
@@ -126,14 +126,14 @@ def test_two_process_scoring_matches_one(single):
         _cli(single.parent, 1, "select", "run.name=single")
     run = _copy_run(single, "score_dp2", "positions", "select.json")
     _cli(single.parent, 2, "select", "run.name=score_dp2")
-    shards = sorted(p.name for p in (single / "positions" / "entropy_shards").iterdir())
-    assert shards == sorted(p.name for p in (run / "positions" / "entropy_shards").iterdir()) and shards
+    shards = sorted(p.name for p in (single / "positions" / "entropy_shards").glob("shard_*.npz"))
+    assert shards == sorted(p.name for p in (run / "positions" / "entropy_shards").glob("shard_*.npz")) and shards
     for name in shards:
         a, b = (np.load(r / "positions" / "entropy_shards" / name) for r in (single, run))
         np.testing.assert_array_equal(b["lengths"], a["lengths"])
         np.testing.assert_allclose(b["entropy"], a["entropy"], atol=1e-5, equal_nan=True)
-    for split in ("train.jsonl", "heldout.jsonl"):
-        assert (run / "positions" / split).read_text() == (single / "positions" / split).read_text(), split
+    for split in ("train.npy", "heldout.npy"):
+        assert (run / "positions" / split).read_bytes() == (single / "positions" / split).read_bytes(), split
 
 
 @pytest.mark.parametrize("cap", [None, 100])

@@ -54,8 +54,10 @@ def test_pipeline_writes_every_artifact(reference_run):
     for split in ("pretrain", "rpt"):
         manifest = json.loads((rd / "data" / f"{split}.manifest.json").read_text())
         assert manifest["documents"] > 0 and manifest["tokens"] > 0
-    train = (rd / "positions" / "train.jsonl").read_text().splitlines()
-    assert train and {"doc_id", "offset", "context", "target", "entropy", "bucket"} <= set(json.loads(train[0]))
+    from rpt.positions import Positions
+
+    train = Positions(rd / "positions", "train")
+    assert len(train) and {"doc_id", "offset", "context", "target", "entropy", "bucket"} <= set(train[0])
     for stage in ["pretrain", "rpt", "rl_pretrain", "rl_rpt"]:
         assert stage_rows(rd, stage), stage
     rpt_rows = stage_rows(rd, "rpt")

@@ -124,7 +124,7 @@ def _fake_run(tmp_path) -> RunDir:
     """A run's files as the stages lay them out (written here: the moves are what is tested)."""
     rd = RunDir(tmp_path, "r")
     for rel in ["data/pretrain.bin", "tokenizer/tokenizer.model", "checkpoints/pretrain/step_000006/state.pt",
-                "positions/entropy_shards/shard_000000.npy", "positions/train.jsonl", "checkpoints/rpt/latest",
+                "positions/entropy_shards/shard_00000.npz", "positions/train.npy", "checkpoints/rpt/latest",
                 "rollouts/rpt/step_000002.jsonl", "checkpoints/rl_rpt/latest", "checkpoints/cnt/latest",
                 "eval/next_token.json", "report/report.md", "report/entropy_hist.png"]:
         write_text(rd.path / rel, rel)
@@ -140,7 +140,7 @@ def test_forcing_select_moves_its_shards_and_its_consumers_aside(tmp_path):
     rd = _fake_run(tmp_path)
     force.start_over(rd, {"select"}, ["stage=select", "force=true"])
     (aside,) = (rd.path / "superseded").iterdir()
-    for rel in ["positions/entropy_shards/shard_000000.npy", "checkpoints/rpt/latest", "rollouts/rpt/step_000002.jsonl",
+    for rel in ["positions/entropy_shards/shard_00000.npz", "checkpoints/rpt/latest", "rollouts/rpt/step_000002.jsonl",
                 "checkpoints/rl_rpt/latest", "checkpoints/cnt/latest", "eval/next_token.json", "done/select.json",
                 "done/rpt.json", "done/eval.json", "done/report.json", "stage_config/rpt.json"]:
         assert (aside / rel).exists() and not (rd.path / rel).exists(), rel
