@@ -1,0 +1,207 @@
+"""The RL sections of the config schema: rollout sampling and prompt templates, the algorithm (policy loss,
+advantage, the entropy remedies, Critique-GRPO, SDPO) and the RL training loop.
+
+Split from ``rpt/config.py`` (which re-exports every name here and composes them into ``RootConfig``) only to
+keep each file readable; the rules are the same: typed fields with one-line docs, validation in
+``__post_init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ENGINES = ("auto", "lean", "megatron")  # rollout.engine
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # algo.loss_agg
+
+
+def _one_of(section: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{section}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+# The RPT paper's prompt template v0 (arXiv 2506.08007, appendix, "Seven prompt templates for the next-token
+# reasoning task"), word for word as printed there, quote marks included; the paper prints the context slot as
+# "### Context {prompt_content}" and its line breaks are not recoverable from the PDF, so the context goes on its own
+# line after the heading. Braces are doubled for str.format-style rendering.
+V0_PROMPT = ("Complete the given text under \u2018### Context\u2019 by predicting the next token, and wrap it in "
+             "\u2018\\boxed{{}}\u2019. Please reason step by step to find the most probable next token as the final "
+             "answer, and enclose it in \\boxed{{}} (note: the token may begin with a space, e.g., \\boxed{{ para}} "
+             "or \\boxed{{ =}}; do not use \\text{{}}).\n\n### Context\n{context}")
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8  # completions per prompt (G)
+    temperature: float = 0.8  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling mass
+    max_new_tokens: int = 48  # response length cap
+    engine: str = "auto"  # incremental forward: auto (lean where the model allows) | lean | megatron
+    max_batch_rows: int = 0  # most rows decoding at once; finished rows leave, the next chunk waits (0: all rows)
+    max_kv_tokens: int = 0  # most KV-cache tokens at once: rows x (longest prompt + max_new_tokens) (0: no limit)
+    stop_at_answer: bool = True  # end a response once its \\boxed{} after </think> closes
+    format_reward: float = 0.0  # added for a parseable answer, right or wrong (paper: none)
+    no_answer_warn_share: float = 0.95  # an RL stage warns (log, stage summary, report) when at least this share of
+    # its rollouts has no parseable answer over the last `no_answer_warn_steps` steps: its rewards are all 0
+    no_answer_warn_steps: int = 10  # steps in that window (the whole stage when it is shorter)
+    template: str = "think"  # prompt template name (key of `templates`)
+    chat_template: bool = False  # the rendered template (context included) becomes the user turn of the tokenizer's
+    # chat template, then its assistant generation prompt (an imported HF tokenizer's; R1-Distill's opens <think>)
+    templates: dict[str, str] = field(default_factory=lambda: {
+        "think": "{context}<think>",
+        "v0": V0_PROMPT,
+        "v0_think": V0_PROMPT + "<think>\n",
+    })  # prompt templates; {context} is the document prefix, {{ }} a literal brace. v0: the RPT paper's prompt word
+    # for word (for rollout with the model's chat template, which opens the reasoning); v0_think: v0 followed by
+    # "<think>", for prompting a model as plain text
+
+    def __post_init__(self):
+        _one_of("rollout", "engine", self.engine, ENGINES)
+        _one_of("rollout", "template", self.template, tuple(self.templates))
+        if not 0.0 < self.no_answer_warn_share <= 1.0 or self.no_answer_warn_steps < 1:
+            raise ValueError(f"rollout.no_answer_warn_share must be in (0, 1] and rollout.no_answer_warn_steps >= 1, "
+                             f"got {self.no_answer_warn_share} and {self.no_answer_warn_steps}")
+        if self.max_batch_rows < 0 or self.max_kv_tokens < 0:
+            raise ValueError(f"rollout.max_batch_rows and rollout.max_kv_tokens must be >= 0 (0 = no limit), got "
+                             f"{self.max_batch_rows} and {self.max_kv_tokens}")
+
+
+@dataclass
+class CritiqueConfig:
+    """Critique-GRPO (arXiv 2506.03106; rpt.algo.critique, rpt.train.refinement), algo=critique_grpo."""
+
+    enabled: bool = False  # refine failed responses under a critique; refinements join their group
+    kind: str = "ground_truth"  # indicative | ground_truth (RPT: true continuation's first tokens) | self
+    reference_tokens: int = 1  # ground_truth on next-token tasks: continuation tokens the critique reveals
+    gate: str = "all_wrong"  # all_wrong (only groups with no correct response, the paper) | always (the code)
+    ratio: int = 7  # initial : refinement per refined group: k = max(1, G // (ratio + 1)) replace failed ones
+    candidates: int = 2  # refinements generated per refined group (its first failed responses); best k kept
+    gamma: float = 0.1  # refinement tokens: shaped ratio pi / (pi + gamma), pi given the question only
+    critique_max_tokens: int = 24  # kind=self: critique length
+    critique_template: str = "{response}\n[critique of this attempt]"  # kind=self: appended to the prompt
+    refine_template: str = "{response}\n[critique] {critique}\n[corrected attempt]<think>"  # appended to prompt
+
+    def __post_init__(self):
+        _one_of("algo.critique", "kind", self.kind, ("indicative", "ground_truth", "self"))
+        _one_of("algo.critique", "gate", self.gate, ("all_wrong", "always"))
+        if self.ratio < 1 or self.candidates < 1 or self.gamma <= 0 or self.reference_tokens < 1:
+            raise ValueError("algo.critique: ratio, candidates, reference_tokens must be >= 1 and gamma > 0")
+
+
+@dataclass
+class SelfDistillConfig:
+    """SDPO (arXiv 2601.20802; rpt.algo.sdpo, rpt.train.self_distill), algo=sdpo."""
+
+    enabled: bool = False  # add the divergence to the feedback-conditioned teacher to the loss
+    feedback: str = "reference"  # '+'-joined: reference (RPT: the true continuation) | sibling | verifier
+    teacher: str = "current"  # current (same weights) | ema (of the student) | mix (with the initial model)
+    teacher_rate: float = 0.05  # ema: θ_T ← (1-r)θ_T + rθ per step; mix: θ_T = (1-r)θ_init + rθ
+    top_k: int = 100  # teacher's top-K ids per token (plus one tail bucket)
+    divergence: str = "js"  # js (Jensen–Shannon, the paper's practice) | kl: D(student || teacher)
+    grpo_weight: float = 0.0  # λ: loss = D + λ · GRPO policy term (0: pure SDPO)
+    chunk_tokens: int = 1024  # response tokens per output-layer chunk (memory: chunk × vocab logits)
+    feedback_template: str = "\n[feedback] {feedback}\n[solve the original task]<think>"  # appended to prompt
+
+    def feedback_kinds(self) -> list[str]:
+        kinds = [k.strip() for k in self.feedback.split("+") if k.strip()]
+        if not kinds or any(k not in ("reference", "sibling", "verifier") for k in kinds):
+            raise ValueError(f"algo.sdpo.feedback: '+'-joined reference | sibling | verifier, got {self.feedback!r}")
+        return kinds
+
+    def __post_init__(self):
+        self.feedback_kinds()
+        _one_of("algo.sdpo", "teacher", self.teacher, ("current", "ema", "mix"))
+        _one_of("algo.sdpo", "divergence", self.divergence, ("kl", "js"))
+        if self.top_k < 1 or self.chunk_tokens < 1 or not 0.0 <= self.teacher_rate <= 1.0:
+            raise ValueError("algo.sdpo: top_k and chunk_tokens must be >= 1, teacher_rate in [0, 1]")
+
+
+@dataclass
+class AlgoConfig:
+    clip_low: float = 0.2  # PPO lower clip epsilon
+    clip_high: float = 0.2  # PPO upper clip epsilon (> clip_low: clip-higher, DAPO's 0.28)
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    advantage: str = "grpo"  # advantage estimator (rpt.algo.advantages registry): grpo | hicra (algo=hicra)
+    planning_alpha: float = 0.2  # hicra: A' = A + alpha·|A| on planning tokens (inside strategic grams)
+    norm_adv_by_std: bool = True  # GRPO: divide advantages by the group std (False = Dr.GRPO)
+    adv_eps: float = 1e-6  # std floor in advantage normalisation
+    kl_coef: float = 0.0  # KL(policy || reference) penalty (paper: 0)
+    entropy_coef: float = 0.0  # entropy bonus (paper: 0)
+    forking_rho: float = 0.0  # >0: train only on the top-rho entropy tokens of the global batch (0.2 in 80/20)
+    policy_loss: str = "ppo"  # ppo | gppo | clip_cov | kl_cov (rpt.algo.losses registry)
+    gppo_beta_low: float = 1.0  # GPPO gradient scale on the low-clipped branch
+    gppo_beta_high: float = 1.0  # GPPO gradient scale on the high-clipped branch
+    clip_cov_ratio: float = 2e-4  # Clip-Cov: share of tokens whose gradient is detached
+    clip_cov_low: float = 1.0  # Clip-Cov: covariance window lower bound
+    clip_cov_high: float = 5.0  # Clip-Cov: covariance window upper bound
+    kl_cov_ratio: float = 2e-3  # KL-Cov: share of top-covariance tokens penalised
+    kl_cov_coef: float = 1.0  # KL-Cov: penalty coefficient
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
+    dynamic_sampling_from_step: int = 0  # dynamic sampling acts from this step on (0-based; paper: 500), keeping
+    # every group before it
+    dynamic_sampling_tol: float = 1e-6  # tolerance for "all equal"
+    max_refills: int = 2  # extra rollout batches per step when refilling
+    reuse_update_forward: bool = True  # ppo_epochs=1 and no forking/Clip-Cov/KL-Cov: old log-probs from the update's
+    # own first forward (same weights, same tokens: identical values) instead of a separate pass; false = always a pass
+    share_prompt: bool = True  # trainer forwards score a group's G responses over one copy of their prompt
+    # (rpt.model.shared_prefix; same numbers to float rounding, ~(G-1)/G of the prompt compute saved)
+    critique: CritiqueConfig = field(default_factory=CritiqueConfig)  # Critique-GRPO (algo=critique_grpo)
+    sdpo: SelfDistillConfig = field(default_factory=SelfDistillConfig)  # SDPO self-distillation (algo=sdpo)
+
+    def __post_init__(self):
+        from rpt.algo.advantages import ADVANTAGES
+        from rpt.algo.losses import POLICY_LOSSES
+
+        if self.critique.enabled and self.sdpo.enabled:
+            raise ValueError("algo.critique and algo.sdpo are separate algorithms: enable one")
+        _one_of("algo", "loss_agg", self.loss_agg, AGG_MODES)
+        _one_of("algo", "policy_loss", self.policy_loss, tuple(POLICY_LOSSES))
+        _one_of("algo", "advantage", self.advantage, tuple(ADVANTAGES))
+
+    def needs_moving_policy(self) -> str | None:
+        """The setting that acts only once the policy moves within a rollout (None if no such setting)."""
+        from rpt.algo.losses import get_policy_loss
+
+        if get_policy_loss(self.policy_loss).needs_moving_policy:
+            return f"algo.policy_loss={self.policy_loss}"
+        if self.policy_loss in ("ppo", "gppo") and self.clip_high != self.clip_low:
+            return f"clip-higher (algo.clip_high={self.clip_high} != algo.clip_low={self.clip_low})"
+        return None
+
+
+@dataclass
+class TrainLoopConfig:
+    steps: int = 60  # RL steps (one rollout batch + one update each)
+    prompts_per_step: int = 16  # prompts (contexts) per step, before G-fold sampling
+    micro_batch_size: int = 64  # sequences per forward/backward micro-batch (cut between groups: at least one group)
+    max_tokens_per_micro_batch: int | None = None  # padded tokens per micro-batch instead of micro_batch_size (like
+    # verl's ppo_max_token_len_per_gpu; still cut between groups, a larger group runs alone); None: by row count
+    logits_chunk_tokens: int = 1024  # tokens per output-layer chunk when computing log-probs and entropies (memory
+    # ~ chunk x vocabulary, never the whole batch's logits); 0: all logits at once (the unchunked reference)
+    ppo_epochs: int = 1  # passes over each rollout batch
+    ppo_mini_batch_size: int | None = None  # prompts per optimizer step (global, like verl's); None: all of the
+    # step's prompts (one optimizer step per epoch). Smaller: prompts_per_step / this many steps per epoch, off-policy
+    # from the second on (where clipping, clip-higher, GPPO and KL-Cov act)
+    lr: float = 1.5e-4  # peak learning rate (RL updates are Adam-normalised: keep it small)
+    min_lr: float = 1.5e-4  # final learning rate
+    warmup_steps: int = 5  # linear warm-up steps
+    weight_decay: float = 0.01  # AdamW weight decay
+    clip_grad: float = 1.0  # global gradient-norm clip
+    checkpoint_every: int = 20  # steps between checkpoints
+    init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | path)
+    eval_every: int = 0  # steps between validations (greedy accuracy on held-out items, logged as val/...); 0 = off
+    eval_size: int = 128  # held-out items in the fixed validation sample
+
+    def updates_per_rollout(self) -> int:
+        return self.ppo_epochs * (self.prompts_per_step // (self.ppo_mini_batch_size or self.prompts_per_step))
+
+    def check(self, section: str) -> None:
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
+            raise ValueError(f"{section}.max_tokens_per_micro_batch must be >= 1 (or null: cut by "
+                             f"micro_batch_size), got {self.max_tokens_per_micro_batch}")
+        if self.logits_chunk_tokens < 0:
+            raise ValueError(f"{section}.logits_chunk_tokens must be >= 0 (0: no chunking), got "
+                             f"{self.logits_chunk_tokens}")
+        mini = self.ppo_mini_batch_size or self.prompts_per_step
+        if self.ppo_epochs < 1 or mini < 1 or self.prompts_per_step % mini:
+            raise ValueError(f"{section}.ppo_mini_batch_size={mini} must divide {section}.prompts_per_step="
+                             f"{self.prompts_per_step} (and {section}.ppo_epochs >= 1)")
