@@ -41,21 +41,11 @@ def test_budget_cuts_between_groups_and_a_large_group_runs_alone(caplog):
 
 def _rollouts(prompt_lens, response_lens, seed=0):
     from rpt.rollout.engine import Rollouts
+    from tests.test_shared_prefix import _ragged_groups
 
-    g = torch.Generator().manual_seed(seed)
-    width = max(prompt_lens) + max(response_lens)
-    n = len(response_lens)
-    tokens = torch.zeros(n, width, dtype=torch.long)
-    mask = torch.zeros(n, width, dtype=torch.bool)
-    for i, r in enumerate(response_lens):
-        p = prompt_lens[i // G]
-        if i % G == 0:
-            prompt = torch.randint(1, VOCAB, (p,), generator=g)
-        tokens[i, :p] = prompt
-        tokens[i, p:p + r] = torch.randint(1, VOCAB, (r,), generator=g)
-        mask[i, p:p + r] = True
-    return Rollouts(tokens, torch.tensor([prompt_lens[i // G] for i in range(n)]), mask,
-                    torch.zeros(n, width), torch.zeros(n, dtype=torch.bool))
+    tokens, lens, mask = _ragged_groups(prompt_lens, response_lens, G, vocab=VOCAB, seed=seed)
+    n, width = tokens.shape
+    return Rollouts(tokens, lens, mask, torch.zeros(n, width), torch.zeros(n, dtype=torch.bool))
 
 
 def _train_once(runtime, monkeypatch, share_prompt, max_tokens, chunk_tokens):
