@@ -54,9 +54,10 @@ FIXES: dict[str, tuple[str, ...]] = {
     "hf_export": ("hf.source", "hf.export_dir", "hf.architecture"),
 }
 # keys under a fixed section that never change a stage's results (patterns over dotted keys)
-FREE = ("model.name", "model.fused_swiglu", "*.checkpoint_every", "*.log_every", "select.batch_size",
-        "rollout.engine", "rollout.max_batch_rows", "rollout.max_kv_tokens", "algo.reuse_update_forward",
-        "algo.share_prompt")
+FREE = ("model.name", "model.fused_swiglu", "model.recompute", "*.checkpoint_every", "*.log_every",
+        "select.batch_size", "rollout.engine", "rollout.max_batch_rows", "rollout.max_kv_tokens",
+        "algo.reuse_update_forward", "algo.share_prompt", "*.micro_batch_size", "*.max_tokens_per_micro_batch",
+        "*.logits_chunk_tokens")
 
 _PARSER = OverridesParser.create()
 

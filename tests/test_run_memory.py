@@ -79,6 +79,10 @@ def test_fixed_values_leave_free_keys_out():
     assert "model.fused_swiglu" not in fixed and "pretrain.checkpoint_every" not in fixed
     assert "run.device" not in fixed and "select.top_k" not in fixed
     assert not any(k.startswith("rl_task.train_on") for k in run_memory.fixed_values(schema.RootConfig(), "sft"))
+    rpt_fixed = run_memory.fixed_values(schema.RootConfig(), "rpt")
+    assert rpt_fixed["rpt.lr"] == schema.RootConfig().rpt.lr and "algo.policy_loss" in rpt_fixed
+    # memory budgets give the same numbers: a run may change them between calls
+    assert not {"rpt.micro_batch_size", "rpt.max_tokens_per_micro_batch", "rpt.logits_chunk_tokens"} & set(rpt_fixed)
 
 
 def _finished(rd: RunDir, cfg, *stages: str) -> None:
