@@ -271,3 +271,13 @@ def test_aggregate_through_the_cli(tmp_path):
     (tmp_path / "s2" / "eval" / "next_token.json").unlink()
     proc = subprocess.run(cmd + ["force=true"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "s2: no eval/next_token.json" in proc.stderr
+
+
+def test_aggregate_lists_each_downstream_metric_once(tmp_path):
+    """Every checkpoint carries the same metrics: the table has one column per metric, not one per checkpoint."""
+    for name in ("a", "b"):
+        eval_files(tmp_path / name, {"base": {"direct": buckets(0.5, 0.4, 0.3)}},
+                   {"base": {"greedy": 0.2, "pass@1": 0.1, "n": 200}, "rpt": {"greedy": 0.3, "pass@1": 0.2, "n": 200}})
+    text = build_aggregate_report(tmp_path, ["a", "b"], tmp_path / "agg" / "report", "agg").read_text()
+    assert "| checkpoint | greedy | pass@1 |\n" in text
+    assert text.count("| rpt | greedy |") == 1

@@ -74,10 +74,8 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def _union(keys_per_run) -> list:
-    out: list = []
-    for keys in keys_per_run:
-        out += [k for k in keys if k not in out]
-    return out
+    """Every key once, in first-seen order (a run's own list may repeat keys: each checkpoint has the metrics)."""
+    return list(dict.fromkeys(k for keys in keys_per_run for k in keys))
 
 
 def collect_cells(evals: dict[str, dict]) -> tuple[dict, dict]:
