@@ -160,9 +160,10 @@ and how many runs that is; the per-run tables give each run's value with its 95%
 {' '.join(warn)}
 
 ## One row per run (algorithms side by side, e.g. `experiment=remedies`)
-Next-token: held-out accuracy (%) of the `rpt` checkpoint, greedy reasoning; downstream: `rl_rpt` pass@1 (%);
-entropy: the RPT stage's mean policy entropy over its last quarter of steps; diversity of `rl_rpt`'s downstream
-samples (distinct answers per question, pairwise chrF similarity).
+Next-token: held-out accuracy (%) of the `rpt` checkpoint, greedy reasoning; downstream: pass@1 (%) of `rl_rpt`
+(or of `rpt` in a run without `rl`, as named); entropy: the RPT stage's mean policy entropy over its last quarter
+of steps; diversity of that checkpoint's downstream samples (distinct answers per question, pairwise chrF
+similarity).
 
 {comparison_table(root, names)}
 

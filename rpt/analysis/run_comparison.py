@@ -37,14 +37,17 @@ def stage_entropy(run_dir: Path, stage: str = "rpt") -> float | None:
     return statistics.fmean(tail) if tail else None
 
 
-def run_row(run_dir: Path, model: str = "rpt", downstream: str = "rl_rpt") -> list[str]:
+def run_row(run_dir: Path, model: str = "rpt", downstream: tuple[str, ...] = ("rl_rpt", "rpt")) -> list[str]:
+    """The run's cells; downstream numbers are of the first of ``downstream`` the run evaluated (RL after RPT, or
+    the RPT checkpoint itself when the run had no `rl` stage), named in the row."""
     nt = read_json(run_dir / "eval" / "next_token.json")["results"].get(model, {}).get("reasoning_greedy", {})
     ds_all = read_json(run_dir / "eval" / "downstream.json")
-    ds = ds_all["results"].get(downstream, {})
+    checkpoint = next((c for c in downstream if c in ds_all["results"]), downstream[0])
+    ds = ds_all["results"].get(checkpoint, {})
     accuracy = ds.get("pass@1", ds.get("greedy"))
-    div = (ds_all.get("diversity") or {}).get(downstream, {})
+    div = (ds_all.get("diversity") or {}).get(checkpoint, {})
     return ([f"`{run_dir.name}`"] + [_pct((nt.get(b) or {}).get("accuracy")) for b in BUCKETS]
-            + [_pct(accuracy), _num(stage_entropy(run_dir)), _num(div.get("distinct_answers")),
+            + [f"{_pct(accuracy)} (`{checkpoint}`)", _num(stage_entropy(run_dir)), _num(div.get("distinct_answers")),
                _num(div.get("pairwise_similarity"))])
 
 
