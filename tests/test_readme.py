@@ -48,7 +48,9 @@ README_LINES = {
         "rpt pipeline run.name=exp1 rl.ppo_mini_batch_size=4",
     ],
     "remedies sweep": [
-        "rpt pipeline --multirun experiment=remedies algo=grpo,clip_higher,forking,kl_cov,clip_cov,gppo,hicra",
+        "rpt pipeline --multirun experiment=remedies algo=grpo,clip_higher,forking,kl_cov,clip_cov,gppo,hicra,"
+        "critique_grpo,sdpo",
+        "rpt report run.name=remedies 'report.runs=[remedies_*]'",
     ],
     "seeds": [
         "rpt pipeline --multirun run.seed=0,1,2 'run.name=seed${run.seed}'",
@@ -350,7 +352,7 @@ def test_one_stage_at_a_time_remembers_the_run_and_force_redoes_a_stage(tmp_path
 
 @pytest.mark.e2e
 def test_the_remedies_sweep_gives_each_algo_its_run(tmp_path):
-    (sweep,) = lines("remedies sweep")
+    sweep, aggregate = lines("remedies sweep")
     run_line(sweep, tmp_path, replace={"algo": "grpo,kl_cov"},
              append=[*demo_at_smoke_size(), "rpt.prompts_per_step=8", "rl.prompts_per_step=8"])
     for algo, loss in [("grpo", "ppo"), ("kl_cov", "kl_cov")]:
@@ -360,6 +362,9 @@ def test_the_remedies_sweep_gives_each_algo_its_run(tmp_path):
         assert cfg["algo"]["policy_loss"] == loss and cfg["rpt"]["ppo_mini_batch_size"] == 4
         assert [r["step"] for r in metrics(run, "rpt")] == [1, 2, 3]
     assert not (tmp_path / "runs" / "remedies_forking").exists()  # the two points substituted, no others
+    run_line(aggregate, tmp_path)
+    table = (tmp_path / "runs" / "remedies" / "report" / "report.md").read_text()
+    assert "## One row per run" in table and "| `remedies_grpo` |" in table and "| `remedies_kl_cov` |" in table
 
 
 # ---- Numbers with their uncertainty ------------------------------------------------------------------------------
