@@ -108,3 +108,26 @@ def test_reasoning_gym_mixture_scores_with_each_generator(tokenizer):
         assert task.reward(item, "</think> \\boxed{not a number}") == 0.0
     with pytest.raises(ValueError, match="operators"):
         build_downstream_task(_cfg(["+rl_task.mix.chain_sum={weight:1}"]).rl_task, tokenizer, "train", 0)
+
+
+@pytest.mark.parametrize("source", ["reasoning_gym", "dataset"])
+def test_chat_template_makes_each_question_the_user_turn(tmp_path, source):
+    """rollout.chat_template reaches the downstream tasks too (rl and eval pass it): the prompt is the tokenizer's
+    chat template around the question text, exactly what the tokenizer renders; off, the plain text."""
+    from rpt.tokenizer import load_tokenizer
+    from tests.hf_fixtures import write_tokenizer
+
+    write_tokenizer(tmp_path / "tok", "r1")
+    tok = load_tokenizer(tmp_path / "tok")
+    overrides = ["rl_task.train_size=4"]
+    if source == "dataset":
+        path = tmp_path / "qa.jsonl"
+        path.write_text("".join(json.dumps({"question": f"{a} + 1 =", "answer": str(a + 1)}) + "\n" for a in range(4)))
+        overrides = ["rl_task.source=dataset", f"rl_task.dataset.path={path}", "rl_task.dataset.test_split=train",
+                     "rl_task.template='{question} <think>'"]
+    cfg = _cfg(overrides).rl_task
+    plain = build_downstream_task(cfg, tok, "train", 0)
+    chat = build_downstream_task(cfg, tok, "train", 0, chat_template=True)
+    item = plain.items[0]
+    assert plain.prompt_ids(item) == tok.encode(plain.prompt_text(item))
+    assert chat.prompt_ids(item) == tok.encode(tok.chat_prompt(plain.prompt_text(item))) != plain.prompt_ids(item)

@@ -81,7 +81,7 @@ def run(ctx) -> dict:
         }
         next_token[label] = {mode: by_bucket(items, scores, thresholds) for mode, scores in runs.items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
-    test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed)
+    test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template)
     test_items = test.items
     downstream, diversity = {}, {}  # diversity: of each question's k samples, averaged over questions
     sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt"), ("sft", "sft")]

@@ -41,10 +41,10 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     check_starts(cfg.rl_task.train_on, ctx.rd)
     tok = Tokenizer.from_run(ctx.rd)
-    task = build_downstream_task(cfg.rl_task, tok, "train", cfg.run.seed)
+    task = build_downstream_task(cfg.rl_task, tok, "train", cfg.run.seed, cfg.rollout.chat_template)
     validator = None
     if cfg.rl.eval_every:
-        test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed)
+        test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template)
         sampling = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=cfg.eval.max_new_tokens)
         validator = Validator(test, cfg.rl.eval_size, sampling, cfg.run.seed, ctx.rt)
     summary = {}

@@ -13,7 +13,7 @@ import logging
 from rpt.reward.answer import extract_answer
 from rpt.reward.math_answer import answers_match, reference_answer
 from rpt.sources import local_files
-from rpt.tasks.base import Task
+from rpt.tasks.base import Task, render_text_prompt
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def load_qa_records(qa_cfg, split: str):
 
 
 class QADatasetTask(Task):
-    def __init__(self, task_cfg, tokenizer, split: str, seed: int):
+    def __init__(self, task_cfg, tokenizer, split: str, seed: int, chat_template: bool = False):
         qa = task_cfg.dataset
         records = load_qa_records(qa, qa.train_split if split == "train" else qa.test_split)
         missing = {qa.question_field, qa.answer_field} - set(records.column_names)
@@ -58,14 +58,14 @@ class QADatasetTask(Task):
             raise ValueError(f"rl_task.dataset: no usable question in split {split!r} of {qa.path}")
         if "{question}" not in task_cfg.template:
             raise ValueError(f"rl_task.template must contain {{question}} for a dataset task: {task_cfg.template!r}")
-        super().__init__(items, tokenizer)
+        super().__init__(items, tokenizer, chat_template)
         self.template = task_cfg.template
 
     def prompt_text(self, item: dict) -> str:
         return self.template.format(question=item["question"])
 
     def prompt_ids(self, item: dict) -> list[int]:
-        return self.tokenizer.encode(self.prompt_text(item))
+        return render_text_prompt(self.tokenizer, self.prompt_text(item), self.chat_template)
 
     def reward(self, item: dict, response_text: str) -> float:
         return float(answers_match(extract_answer(response_text), item["answer"]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import reasoning_gym
 
 from rpt.reward.answer import extract_answer
-from rpt.tasks.base import Task
+from rpt.tasks.base import Task, render_text_prompt
 from rpt.tasks.filters import uses_only
 
 
@@ -27,7 +27,7 @@ def _mixture(mix) -> list:
 
 
 class ReasoningGymTask(Task):
-    def __init__(self, task_cfg, tokenizer, split: str, seed: int):
+    def __init__(self, task_cfg, tokenizer, split: str, seed: int, chat_template: bool = False):
         size = task_cfg.train_size if split == "train" else task_cfg.test_size
         if task_cfg.mix and task_cfg.operators is not None:
             raise ValueError("rl_task.operators filters one chain_sum-like task; set rl_task.operators=null with "
@@ -45,7 +45,7 @@ class ReasoningGymTask(Task):
         if len(items) < size:
             raise ValueError(f"rl_task: only {len(items)} of {size} {task_cfg.task} questions use operators "
                              f"{task_cfg.operators}")
-        super().__init__(items, tokenizer)
+        super().__init__(items, tokenizer, chat_template)
         self.template = task_cfg.template
 
     @staticmethod
@@ -62,7 +62,7 @@ class ReasoningGymTask(Task):
         return self.template.format(question=item["question"], **item["metadata"])
 
     def prompt_ids(self, item: dict) -> list[int]:
-        return self.tokenizer.encode(self.prompt_text(item))
+        return render_text_prompt(self.tokenizer, self.prompt_text(item), self.chat_template)
 
     def reward(self, item: dict, response_text: str) -> float:
         answer = extract_answer(response_text)
