@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from rpt.config_rl import (  # noqa: F401
     AGG_MODES,
     ENGINES,
+    OPTIMIZERS,
     V0_PROMPT,
     AlgoConfig,
     CritiqueConfig,
@@ -108,11 +109,19 @@ class DataConfig:
     # tokenizer
     vocab_size: int = 320  # sentencepiece vocabulary size (byte fallback adds 256 byte pieces)
     tokenizer_type: str = "bpe"  # bpe | unigram
+    digit_group: int = 1  # digits per number token, cut left to right (1: every digit alone; 2: "00".."99" are tokens;
+    # 3: Llama 3's grouping). With every number of the corpus in one group, no position falls inside a number
     tokenizer_sample_docs: int = 200000  # user sources: the tokenizer trains on the first this-many good documents
     seq_length: int = 128  # tokens per training sequence
 
     def __post_init__(self):
         _one_of("data", "tokenizer_type", self.tokenizer_type, ("bpe", "unigram"))
+        _one_of("data", "digit_group", self.digit_group, (1, 2, 3))
+        number_pieces = sum(10 ** width for width in range(2, self.digit_group + 1))
+        if number_pieces and self.vocab_size < number_pieces + 300:
+            raise ValueError(f"data.vocab_size={self.vocab_size} leaves no room for the {number_pieces} number "
+                             f"pieces of data.digit_group={self.digit_group}: set data.vocab_size >= "
+                             f"{number_pieces + 300}")
         if self.text_template is not None:
             import string
 
@@ -133,9 +142,15 @@ class PretrainConfig:
     min_lr: float = 3e-4  # final learning rate (cosine)
     warmup_steps: int = 50  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
+    optimizer: str = "adam"  # adam (AdamW) | sgd (megatron's, momentum 0.9: an update proportional to the gradient,
+    # so runs that differ only in summation order end within rounding of each other, which Adam's sign-like
+    # first steps do not; the layout-equivalence tests use it)
     clip_grad: float = 1.0  # global gradient-norm clip
     log_every: int = 20  # steps between metric logs
     checkpoint_every: int = 200  # steps between checkpoints
+
+    def __post_init__(self):
+        _one_of("pretrain", "optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass
@@ -189,6 +204,9 @@ class SFTConfig:
     min_lr: float = 3e-5  # final learning rate (cosine)
     warmup_steps: int = 5  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
+    optimizer: str = "adam"  # adam (AdamW) | sgd (megatron's, momentum 0.9: an update proportional to the gradient,
+    # so runs that differ only in summation order end within rounding of each other, which Adam's sign-like
+    # first steps do not; the layout-equivalence tests use it)
     clip_grad: float = 1.0  # global gradient-norm clip
     checkpoint_every: int = 20  # steps between checkpoints
     init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | cnt | hf | path); rl's start
@@ -196,6 +214,7 @@ class SFTConfig:
 
     def __post_init__(self):
         _one_of("sft", "source", self.source, ("demo", "jsonl"))
+        _one_of("sft", "optimizer", self.optimizer, OPTIMIZERS)
         if self.orders < 1 or self.micro_batch_size < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError(f"sft.orders, sft.micro_batch_size and sft.steps must be >= 1, got {self.orders}, "
                              f"{self.micro_batch_size} and {self.steps}")
@@ -359,6 +378,10 @@ class RootConfig:
         self.select.overlap(self.data.seq_length)  # the scoring windows' overlap fits in a window
         for section in ("rpt", "rl"):
             getattr(self, section).check(section)
+        for section in ("pretrain", "rpt", "rl", "sft"):
+            if self.model.distributed_optimizer and getattr(self, section).optimizer != "adam":
+                raise ValueError(f"{section}.optimizer={getattr(self, section).optimizer} cannot run with "
+                                 f"model.distributed_optimizer=true (megatron shards Adam only): set one of them back")
         for section in self.rl_sections():
             loop = getattr(self, section)
             remedy = self.algo.needs_moving_policy()

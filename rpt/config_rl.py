@@ -14,6 +14,9 @@ ENGINES = ("auto", "lean", "megatron")  # rollout.engine
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # algo.loss_agg
 
 
+OPTIMIZERS = ("adam", "sgd")  # megatron-core's optimizers (train.optimizer of every training stage)
+
+
 def _one_of(section: str, name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{section}.{name} must be one of {list(choices)}, got {value!r}")
@@ -185,6 +188,9 @@ class TrainLoopConfig:
     min_lr: float = 1.5e-4  # final learning rate
     warmup_steps: int = 5  # linear warm-up steps
     weight_decay: float = 0.01  # AdamW weight decay
+    optimizer: str = "adam"  # adam (AdamW) | sgd (megatron's, momentum 0.9: an update proportional to the gradient,
+    # so runs that differ only in summation order end within rounding of each other, which Adam's sign-like
+    # first steps do not; the layout-equivalence tests use it)
     clip_grad: float = 1.0  # global gradient-norm clip
     checkpoint_every: int = 20  # steps between checkpoints
     init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | path)
@@ -195,6 +201,7 @@ class TrainLoopConfig:
         return self.ppo_epochs * (self.prompts_per_step // (self.ppo_mini_batch_size or self.prompts_per_step))
 
     def check(self, section: str) -> None:
+        _one_of(section, "optimizer", self.optimizer, OPTIMIZERS)
         if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
             raise ValueError(f"{section}.max_tokens_per_micro_batch must be >= 1 (or null: cut by "
                              f"micro_batch_size), got {self.max_tokens_per_micro_batch}")

@@ -119,8 +119,9 @@ def cov_masks(rt, tokenizer_file: str) -> None:
     assert dp_sum(float(picked.sum())) == min(max(1, math.floor(0.2 * total)), window)  # the global count
 
 
-def tiny_trainable(rt, distributed_optimizer: bool, total_steps: int = 4):
-    """A fresh tiny GPT trainable (same weights for one seed), with or without megatron's distributed optimizer."""
+def tiny_trainable(rt, distributed_optimizer: bool, total_steps: int = 4, **train):
+    """A fresh tiny GPT trainable (same weights for one seed), with or without megatron's distributed optimizer;
+    ``train``: PretrainConfig fields other than the default lr 1e-2 and one warm-up step."""
     from rpt.config import ModelConfig, PretrainConfig
     from rpt.model import cpu_compat
     from rpt.train.optim import build_trainable
@@ -128,7 +129,8 @@ def tiny_trainable(rt, distributed_optimizer: bool, total_steps: int = 4):
     cpu_compat.seed_all(0)
     model = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
                         distributed_optimizer=distributed_optimizer)
-    return build_trainable(model, 97, rt, replace(PretrainConfig(), lr=1e-2, warmup_steps=1), total_steps)
+    return build_trainable(model, 97, rt, replace(PretrainConfig(), **{"lr": 1e-2, "warmup_steps": 1, **train}),
+                           total_steps)
 
 
 def train_steps(trainable, rt, steps: range) -> None:

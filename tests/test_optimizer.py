@@ -30,6 +30,26 @@ def test_distributed_optimizer_is_megatrons_and_trains_like_the_plain_one(runtim
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
 
 
+def test_sgd_steps_along_the_gradient(runtime):
+    """``optimizer=sgd``: the first step moves each weight by -lr x its gradient (momentum starts at the
+    gradient), where Adam's first step would move it by about lr x sign(gradient). Megatron's distributed
+    optimizer shards Adam only, so SGD with it is refused."""
+    trainable = tiny_trainable(runtime, False, optimizer="sgd", lr=0.5, min_lr=0.5, warmup_steps=0,
+                               weight_decay=0.0, clip_grad=1e9)
+    params = list(trainable.model.module.parameters())
+    before = [p.detach().clone() for p in params]
+    grads, step = [], trainable.step
+    trainable.step = lambda: grads.extend(p.main_grad.detach().clone() for p in params) or step()
+    train_steps(trainable, runtime, range(1))
+    assert max(float(g.abs().max()) for g in grads) > 1e-3
+    for p, w0, g in zip(params, before, grads, strict=True):
+        torch.testing.assert_close(p.detach(), w0 - 0.5 * g, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="pretrain.optimizer must be one of"):
+        tiny_trainable(runtime, False, optimizer="lion")
+    with pytest.raises(ValueError, match="shards Adam only"):
+        tiny_trainable(runtime, True, optimizer="sgd")
+
+
 def test_distributed_optimizer_resumes_exactly(runtime, tmp_path):
     """Saved after 2 steps and loaded into a fresh (never-stepped) trainable, 2 more steps equal 4 straight ones:
     Adam's moments, its step count (each parameter's own) and the schedule all come back."""

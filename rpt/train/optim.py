@@ -1,4 +1,4 @@
-"""Trainable model bundle: megatron DDP + megatron optimizer (Adam, fp32 main params) + LR/WD scheduler.
+"""Trainable model bundle: megatron DDP + megatron optimizer (Adam or SGD, fp32 main params) + LR/WD scheduler.
 
 Pretrain, RPT and RL all train through this one bundle, so data parallelism, gradient clipping, mixed precision
 on GPU and checkpoint layout are identical across stages. ``model.distributed_optimizer`` switches both the DDP
@@ -51,6 +51,9 @@ class Trainable:
 
 @megatron_cuda_calls
 def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int) -> Trainable:
+    if model_cfg.distributed_optimizer and train_cfg.optimizer != "adam":
+        raise ValueError(f"optimizer={train_cfg.optimizer} cannot run with model.distributed_optimizer=true (megatron "
+                         f"shards Adam only)")
     gpt = build_model(model_cfg, vocab_size, rt.dtype)
     ddp = DistributedDataParallel(
         gpt.config,
@@ -60,7 +63,7 @@ def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int)
     )
     bf16 = rt.dtype == torch.bfloat16
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=train_cfg.lr, min_lr=train_cfg.min_lr,
+        OptimizerConfig(optimizer=train_cfg.optimizer, sgd_momentum=0.9, lr=train_cfg.lr, min_lr=train_cfg.min_lr,
                         weight_decay=train_cfg.weight_decay, adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8,
                         clip_grad=train_cfg.clip_grad, bf16=bf16, params_dtype=rt.dtype,
                         use_distributed_optimizer=model_cfg.distributed_optimizer),
