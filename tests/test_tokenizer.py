@@ -24,6 +24,33 @@ def test_think_markers_are_single_tokens(tokenizer):
         assert len(tokenizer.encode(marker)) == 1
 
 
+def test_digit_groups_make_numbers_whole_tokens_and_stay_lossless(tmp_path):
+    """``data.digit_group=2``: every number below 100 is one token (no position falls inside it), longer numbers
+    are cut left to right into pairs, and the text still round-trips byte for byte."""
+    from data_prep.demo_corpus import generate_documents
+    from data_prep.tokenizer_train import train_tokenizer
+    from rpt.config import DataConfig
+    from rpt.tokenizer import Tokenizer
+    from tests.conftest import demo_data_cfg
+
+    docs = generate_documents(demo_data_cfg(), 200, 0.5, seed=0)
+    grouped = Tokenizer(train_tokenizer(docs, tmp_path / "g2", 420, "bpe", digit_group=2))
+    single = Tokenizer(train_tokenizer(docs, tmp_path / "g1", 320, "bpe"))
+
+    def pieces(tok, text):
+        return [tok.token_bytes(i) for i in tok.encode(text)]
+
+    assert pieces(grouped, "5 + 9 + 7 = 21\n")[-2:] == [b"21", b"\n"]
+    assert pieces(single, "5 + 9 + 7 = 21\n")[-3:] == [b"2", b"1", b"\n"]
+    assert [p for p in pieces(grouped, "x 12345 07") if p.strip()][-4:] == [b"12", b"34", b"5", b"07"]
+    for text in docs[:20] + ["1000000 and 9, 99, 100\n"]:
+        assert grouped.decode(grouped.encode(text)) == text
+    with pytest.raises(ValueError, match="data.vocab_size >= 1400"):
+        DataConfig(digit_group=3, vocab_size=1000)
+    with pytest.raises(ValueError, match="data.digit_group must be one of"):
+        DataConfig(digit_group=4)
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     from rpt.tokenizer import Tokenizer
 

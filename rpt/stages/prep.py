@@ -42,7 +42,7 @@ def _write_demo(cfg, rd, ctx) -> dict:
     pre = generate_documents(cfg.data, cfg.data.num_pretrain_docs, cfg.data.worked_fraction, cfg.run.seed)
     rpt = generate_documents(cfg.data, cfg.data.num_rpt_docs, 0.0, cfg.run.seed + 1)
     if not (rd.tokenizer / "tokenizer.json").exists():
-        train_tokenizer(pre + rpt, rd.tokenizer, cfg.data.vocab_size, cfg.data.tokenizer_type)
+        train_tokenizer(pre + rpt, rd.tokenizer, cfg.data.vocab_size, cfg.data.tokenizer_type, cfg.data.digit_group)
     tok = Tokenizer.from_run(rd)
     return {name: write_indexed(rd.data / name, ((doc_id(t), tok.encode(t))
                                                  for t in ctx.progress(texts, desc=f"tokenize {name}")),
@@ -102,7 +102,7 @@ def _train_tokenizer_on_sample(cfg, rd) -> None:
     sample = IngestStats()
     texts = (text for _, text in iter_documents(cfg.data, sample))
     train_tokenizer(itertools.islice(texts, cfg.data.tokenizer_sample_docs), rd.tokenizer, cfg.data.vocab_size,
-                    cfg.data.tokenizer_type)
+                    cfg.data.tokenizer_type, cfg.data.digit_group)
 
 
 def _check_import(cfg, rd) -> None:
