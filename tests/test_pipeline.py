@@ -81,8 +81,13 @@ def test_pipeline_writes_every_artifact(reference_run):
     for r in rows:
         assert set(r) == {"step", "context", "response", "answer", "reference", "reward", "truncated"}
         assert r["context"].endswith("<think>") and r["reference"] and isinstance(r["truncated"], bool)
+    assert all(r["rollout_tokens"] > 0 for r in rpt_rows)  # the compute axis of the scaling fit
     report = (rd / "report" / "report.md").read_text()
     assert "| base | direct |" in report and "| rpt | reasoning_greedy |" in report
+    patterns = json.loads((rd / "eval" / "next_token.json").read_text())["patterns"]
+    assert set(patterns) >= {"base", "rpt"} and "Reasoning patterns of the greedy" in report
+    assert all(abs(sum(v for k, v in p.items() if k != "direct") + p["direct"]) >= 0.99 for p in patterns.values())
+    assert "Scaling with RPT compute" in report  # two validations: fitted or not, the points are reported
     assert "| rl_rpt |" in report and "| rl_pretrain |" in report and "Entropy law" in report
     for png in ["rpt_reward.png", "rpt_entropy.png", "rl_rpt_reward.png", "rl_pretrain_entropy.png",
                 "entropy_hist.png", "next_token_accuracy.png"]:

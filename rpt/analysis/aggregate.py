@@ -25,7 +25,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from rpt.analysis.intervals import fmt_accuracy
+from rpt.analysis.intervals import accuracy_interval, fmt_accuracy
 from rpt.analysis.run_comparison import comparison_curves, comparison_table
 from rpt.rundir import read_json, write_text
 
@@ -128,6 +128,45 @@ def table(cells: dict, row_names: list, columns: list, runs: list[str], row_labe
     return "\n".join(agg), "\n".join(per_run), notes
 
 
+def pooled(values: dict[str, tuple[float, int]]) -> tuple[float, int] | None:
+    """Accuracy pooled over runs (every run's items counted once: Σ accuracy·n / Σ n) and the pooled n."""
+    n = sum(v[1] for v in values.values())
+    return (sum(a * k for a, k in values.values()) / n, n) if n else None
+
+
+def pooled_table(nt: dict, rows: list) -> str:
+    """Next-token accuracy pooled over the runs, with the Wilson interval of the pooled n."""
+    lines = ["| model | mode | " + " | ".join(BUCKETS) + " |", "|---|---|" + "---|" * len(BUCKETS)]
+    for row in rows:
+        cells = [pooled(nt.get(row, {}).get(b, {})) for b in BUCKETS]
+        lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(fmt_accuracy(*c) if c else "–" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def headline(nt: dict, bucket: str = "hard") -> str:
+    """The paper's comparison on one bucket: RPT reasoning first (greedy) against the base predicting directly;
+    in how many runs it is above, and whether the pooled 95% intervals are apart."""
+    base = next((m for m in ("base", "hf") if (m, "direct") in nt), None)
+    rpt_cells, base_cells = nt.get(("rpt", "reasoning_greedy"), {}).get(bucket), (nt.get((base, "direct"), {})
+                                                                                  .get(bucket))
+    if not rpt_cells or not base_cells:
+        return "_no RPT reasoning-first and base direct results to compare_"
+    runs = sorted(set(rpt_cells) & set(base_cells))
+    above = [r for r in runs if rpt_cells[r][0] > base_cells[r][0]]
+    (p_rpt, n_rpt), (p_base, n_base) = pooled(rpt_cells), pooled(base_cells)
+    lo_rpt, hi_rpt = accuracy_interval(p_rpt, n_rpt)
+    lo_base, hi_base = accuracy_interval(p_base, n_base)
+    if lo_rpt > hi_base:
+        verdict = "the pooled intervals are apart, RPT above"
+    elif lo_base > hi_rpt:
+        verdict = "the pooled intervals are apart, the base above"
+    else:
+        verdict = "the pooled intervals overlap: no separation"
+    return (f"On **{bucket}** positions, RPT reasoning first (greedy) is above the {base} predicting directly in "
+            f"{len(above)} of {len(runs)} runs; pooled over the runs {fmt_accuracy(p_rpt, n_rpt)} against "
+            f"{fmt_accuracy(p_base, n_base)}: {verdict}.")
+
+
 def build_aggregate_report(root: str | Path, names: list[str], out_dir: Path, title: str) -> Path:
     """Write ``out_dir/report.md`` aggregating the runs ``names`` under ``root``; returns its path."""
     if not names:
@@ -171,6 +210,14 @@ similarity).
 
 ## Next-token accuracy on held-out high-entropy positions (%)
 Thresholds (easy, medium, hard): {next(iter(thresholds.values()))}; held-out positions per run: {positions}.
+
+{headline(nt)}
+
+Pooled over the runs (each run's positions counted once; 95% Wilson interval on the pooled n):
+
+{pooled_table(nt, nt_rows)}
+
+Mean ± std over the runs:
 
 {nt_agg}
 

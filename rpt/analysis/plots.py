@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rpt.analysis.fits import informative  # noqa: E402
 from rpt.rundir import atomic_path  # noqa: E402
 
 
@@ -76,8 +77,11 @@ def entropy_law(entropy, reward, fit, path: Path, title: str, ylabel: str = "rew
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sc = ax.scatter(entropy, reward, c=np.arange(len(entropy)), cmap="viridis", s=14, label="steps")
     grid = np.linspace(0.0, max(entropy) * 1.05, 100)
-    ax.plot(grid, fit.predict(grid), color="#c44",
-            label=f"R = -{fit.a:.3f}·exp(H) + {fit.b:.3f}  (R²={fit.r2:.2f}, ceiling {fit.ceiling:.3f})")
+    label = f"R = -{fit.a:.3f}·exp(H) + {fit.b:.3f}  (R²={fit.r2:.2f}, n={fit.n}, ceiling {fit.ceiling:.3f})"
+    if informative(fit.r2, fit.n):
+        ax.plot(grid, fit.predict(grid), color="#c44", label=label)
+    else:
+        ax.plot(grid, fit.predict(grid), color="#999", ls=":", label=f"not informative: {label}")
     fig.colorbar(sc, ax=ax, label="step")
     ax.set_xlabel("policy entropy H (nats)")
     ax.set_ylabel(ylabel)
@@ -126,5 +130,30 @@ def concentration_curves(curves: dict[str, list[list[float]]], top: float, path:
     ax.set_ylabel("share of the policy's change (KL)")
     ax.set_title("Where RL's effect lands")
     ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def compute_scaling(points: dict[str, tuple[list, list]], fitted: dict, path: Path, title: str) -> None:
+    """Accuracy per bucket against cumulative compute (log x), with each bucket's P(C) = A / C^α + P* where
+    fitted (dotted and marked when not informative)."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, (bucket, (compute, acc)) in enumerate(points.items()):
+        color = f"C{i}"
+        ax.scatter(compute, acc, color=color, s=16, label=bucket)
+        fit = fitted.get(bucket)
+        if fit is not None:
+            grid = np.geomspace(min(compute), max(compute), 100)
+            ok = informative(fit.r2, fit.n)
+            ax.plot(grid, fit.predict(grid), color=color, ls="-" if ok else ":",
+                    label=f"{bucket}: α={fit.alpha:.2f}, P*={fit.p_star:.2f}, R²={fit.r2:.2f}"
+                          + ("" if ok else " (not informative)"))
+    ax.set_xscale("log")
+    ax.set_xlabel("RPT training compute (cumulative rollout tokens)")
+    ax.set_ylabel("held-out next-token accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     _save(fig, path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rpt.analysis import plots
 from rpt.analysis.intervals import AVG_AT_K_NOTE, accuracy_interval, fmt_accuracy
+from rpt.analysis.reasoning_patterns import rules_markdown
 from rpt.analysis.samples import samples_section
 from rpt.analysis.training_curves import rl_stage_section
 from rpt.config import RootConfig
@@ -24,6 +25,21 @@ def next_token_table(nt: dict) -> str:
             cells = [fmt_accuracy(buckets[b]["accuracy"], buckets[b]["n"]) for b in BUCKETS]
             lines.append(f"| {model} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def patterns_table(nt: dict) -> str:
+    """Share of each checkpoint's greedy reasoning-first responses per reasoning pattern, with the rules."""
+    shares = nt.get("patterns") or {}
+    if not any(shares.values()):
+        return ""
+    names = list(next(v for v in shares.values() if v))
+    lines = ["Reasoning patterns of the greedy reasoning-first responses on these positions (share of responses; "
+             "one response can show several). Rules, matched case-insensitively on the text before `</think>`:",
+             "", rules_markdown(), "", "| checkpoint | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, row in shares.items():
+        if row:
+            lines.append(f"| {label} | " + " | ".join(f"{100 * row[n]:.1f}%" for n in names) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def downstream_table(ds: dict) -> str:
@@ -180,6 +196,7 @@ first and the box is scored with the prefix-matching reward. Cells: accuracy [95
 
 ![next_token_accuracy]({accuracy_png})
 
+{patterns_table(nt)}
 ## Downstream task accuracy, `{ds['task']}` held-out questions
 Base and RPT checkpoints, and each after the same `rl` budget ({cfg.rl.steps} steps × {cfg.rl.prompts_per_step}
 prompts × G={cfg.rollout.group_size}). Cells: accuracy [95% Wilson interval] (n questions), avg@k as above.

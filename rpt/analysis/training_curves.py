@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from rpt.analysis import plots
 from rpt.analysis.entropy_law import fit_and_forecast, fit_entropy_law
+from rpt.analysis.fits import verdict
+from rpt.analysis.scaling import scaling_section
 from rpt.analysis.validation import plot_reward_and_validation, val_rows, validation_text
 from rpt.metrics import read_metrics
 
@@ -71,11 +73,15 @@ def rl_stage_section(rd, stage: str, law_fit_fraction: float) -> tuple[str, list
                     f"RMSE {fit.rmse:.4f} over {fit.n} steps; predicted ceiling −a + b = {fit.ceiling:.3f}. "
                     f"Fitted on the first {forecast['fit_points']} steps, it forecasts the remaining "
                     f"{forecast['forecast_points']} with RMSE "
-                    f"{'–' if rmse is None else f'{rmse:.4f}'}.")
+                    f"{'–' if rmse is None else f'{rmse:.4f}'}." + verdict(fit.r2, fit.n))
     except ValueError as err:
         text.append(f"Entropy law: not fitted ({err}).")
     val_md, val_images = validation_text(rows, stage, rd.report)
     if val_md:
         text.append(val_md)
         images += val_images
+    scaling_md, scaling_images = scaling_section(rows, stage, rd.report)
+    if scaling_md:
+        text.append(scaling_md)
+        images += scaling_images
     return "\n".join(text) + "\n\n" + "\n".join(f"![{i[:-4]}]({i})" for i in images) + "\n", images

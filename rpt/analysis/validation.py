@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from rpt.analysis import plots
 from rpt.analysis.entropy_law import fit_entropy_law
+from rpt.analysis.fits import verdict
 from rpt.analysis.intervals import accuracy_interval, fmt_accuracy
 
 BUCKETS = ("easy", "medium", "hard")
@@ -76,5 +77,5 @@ def validation_text(rows: list[dict], stage: str, report_dir) -> tuple[str, list
     images.append(name)
     lines.append(f"Entropy law on validation accuracy R = −a·exp(H) + b: a = {fit.a:.4f}, b = {fit.b:.4f}, "
                  f"R² = {fit.r2:.3f} over n = {fit.n} validation points; predicted ceiling −a + b = "
-                 f"{100 * fit.ceiling:.1f}% (the accuracy when entropy is spent).")
+                 f"{100 * fit.ceiling:.1f}% (the accuracy when entropy is spent)." + verdict(fit.r2, fit.n))
     return "\n".join(lines), images

@@ -17,6 +17,7 @@ import numpy as np
 
 from rpt import checkpoint
 from rpt.analysis.concentration import measure_concentration
+from rpt.analysis.reasoning_patterns import pattern_shares
 from rpt.eval.accuracy import direct_next_token, mean_diversity, pass_at_ks, reasoning_first, sample_completions
 from rpt.model.loading import load_eval_model
 from rpt.positions import Positions
@@ -68,14 +69,16 @@ def run(ctx) -> dict:
     sampled = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=ec.max_new_tokens,
                                           temperature=ec.temperature)
     greedy = replace(sampled, temperature=0.0)
-    next_token = {}
+    next_token, patterns = {}, {}  # patterns: share of greedy reasoning-first responses per reasoning pattern
     imported = checkpoint.latest_step_dir(rd.checkpoints("hf")) is not None
     for source in [s for s in ("hf", "pretrain", "rpt", "cnt") if rd.is_done(s) or (s == "hf" and imported)]:
         model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
         label = "base" if source == "pretrain" else source
+        greedy_rewards, greedy_texts = sample_completions(model, nt_task, items, 1, greedy, cfg.run.seed, rt.device)
+        patterns[label] = pattern_shares([texts[0] for texts in greedy_texts])
         runs = {
             "direct": direct_next_token(model, nt_task, items, rt.device),
-            "reasoning_greedy": reasoning_first(model, nt_task, items, 1, greedy, cfg.run.seed, rt.device),
+            "reasoning_greedy": [rewards[0] for rewards in greedy_rewards],
             f"reasoning_avg@{ec.samples}": reasoning_first(model, nt_task, items, ec.samples, sampled, cfg.run.seed,
                                                            rt.device),
         }
@@ -106,7 +109,7 @@ def run(ctx) -> dict:
                                                      stage, cfg.run.seed)
     if rt.is_main:
         write_json(rd.eval / "next_token.json", {"positions": len(items), "thresholds": list(thresholds),
-                                                 "results": next_token})
+                                                 "results": next_token, "patterns": patterns})
         write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream,
                                                  "diversity": diversity})
         write_json(rd.eval / "concentration.json", concentration)

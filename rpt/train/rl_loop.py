@@ -195,6 +195,8 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     metrics = {**got.stats, **result.stats, **step_metrics(batch, values, got.rewards),
                "rollout_s": t_rollout, "score_s": t_score, "update_s": t_update, "lr": run.trainable.lr}
     metrics["tokens_per_s"] = dp_sum(float(rollouts.response_mask.sum())) / (time.perf_counter() - t0)
+    # the step's compute in tokens (every pass re-reads prompt + response): the x axis of the scaling fit
+    metrics["rollout_tokens"] = dp_sum(float((rollouts.prompt_lens + rollouts.response_lens).sum()))
     metrics.update(entropy_analysis(run, rollouts, batch.mask, planning, values, step))
     metrics["semantic_entropy"] = shannon_entropy(dp_sum(*gram_counts(got.texts, run.grams), 0.0)[:-1])
     metrics.update(answer_metrics(run, got))

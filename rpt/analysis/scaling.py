@@ -1,0 +1,127 @@
+"""RPT's scaling result (arXiv 2506.08007, Fig. 5): held-out next-token accuracy per difficulty against RPT
+training compute, fitted per bucket by P(C) = A / C^α + P* (P* the accuracy the curve approaches, A < 0 when
+accuracy rises with compute).
+
+Compute is counted in tokens: the cumulative prompt + response tokens of the sampled rollouts (``rollout_tokens``,
+logged every RL step), which the old-policy pass, the update's forward and backward all process again, so FLOPs
+are proportional to it at a fixed model size. The accuracy points are the RPT stage's validations
+(``val/accuracy_{easy,medium,hard}``, greedy on a fixed held-out sample).
+
+The fit is least squares: for a fixed α the model is linear in (A, P*), solved in closed form, and α is the best
+of a log-spaced grid (then refined on a finer grid around it). Written here because numpy has no nonlinear
+least squares and scipy is not a dependency; a three-parameter curve needs no more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from rpt.analysis import fits
+
+BUCKETS = ("easy", "medium", "hard")
+
+
+@dataclass
+class PowerLawFit:
+    A: float
+    alpha: float
+    p_star: float
+    r2: float
+    n: int
+
+    def predict(self, compute) -> np.ndarray:
+        return self.A * np.asarray(compute, dtype=float) ** -self.alpha + self.p_star
+
+    @property
+    def informative(self) -> bool:
+        return fits.informative(self.r2, self.n)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "informative": self.informative}
+
+
+def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(A, P*, sum of squared residuals) of y = A·x + P*."""
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    return float(coef[0]), float(coef[1]), float(resid @ resid)
+
+
+def fit_power_law(compute, accuracy) -> PowerLawFit:
+    c = np.asarray(compute, dtype=float)
+    y = np.asarray(accuracy, dtype=float)
+    ok = np.isfinite(c) & np.isfinite(y) & (c > 0)
+    c, y = c[ok], y[ok]
+    if len(c) < 3:
+        raise ValueError(f"need at least 3 points with compute > 0 to fit, got {len(c)}")
+    if np.ptp(c) == 0:
+        raise ValueError("every point has the same compute")
+    scale = c / c.min()  # α is searched on compute relative to the first point, so the grid is size-independent
+
+    def best(alphas):
+        return min((_linear_fit(scale ** -a, y) + (a,) for a in alphas), key=lambda t: t[2])
+
+    A, p_star, sse, alpha = best(np.logspace(-3, 1, 200))
+    A, p_star, sse, alpha = best(np.linspace(alpha * 0.9, alpha * 1.1, 41))
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    # back to absolute compute: A·(C/C0)^-α = (A·C0^α)·C^-α
+    return PowerLawFit(A=A * float(c.min()) ** alpha, alpha=float(alpha), p_star=p_star,
+                       r2=1.0 - sse / ss_tot if ss_tot else 0.0, n=int(len(y)))
+
+
+def scaling_points(rows: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per bucket: (cumulative rollout tokens at each validation, accuracy), from one RL stage's metric rows."""
+    out: dict[str, tuple[list[float], list[float]]] = {b: ([], []) for b in BUCKETS}
+    tokens = 0.0
+    for row in sorted(rows, key=lambda r: r["step"]):
+        tokens += row.get("rollout_tokens") or 0.0
+        for b in BUCKETS:
+            acc = row.get(f"val/accuracy_{b}")
+            if acc is not None and tokens > 0:
+                out[b][0].append(tokens)
+                out[b][1].append(acc)
+    return {b: pts for b, pts in out.items() if pts[0]}
+
+
+def scaling_fits(rows: list[dict]) -> dict[str, dict]:
+    """Per bucket: the points and the fit (or why there is none), as written to the report and its JSON."""
+    result = {}
+    for bucket, (compute, acc) in scaling_points(rows).items():
+        entry: dict = {"compute_tokens": compute, "accuracy": acc}
+        try:
+            entry["fit"] = fit_power_law(compute, acc).as_dict()
+        except ValueError as err:
+            entry["fit"], entry["not_fitted"] = None, str(err)
+        result[bucket] = entry
+    return result
+
+
+def scaling_section(rows: list[dict], stage: str, report_dir) -> tuple[str, list[str]]:
+    """Markdown (one row per bucket: the fit, its R² and n, whether it says anything) and the plot's name."""
+    from rpt.analysis import plots
+    from rpt.rundir import write_json
+
+    result = scaling_fits(rows)
+    if not result:
+        return "", []
+    write_json(report_dir / f"{stage}_scaling.json", result)
+    lines = [f"Scaling with RPT compute (arXiv 2506.08007 Fig. 5): held-out greedy next-token accuracy per bucket "
+             f"against cumulative rollout tokens, fitted by P(C) = A / C^α + P* (least squares; "
+             f"`{stage}_scaling.json`).", "", "| bucket | points | A | α | P* | R² | |",
+             "|---|---|---|---|---|---|---|"]
+    fitted = {}
+    for bucket, entry in result.items():
+        fit = entry["fit"]
+        if fit is None:
+            lines.append(f"| {bucket} | {len(entry['accuracy'])} | – | – | – | – | not fitted: {entry['not_fitted']} |")
+            continue
+        fitted[bucket] = PowerLawFit(**{k: fit[k] for k in ("A", "alpha", "p_star", "r2", "n")})
+        lines.append(f"| {bucket} | {fit['n']} | {fit['A']:.3g} | {fit['alpha']:.3f} | {100 * fit['p_star']:.1f}% | "
+                     f"{fit['r2']:.3f} | {fits.verdict(fit['r2'], fit['n']).strip() or 'informative'} |")
+    name = f"{stage}_scaling.png"
+    plots.compute_scaling({b: (e["compute_tokens"], e["accuracy"]) for b, e in result.items()}, fitted,
+                          report_dir / name, f"{stage}: accuracy vs compute, P(C) = A / C^α + P*")
+    return "\n".join(lines), [name]
