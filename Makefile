@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # `make demo` with smoke sizes and its own run.root this way
 RPT_ARGS ?=
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test test-fast install clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	WANDB_SILENT=true $(BIN)/rpt pipeline experiment=demo $(RPT_ARGS)
 
-# ruff first (seconds), then the whole suite; `pytest -m "not e2e and not multiprocess"` runs the fast unit tests
+# ruff first (seconds), then the whole suite in one pytest-xdist worker per core (at most 4: the end-to-end tests
+# each hold a few hundred MB); tests that share a module fixture stay on one worker (--dist loadgroup)
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadgroup
+
+# the in-process tier for the edit loop (no end-to-end CLI runs, no multi-process runs): about 2 minutes
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 -m "not e2e and not multiprocess"
 
 clean-demo:
 	rm -rf runs/demo

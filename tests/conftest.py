@@ -3,12 +3,33 @@ gloo), and a tiny real GPTModel."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in one pytest-xdist worker per core: each worker (and every process it starts,
+    # which inherits the environment) gets its share of the cores, since OpenMP threads that outnumber the cores
+    # spin against each other and slow every process down many times over. Set before torch is imported.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture (a smoke run built once and copied) go to the same xdist worker
+    (``--dist loadgroup``), so the fixture is built once per test run, not once per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for name in info.names_closure if info else ():
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope == "module":
+                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}::{name}"))
+                break
 
 
 def demo_data_cfg(**kw):

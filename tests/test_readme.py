@@ -40,8 +40,8 @@ README_LINES = {
         "rpt report run.name=remedies 'report.runs=[remedies_*]'",
     ],
     "seeds": [
-        "rpt pipeline --multirun run.seed=0,1,2 'run.name=seed${run.seed}'",
-        "rpt report run.name=seeds 'report.runs=[seed0,seed1,seed2]'",
+        "rpt pipeline --multirun experiment=demo run.seed=0,1,2 'run.name=demo_seed${run.seed}'",
+        "rpt report run.name=demo_seeds 'report.runs=[demo_seed0,demo_seed1,demo_seed2]'",
     ],
     "own corpus, imported model": [
         "rpt hf_import experiment=rpt_r1_distill_1_5b run.name=mine hf.path=/models/DeepSeek-R1-Distill-Qwen-1.5B",
@@ -243,15 +243,17 @@ def test_the_remedies_sweep_gives_each_algo_its_run(tmp_path):
 
 @pytest.mark.e2e
 def test_a_seed_sweep_and_its_aggregate_report(tmp_path):
-    sweep, aggregate = lines("seeds")  # two seeds of the three
-    run_line(sweep, tmp_path, replace={"run.seed": "0,1"}, append=["experiment=smoke"])
+    sweep, aggregate = lines("seeds")  # two seeds of the three, the demo at smoke sizes
+    run_line(sweep, tmp_path, replace={"run.seed": "0,1"}, append=demo_at_smoke_size())
     for seed in (0, 1):
-        assert_reported(tmp_path / "runs" / f"seed{seed}")
-        assert config(tmp_path / "runs" / f"seed{seed}")["run"]["seed"] == seed
-    assert not (tmp_path / "runs" / "seed2").exists()
-    run_line(aggregate, tmp_path, replace={"report.runs": "[seed0,seed1]"})
-    report = (tmp_path / "runs" / "seeds" / "report" / "report.md").read_text()
-    assert "±" in report and "seed0" in report and "seed1" in report
+        assert_reported(tmp_path / "runs" / f"demo_seed{seed}")
+        cfg = config(tmp_path / "runs" / f"demo_seed{seed}")
+        assert cfg["run"]["seed"] == seed and cfg["data"]["digit_group"] == 2  # the demo's settings
+    assert not (tmp_path / "runs" / "demo_seed2").exists()
+    run_line(aggregate, tmp_path, replace={"report.runs": "[demo_seed0,demo_seed1]"})
+    report = (tmp_path / "runs" / "demo_seeds" / "report" / "report.md").read_text()
+    assert "±" in report and "demo_seed0" in report and "demo_seed1" in report
+    assert "Pooled over the runs" in report and "On **hard** positions" in report
 
 
 # ---- Your own corpus ---------------------------------------------------------------------------------------------

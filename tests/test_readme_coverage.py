@@ -132,4 +132,6 @@ def test_make_test_is_the_ci_command():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] == "make test"
     recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
-    assert "ruff check ." in recipe and "-m pytest" in recipe
+    assert "ruff check ." in recipe and "-m pytest" in recipe and "-n $(PYTEST_WORKERS)" in recipe
+    fast = re.search(r"^test-fast:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+    assert '-m "not e2e and not multiprocess"' in fast  # the edit loop's in-process tier (README, Tests)
