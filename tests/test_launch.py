@@ -52,7 +52,7 @@ def test_sbatch_dry_run_prints_the_srun_line(tmp_path):
 
 def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "rpt.cli", "pipeline", "experiment=smoke", f"run.root={tmp_path}",
-           "run.name=pre", "stages=[prep,pretrain]", "pretrain.steps=400", "pretrain.checkpoint_every=1000"]
+           "run.name=pre", "stages=[prep,pretrain]", "pretrain.steps=150", "pretrain.checkpoint_every=1000"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marker = tmp_path / "pre" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -63,7 +63,7 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path):
     assert proc.returncode == 99, err[-2000:]
     latest = (tmp_path / "pre" / "checkpoints" / "pretrain" / "latest").read_text().strip()
     stopped_at = int(latest.split("_")[1])
-    assert 0 < stopped_at < 400  # a checkpoint at the step it stopped, although checkpoint_every is 1000
+    assert 0 < stopped_at < 150  # a checkpoint at the step it stopped, although checkpoint_every is 1000
     assert not (tmp_path / "pre" / "done" / "pretrain.json").exists()
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -191,7 +191,8 @@ def test_make_demo(tmp_path):
     run = tmp_path / "runs" / "demo"
     assert_reported(run)
     cfg = config(run)  # the demo's own settings, under the smoke sizes
-    assert cfg["select"]["threshold"] == 0.75 and cfg["algo"]["dynamic_sampling"] and cfg["model"]["name"] == "smoke"
+    assert cfg["select"]["threshold"] == 1.0 and cfg["data"]["digit_group"] == 2 and cfg["algo"]["dynamic_sampling"]
+    assert cfg["model"]["name"] == "smoke"
     assert len(metrics(run, "rpt")) == 3 and metrics(run, "rl_rpt")
     assert repo_runs == {p: p.stat().st_mtime_ns for p in (ROOT / "runs").glob("*/done/*.json")}  # untouched
 
