@@ -26,6 +26,17 @@ def test_power_law_fit_recovers_its_parameters():
         fit_power_law([5, 5, 5], [0.1, 0.2, 0.3])
 
 
+def test_power_law_fits_that_the_data_do_not_determine_are_marked():
+    compute = np.geomspace(1e3, 1e5, 12)
+    step = np.where(compute > 1.5e3, 0.4, 0.6)  # one high point, then flat: the best α runs to its bound
+    fit = fit_power_law(compute, step)
+    assert fit.r2 > 0.99 and not fit.informative and "end of its search range" in fit.degenerate
+    falling = 0.3 + 2.0 * compute ** -0.3  # accuracy that falls with compute
+    fit = fit_power_law(compute, falling)
+    assert fit.A > 0 and fit.r2 > 0.99 and fit.degenerate == "accuracy falls with compute (A > 0)"
+    assert "accuracy falls" in fits.verdict(fit.r2, fit.n, fit.degenerate)
+
+
 def test_fits_with_few_points_or_low_r2_are_not_informative():
     assert fits.verdict(0.95, 12) == "" and fits.informative(0.95, 12)
     few = fits.verdict(0.99, 6)

@@ -146,7 +146,7 @@ def compute_scaling(points: dict[str, tuple[list, list]], fitted: dict, path: Pa
         fit = fitted.get(bucket)
         if fit is not None:
             grid = np.geomspace(min(compute), max(compute), 100)
-            ok = informative(fit.r2, fit.n)
+            ok = fit.informative
             ax.plot(grid, fit.predict(grid), color=color, ls="-" if ok else ":",
                     label=f"{bucket}: α={fit.alpha:.2f}, P*={fit.p_star:.2f}, R²={fit.r2:.2f}"
                           + ("" if ok else " (not informative)"))

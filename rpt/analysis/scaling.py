@@ -21,6 +21,7 @@ import numpy as np
 from rpt.analysis import fits
 
 BUCKETS = ("easy", "medium", "hard")
+ALPHA_RANGE = (1e-3, 10.0)  # the exponents searched; a best fit at either end is not determined by the data
 
 
 @dataclass
@@ -35,11 +36,22 @@ class PowerLawFit:
         return self.A * np.asarray(compute, dtype=float) ** -self.alpha + self.p_star
 
     @property
+    def degenerate(self) -> str | None:
+        """Why the curve is not a power law the data determine, or None: α at the end of its search range (the
+        curve is then a step or a line, whatever the points), or accuracy falling with compute (A > 0)."""
+        low, high = ALPHA_RANGE
+        if not low * 1.5 < self.alpha < high / 1.5:
+            return f"α = {self.alpha:.3g} at the end of its search range [{low:g}, {high:g}]"
+        if self.A > 0:
+            return "accuracy falls with compute (A > 0)"
+        return None
+
+    @property
     def informative(self) -> bool:
-        return fits.informative(self.r2, self.n)
+        return fits.informative(self.r2, self.n, self.degenerate)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "informative": self.informative}
+        return {**asdict(self), "informative": self.informative, "degenerate": self.degenerate}
 
 
 def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -64,8 +76,9 @@ def fit_power_law(compute, accuracy) -> PowerLawFit:
     def best(alphas):
         return min((_linear_fit(scale ** -a, y) + (a,) for a in alphas), key=lambda t: t[2])
 
-    A, p_star, sse, alpha = best(np.logspace(-3, 1, 200))
-    A, p_star, sse, alpha = best(np.linspace(alpha * 0.9, alpha * 1.1, 41))
+    low, high = ALPHA_RANGE
+    A, p_star, sse, alpha = best(np.logspace(np.log10(low), np.log10(high), 200))
+    A, p_star, sse, alpha = best(np.linspace(max(low, alpha * 0.9), min(high, alpha * 1.1), 41))
     ss_tot = float(((y - y.mean()) ** 2).sum())
     # back to absolute compute: A·(C/C0)^-α = (A·C0^α)·C^-α
     return PowerLawFit(A=A * float(c.min()) ** alpha, alpha=float(alpha), p_star=p_star,
@@ -119,8 +132,9 @@ def scaling_section(rows: list[dict], stage: str, report_dir) -> tuple[str, list
             lines.append(f"| {bucket} | {len(entry['accuracy'])} | – | – | – | – | not fitted: {entry['not_fitted']} |")
             continue
         fitted[bucket] = PowerLawFit(**{k: fit[k] for k in ("A", "alpha", "p_star", "r2", "n")})
+        said = fits.verdict(fit["r2"], fit["n"], fit["degenerate"]).strip() or "informative"
         lines.append(f"| {bucket} | {fit['n']} | {fit['A']:.3g} | {fit['alpha']:.3f} | {100 * fit['p_star']:.1f}% | "
-                     f"{fit['r2']:.3f} | {fits.verdict(fit['r2'], fit['n']).strip() or 'informative'} |")
+                     f"{fit['r2']:.3f} | {said} |")
     name = f"{stage}_scaling.png"
     plots.compute_scaling({b: (e["compute_tokens"], e["accuracy"]) for b, e in result.items()}, fitted,
                           report_dir / name, f"{stage}: accuracy vs compute, P(C) = A / C^α + P*")
