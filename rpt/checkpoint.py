@@ -79,9 +79,21 @@ def latest_step_dir(stage_dir: Path) -> Path | None:
     return Path(stage_dir) / pointer.read_text().strip()
 
 
+def _forked_results_queue() -> None:
+    """megatron's checkpoint writer collects its workers' results through a ``Manager`` queue that it starts with
+    the ``spawn`` method: a fresh interpreter that re-imports torch and the caller's modules, several seconds of
+    CPU in every process that saves (each stage of a small run, each test's CLI call). A forked ``Manager`` serves
+    the same queue at once; megatron forks its writer processes from the trainer the same way."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", False) is None:
+        filesystem_async._results_queue = torch.multiprocessing.get_context("fork").Manager().Queue()
+
+
 @megatron_cuda_calls
 def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int = 2) -> Path:
     """Save everything needed to resume after ``step`` completed steps."""
+    _forked_results_queue()
     stage_dir = Path(stage_dir)
     step_dir = stage_dir / f"step_{step:06d}"
     rank0 = not dist.is_initialized() or dist.get_rank() == 0

@@ -10,9 +10,10 @@ from rpt.model.forward import lm_loss
 
 
 def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
+    from rpt.config import TrainLoopConfig
     from rpt.train.optim import build_trainable
 
-    tc = type("T", (), {"lr": 1e-4, "min_lr": 1e-4, "weight_decay": 0.0, "clip_grad": 1.0, "warmup_steps": 0})
+    tc = TrainLoopConfig(lr=1e-4, min_lr=1e-4, weight_decay=0.0, clip_grad=1.0, warmup_steps=0)
     trainable = build_trainable(model_cfg, vocab, rt, tc, 10_000)
     tokens = torch.randint(5, vocab, (bc.batch_size, bc.train_seq_len + 1)).to(rt.device)
 
