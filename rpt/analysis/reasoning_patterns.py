@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-THINK_CLOSE = "</think>"
+from rpt.tasks.demonstrations import THINK_CLOSE
 
 # pattern -> (rule, what it stands for); matched case-insensitively on the reasoning text
 PATTERNS: dict[str, tuple[str, str]] = {
@@ -35,14 +35,9 @@ def reasoning_text(response: str) -> str:
 def patterns_of(response: str) -> list[str]:
     text = reasoning_text(response)
     found = [name for name, rx in _COMPILED.items() if rx.search(text)]
-    if equation_count(text) >= 2 and "breakdown" not in found:
+    if text.count("=") >= 2 and "breakdown" not in found:  # two or more equations: a breakdown into steps
         found.append("breakdown")
     return found or [DIRECT]
-
-
-def equation_count(text: str) -> int:
-    """Equations in the reasoning text (two or more make a breakdown into steps)."""
-    return text.count("=")
 
 
 def pattern_shares(responses: list[str]) -> dict[str, float]:

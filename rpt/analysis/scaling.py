@@ -100,12 +100,12 @@ def scaling_points(rows: list[dict]) -> dict[str, tuple[list[float], list[float]
 
 
 def scaling_fits(rows: list[dict]) -> dict[str, dict]:
-    """Per bucket: the points and the fit (or why there is none), as written to the report and its JSON."""
+    """Per bucket: the points and the fit (a ``PowerLawFit``, or None and why there is none)."""
     result = {}
     for bucket, (compute, acc) in scaling_points(rows).items():
         entry: dict = {"compute_tokens": compute, "accuracy": acc}
         try:
-            entry["fit"] = fit_power_law(compute, acc).as_dict()
+            entry["fit"] = fit_power_law(compute, acc)
         except ValueError as err:
             entry["fit"], entry["not_fitted"] = None, str(err)
         result[bucket] = entry
@@ -120,21 +120,21 @@ def scaling_section(rows: list[dict], stage: str, report_dir) -> tuple[str, list
     result = scaling_fits(rows)
     if not result:
         return "", []
-    write_json(report_dir / f"{stage}_scaling.json", result)
+    write_json(report_dir / f"{stage}_scaling.json",
+               {b: {**e, "fit": e["fit"] and e["fit"].as_dict()} for b, e in result.items()})
     lines = [f"Scaling with RPT compute (arXiv 2506.08007 Fig. 5): held-out greedy next-token accuracy per bucket "
              f"against cumulative rollout tokens, fitted by P(C) = A / C^α + P* (least squares; "
              f"`{stage}_scaling.json`).", "", "| bucket | points | A | α | P* | R² | |",
              "|---|---|---|---|---|---|---|"]
-    fitted = {}
     for bucket, entry in result.items():
         fit = entry["fit"]
         if fit is None:
             lines.append(f"| {bucket} | {len(entry['accuracy'])} | – | – | – | – | not fitted: {entry['not_fitted']} |")
             continue
-        fitted[bucket] = PowerLawFit(**{k: fit[k] for k in ("A", "alpha", "p_star", "r2", "n")})
-        said = fits.verdict(fit["r2"], fit["n"], fit["degenerate"]).strip() or "informative"
-        lines.append(f"| {bucket} | {fit['n']} | {fit['A']:.3g} | {fit['alpha']:.3f} | {100 * fit['p_star']:.1f}% | "
-                     f"{fit['r2']:.3f} | {said} |")
+        said = fits.verdict(fit.r2, fit.n, fit.degenerate).strip() or "informative"
+        lines.append(f"| {bucket} | {fit.n} | {fit.A:.3g} | {fit.alpha:.3f} | {100 * fit.p_star:.1f}% | "
+                     f"{fit.r2:.3f} | {said} |")
+    fitted = {b: e["fit"] for b, e in result.items() if e["fit"] is not None}
     name = f"{stage}_scaling.png"
     plots.compute_scaling({b: (e["compute_tokens"], e["accuracy"]) for b, e in result.items()}, fitted,
                           report_dir / name, f"{stage}: accuracy vs compute, P(C) = A / C^α + P*")
