@@ -38,23 +38,3 @@ def test_bench_emits_every_figure(tmp_path):
     assert {"rpt_step_rollout_s", "rpt_step_update_s", "rpt_step_tokens_per_s"} <= set(result["rpt_step"])
     assert result["trl_grpo_step"]["trl_grpo_step_s"] > 0 and result["rpt_step"]["rpt_step_speedup_vs_trl"] > 0
 
-
-def test_memory_part_compares_chunked_and_full_logits_in_fresh_processes(runtime):
-    """The memory part at tiny shapes: every figure present, the table covers every response length, and the
-    chunked path (3 tokens per chunk, so several chunks) gives the full-logits numbers."""
-    from types import SimpleNamespace
-
-    from rpt.bench.memory import bench_memory
-    from rpt.config import BenchConfig, TrainLoopConfig
-
-    bench = BenchConfig(memory_vocab_size=300, memory_context=8, memory_response=6, memory_group_size=2,
-                        memory_lengths=[4, 6], memory_scoring_windows=2)
-    out = bench_memory(SimpleNamespace(bench=bench, rpt=TrainLoopConfig(logits_chunk_tokens=3)), runtime)
-    step, scoring = out["rpt_step"], out["scoring"]
-    for part in (step, scoring):
-        assert part["before_peak_mb"] > 0 and part["after_peak_mb"] > 0 and part["peak_ratio"] > 0
-    assert step["max_abs_logp_diff"] < 1e-4 and step["max_abs_entropy_diff"] < 1e-4
-    assert scoring["max_abs_entropy_diff"] < 1e-4
-    assert step["grad_norm_after"] == pytest.approx(step["grad_norm_before"], rel=1e-4)
-    assert [row["response"] for row in out["by_response_length"]] == [4, 6]
-    assert all(row["before_peak_mb"] > 0 for row in out["by_response_length"])

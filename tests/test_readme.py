@@ -350,13 +350,23 @@ def test_sft_beside_rl_in_the_pipeline(smoke_base, tmp_path):
 @pytest.mark.e2e
 def test_the_memory_benchmark(tmp_path):
     (memory,) = lines("benchmarks")
+    """The README's memory line at tiny shapes: every figure, each measured in a fresh process; the table covers
+    every response length, and the chunked path (3 tokens per chunk, so several chunks) gives the full-logits
+    numbers."""
     proc = run_line(memory, tmp_path, append=[
         "bench.memory_vocab_size=300", "bench.memory_context=8", "bench.memory_response=6",
-        "bench.memory_lengths=[6]", "bench.memory_scoring_windows=2", "rpt.logits_chunk_tokens=3"])
+        "bench.memory_group_size=2", "bench.memory_lengths=[4,6]", "bench.memory_scoring_windows=2",
+        "rpt.logits_chunk_tokens=3"])
     result = json.loads(proc.stdout)
     assert result == json.loads((tmp_path / "bench.json").read_text()) and set(result) >= {"memory"}
-    step = result["memory"]["rpt_step"]
-    assert step["before_peak_mb"] > 0 and step["max_abs_logp_diff"] < 1e-4
+    step, scoring = result["memory"]["rpt_step"], result["memory"]["scoring"]
+    for part in (step, scoring):
+        assert part["before_peak_mb"] > 0 and part["after_peak_mb"] > 0 and part["peak_ratio"] > 0
+    assert step["max_abs_logp_diff"] < 1e-4 and step["max_abs_entropy_diff"] < 1e-4
+    assert scoring["max_abs_entropy_diff"] < 1e-4
+    assert step["grad_norm_after"] == pytest.approx(step["grad_norm_before"], rel=1e-4)
+    table = result["memory"]["by_response_length"]
+    assert [row["response"] for row in table] == [4, 6] and all(row["before_peak_mb"] > 0 for row in table)
 
 
 # ---- Running on a cluster ----------------------------------------------------------------------------------------
