@@ -33,9 +33,10 @@ def policy_terms(logp, old, adv, cfg, chosen=None):
 def test_group_advantages_hand_values():
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     adv = group_advantages(r, 4, norm_by_std=True, eps=0.0)
-    # group 1: mean .25, population std sqrt(.1875)
-    s = math.sqrt(0.1875)
-    assert torch.allclose(adv[:4], torch.tensor([0.75 / s, -0.25 / s, -0.25 / s, -0.25 / s]))
+    # group 1: mean .25, sample (Bessel-corrected) std sqrt(.1875 * 4 / 3) = 0.5, as verl and TRL compute it
+    assert torch.allclose(adv[:4], torch.tensor([1.5, -0.5, -0.5, -0.5]))
+    one_right = group_advantages(torch.tensor([1.0] + [0.0] * 7), 8, eps=0.0)  # the anchor: TRL gives 2.475
+    assert one_right[0].item() == pytest.approx(2.4749, abs=1e-4)
     assert torch.all(group_advantages(r, 4)[4:] == 0)  # all-equal group: no signal (eps avoids 0/0)
     drgrpo = group_advantages(r, 4, norm_by_std=False)
     assert torch.allclose(drgrpo[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))

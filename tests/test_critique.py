@@ -60,15 +60,15 @@ def test_gate_count_and_selection():
     assert refinement_count(8, 3) == 2 and refinement_count(4, 1) == 2
     with pytest.raises(ValueError, match="group_size >= 2"):
         refinement_count(1, 7)
-    rewards = torch.tensor([0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1.0])
-    assert refine_gate(rewards, 4, "all_wrong").tolist() == [True, False, False]
-    assert refine_gate(rewards, 4, "always").tolist() == [True, True, False]  # a group without a failure: nothing
+    correct = torch.tensor([0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1]).bool()
+    assert refine_gate(correct, 4, "all_wrong").tolist() == [True, False, False]
+    assert refine_gate(correct, 4, "always").tolist() == [True, True, False]  # a group without a failure: nothing
     with pytest.raises(ValueError, match="gate"):
-        refine_gate(rewards, 4, "sometimes")
+        refine_gate(correct, 4, "sometimes")
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):  # correct refinements first, whatever the random order
-        assert set(choose_refinements(torch.tensor([0, 1, 0, 1.0]), 2, gen)) == {1, 3}
-    assert len(choose_refinements(torch.tensor([0, 0, 0.0]), 2, gen)) == 2
+        assert set(choose_refinements(torch.tensor([False, True, False, True]), 2, gen)) == {1, 3}
+    assert len(choose_refinements(torch.tensor([False] * 3), 2, gen)) == 2
 
 
 def _pair(runtime, tokenizer, extra=()):

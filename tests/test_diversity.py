@@ -48,4 +48,4 @@ def test_pass_at_ks_over_items():
     from rpt.eval.accuracy import pass_at_ks
 
     # item 1: one of two right; item 2: none; a partial reward (0.3) does not count as correct
-    assert pass_at_ks([[1.0, 0.0], [0.0, 0.3]]) == {"pass@1": pytest.approx(0.25), "pass@2": pytest.approx(0.5)}
+    assert pass_at_ks([[True, False], [False, False]]) == {"pass@1": pytest.approx(0.25), "pass@2": pytest.approx(0.5)}

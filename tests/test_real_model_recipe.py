@@ -109,6 +109,34 @@ def test_v0_is_the_papers_prompt_word_for_word(tokenizer):
     assert think == text + "<think>\n"
 
 
+
+def test_the_r1_recipe_prompts_rpt_eval_and_cnt_through_the_chat_template(tmp_path):
+    """R1-Distill's recipe renders template v0 as the user turn of the model's chat template: the prompt ids each
+    stage builds (``NextTokenTask.from_rollout``, the one constructor the stages use) equal what `transformers`'
+    ``apply_chat_template`` makes of the same text, so training, evaluation and the baseline see one prompt."""
+    transformers = pytest.importorskip("transformers")
+    from rpt.tasks.next_token import NextTokenTask
+    from rpt.tokenizer import HFTokenizer
+    from tests.hf_fixtures import make_hf_checkpoint
+
+    ckpt = make_hf_checkpoint(tmp_path / "hf_model", "llama", "r1")
+    ours = HFTokenizer(ckpt.path / "tokenizer.json")
+    theirs = transformers.AutoTokenizer.from_pretrained(ckpt.path)
+    text = "The next token may begin with a space. 4 + 7 = 11"
+    items = [{"context": ours.encode(text), "target": ours.encode(" so"), "entropy": 1.0}]
+    cfg = _cfg("experiment=rpt_r1_distill_1_5b")
+    assert cfg.rollout.template == "v0" and cfg.rollout.chat_template
+    user_turn = cfg.rollout.templates["v0"].replace("{{", "{").replace("}}", "}").replace("{context}", text)
+    expected = theirs.apply_chat_template([{"role": "user", "content": user_turn}], add_generation_prompt=True,
+                                          tokenize=True)
+    expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
+    assert NextTokenTask.from_rollout(items, ours, cfg.rollout).prompt_ids(items[0]) == list(expected)
+    assert theirs.decode(expected).endswith("<｜Assistant｜><think>\n")  # the chat frame is really there
+    for stage in ("rpt", "eval", "cnt"):  # no stage builds the task any other way
+        source = (Path(__file__).resolve().parent.parent / "rpt" / "stages" / f"{stage}.py").read_text()
+        assert "NextTokenTask.from_rollout(" in source and "NextTokenTask(" not in source, stage
+
+
 # ---- dynamic sampling from a step -----------------------------------------------------------------------------
 
 class HalfConstantTask(Task):
@@ -222,6 +250,7 @@ SIZES = [  # the paper's sizes scaled down to seconds on a CPU; everything else 
     "rl.micro_batch_size=16", "rl.checkpoint_every=1", "rl_task.train_size=8", "rl_task.test_size=4",
     "eval.max_positions=6", "eval.samples=2", "eval.max_new_tokens=6", "eval.concentration_prompts=2",
     "analysis.overlap_every=0", "analysis.diversity_every=0", "logging.wandb_mode=disabled", "logging.progress=false",
+    "logging.sample_every=1",
 ]
 
 
@@ -268,6 +297,10 @@ def test_the_readme_real_model_lines_run_to_a_report_and_an_export(preset, arch,
 
     ingest = json.loads((run / "data" / "ingest_summary.json").read_text())
     assert ingest["skipped"] == {"not_utf8": 1} and ingest["kept"] == 40
+    prompts = [json.loads(line)["context"] for line in (run / "rollouts" / "rpt" / "step_000002.jsonl").open()]
+    # the prompts rpt trained on open the reasoning: Qwen's template v0_think writes <think>; R1-Distill's is v0, which
+    # ends with the context, inside its chat template, whose generation prompt opens <think>
+    assert prompts and all(p.endswith("<think>\n") for p in prompts)
     next_token = json.loads((run / "eval" / "next_token.json").read_text())["results"]
     assert {"hf", "rpt"} <= set(next_token) and "base" not in next_token
     assert {"direct", "reasoning_greedy"} <= set(next_token["hf"])

@@ -197,3 +197,32 @@ def test_matched_tokens_counts_the_target_tokens_an_answer_spells():
     assert matched_tokens(" 1 2", target) == 0 and matched_tokens(" 12 ", target) == 0  # not a token boundary
     assert matched_tokens("", target) == 0 and matched_tokens(None, target) == 0
     assert matched_tokens(" 12 + 34", target) == 0  # longer than the stored target
+
+
+def test_one_definition_of_correct_that_a_format_bonus_cannot_reach(tmp_path, tokenizer):
+    """``Task.is_correct`` is the verifier's credit above one half, whatever the format bonus: a wrong boxed answer
+    under rollout.format_reward=0.6 is not a success (for accuracy, pass@k, refinement, SDPO or gram mining), and
+    no other module writes its own threshold."""
+    import json
+    import re
+    from pathlib import Path
+
+    import torch
+
+    from rpt.tasks.next_token import NextTokenTask
+
+    item = {"context": tokenizer.encode("1 + 2 ="), "target": tokenizer.encode(" 3"), "entropy": 1.0}
+    (tmp_path / "p.jsonl").write_text(json.dumps(item) + "\n")
+    task = NextTokenTask(tmp_path / "p.jsonl", tokenizer, "{context}<think>", format_reward=0.6)
+    right, wrong, none = (task.reward(item, text) for text in ("</think> \\boxed{ 3}", "</think> \\boxed{ 4}", "x"))
+    assert (right, wrong, none) == (1.6, 0.6, 0.0)
+    assert [task.is_correct(r) for r in (right, wrong, none)] == [True, False, False]
+    assert task.is_correct(torch.tensor([right, wrong, none])).tolist() == [True, False, False]
+    threshold = re.compile(r"(reward|rewards|sampled)\S*\s*(>|<=|>=|<)\s*0(\.5)?\b")
+    package = Path(__file__).resolve().parent.parent / "rpt"
+    # exempt: the definition itself, and the report's samples, which show rewards as logged (partial credit too)
+    exempt = {Path("tasks/base.py"), Path("analysis/samples.py")}
+    found = [f"{path.relative_to(package)}:{n}" for path in package.rglob("*.py")
+             if path.relative_to(package) not in exempt
+             for n, line in enumerate(path.read_text().splitlines(), 1) if threshold.search(line.split("#")[0])]
+    assert found == [], f"thresholds on rewards outside Task.is_correct: {found}"

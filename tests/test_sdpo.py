@@ -80,6 +80,24 @@ def test_empty_feedback_makes_the_teacher_the_student(runtime, tokenizer):
     assert max(float(g.abs().max()) for g in _grads(run)) < 1e-5
 
 
+def test_rows_without_feedback_are_not_pulled_toward_a_drifted_teacher(runtime, tokenizer):
+    """An EMA teacher differs from the student by drift; a response with no feedback (no correct sibling) gets no
+    distillation term from it: zero loss and gradient, as with the current-weights teacher."""
+    run = _setup(_cfg(["algo=sdpo", "algo.sdpo.feedback=sibling", "algo.sdpo.teacher=ema", "algo.sdpo.top_k=20"]),
+                 runtime, tokenizer)
+    run.task.reward = lambda item, text: 0.0  # nobody succeeds: no sibling to show
+    torch.manual_seed(0)
+    with torch.no_grad():  # the drift of a few EMA steps
+        for p in run.self_distill.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    got, batch = _batch(run)
+    assert not batch.teacher.has_feedback.any()
+    run.trainable.zero_grad()
+    loss = _distill_loss(run, batch)
+    loss.backward()
+    assert float(loss) == 0.0 and max(float(g.abs().max()) for g in _grads(run)) == 0.0
+
+
 @pytest.mark.parametrize("kind", ["kl", "js"])
 def test_stop_gradient_and_chunked_topk_match_a_full_logits_reference(kind, runtime, tokenizer):
     """With feedback (the reference), the loss gradient equals that of a reference computed from the student's

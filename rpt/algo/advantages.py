@@ -5,8 +5,9 @@ An estimator is ``(rewards [N], group_size, algo, planning) -> advantages`` regi
 with ``tokens[:, 1:]``); groups are contiguous blocks of ``group_size`` responses to the same prompt, and
 ``planning`` is the ``[N, T-1]`` mask of planning tokens (inside strategic grams, ``rpt.analysis.planning``).
 
-- ``grpo``: A_i = (r_i − mean_g r) / (std_g r + eps) with ``algo.norm_adv_by_std`` (population std, as verl);
-  without it (Dr.GRPO) A_i = r_i − mean_g r.
+- ``grpo``: A_i = (r_i − mean_g r) / (std_g r + eps) with ``algo.norm_adv_by_std``, std_g the sample standard
+  deviation (Bessel-corrected, ``torch.std``'s default, as verl's ``compute_grpo_outcome_advantage`` and TRL's
+  ``GRPOTrainer``: rewards [1, 0, 0, 0, 0, 0, 0, 0] give A_1 = 2.475); without it (Dr.GRPO) A_i = r_i − mean_g r.
 - ``hicra`` (arXiv 2509.03646): A = r − mean_g r (no std), and A' = A + α·|A| on planning tokens (α =
   ``algo.planning_alpha``), A elsewhere: a correct response's planning tokens get (1+α) of the credit, a wrong
   one's (1−α) of the blame.
@@ -41,7 +42,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, norm_by_std: bool =
     grouped = rewards.float().view(-1, group_size)
     adv = grouped - grouped.mean(dim=1, keepdim=True)
     if norm_by_std:
-        adv = adv / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
+        adv = adv / (grouped.std(dim=1, keepdim=True) + eps)  # Bessel-corrected, as verl and TRL
     return adv.view(-1)
 
 

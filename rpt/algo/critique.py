@@ -35,10 +35,10 @@ def refinement_count(group_size: int, ratio: int) -> int:
     return min(max(1, group_size // (ratio + 1)), group_size - 1)
 
 
-def refine_gate(rewards: torch.Tensor, group_size: int, gate: str) -> torch.Tensor:
-    """Bool per group: whether it is refined (``all_wrong``: no reward above 0.5; ``always``: every group with a
-    failed response)."""
-    failed = (rewards.float().view(-1, group_size) <= 0.5)
+def refine_gate(correct: torch.Tensor, group_size: int, gate: str) -> torch.Tensor:
+    """Bool per group of the responses' ``correct`` flags (``Task.is_correct``): whether it is refined
+    (``all_wrong``: no correct response; ``always``: every group with a failed response)."""
+    failed = ~correct.bool().view(-1, group_size)
     if gate == "all_wrong":
         return failed.all(1)
     if gate == "always":
@@ -46,11 +46,11 @@ def refine_gate(rewards: torch.Tensor, group_size: int, gate: str) -> torch.Tens
     raise ValueError(f"algo.critique.gate must be one of {GATES}, got {gate!r}")
 
 
-def choose_refinements(rewards: torch.Tensor, k: int, generator: torch.Generator) -> list[int]:
-    """Indices of ``k`` of the candidate refinements (rewards ``[c]``): correct ones first, ties in a seeded random
-    order."""
-    order = torch.randperm(rewards.numel(), generator=generator)
-    ranked = sorted(order.tolist(), key=lambda i: -float(rewards[i] > 0.5))
+def choose_refinements(correct: torch.Tensor, k: int, generator: torch.Generator) -> list[int]:
+    """Indices of ``k`` of the candidate refinements (their ``correct`` flags ``[c]``): correct ones first, ties in
+    a seeded random order."""
+    order = torch.randperm(correct.numel(), generator=generator)
+    ranked = sorted(order.tolist(), key=lambda i: -int(correct[i]))
     return ranked[:k]
 
 

@@ -54,8 +54,8 @@ def mean_diversity(texts: list[list[str]], threshold: float) -> dict[str, float]
     return {k: sum(g[k] for g in groups) / len(groups) for k in groups[0]} if groups else {}
 
 
-def pass_at_ks(per_item: list[list[float]]) -> dict[str, float]:
-    """Unbiased pass@k for k = 1..n over items with n sampled rewards each (correct: reward > 0.5)."""
+def pass_at_ks(per_item: list[list[bool]]) -> dict[str, float]:
+    """Unbiased pass@k for k = 1..n over items with n samples each, given whether each sample is correct."""
     n = len(per_item[0]) if per_item else 0
-    return {f"pass@{k}": sum(pass_at_k(n, sum(r > 0.5 for r in rewards), k) for rewards in per_item) / len(per_item)
+    return {f"pass@{k}": sum(pass_at_k(n, sum(correct), k) for correct in per_item) / len(per_item)
             for k in range(1, n + 1)}

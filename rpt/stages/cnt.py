@@ -36,7 +36,7 @@ def run(ctx) -> dict:
     lc = cfg.rpt
     rd.require("select")
     tok = Tokenizer.from_run(rd)
-    task = NextTokenTask(Positions.of_run(rd, "train"), tok, cfg.rollout.templates[cfg.rollout.template])
+    task = NextTokenTask.from_rollout(Positions.of_run(rd, "train"), tok, cfg.rollout)
     trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, lc, lc.steps)
     per_step = lc.prompts_per_step * cfg.rollout.group_size
 

@@ -59,8 +59,7 @@ def run(ctx) -> dict:
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
     ec = cfg.eval
     tok = Tokenizer.from_run(rd)
-    template = cfg.rollout.templates[cfg.rollout.template]
-    nt_task = NextTokenTask(Positions.of_run(rd, "heldout"), tok, template)
+    nt_task = NextTokenTask.from_rollout(Positions.of_run(rd, "heldout"), tok, cfg.rollout)
     rng = np.random.default_rng(cfg.run.seed)
     pick = sorted(rng.permutation(len(nt_task))[:ec.max_positions].tolist())
     items = [nt_task.items[i] for i in pick]
@@ -98,7 +97,7 @@ def run(ctx) -> dict:
         per_sample, texts = sample_completions(model, test, test_items, k, sampled, cfg.run.seed, rt.device)
         downstream[label] = {"greedy": float(np.mean(greedy_scores)),
                              f"avg@{k}": float(np.mean([sum(r) / len(r) for r in per_sample])),
-                             **pass_at_ks(per_sample),
+                             **pass_at_ks([[test.is_correct(r) for r in rewards] for rewards in per_sample]),
                              "n": len(test_items)}
         diversity[label] = mean_diversity(texts, cfg.analysis.trajectory_threshold)
         log.info("eval downstream %s: %s", label, downstream[label])

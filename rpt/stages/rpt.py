@@ -15,11 +15,10 @@ def run(ctx) -> dict:
     cfg, rd = ctx.cfg, ctx.rd
     rd.require("select")
     tok = Tokenizer.from_run(rd)
-    template = cfg.rollout.templates[cfg.rollout.template]
-    task = NextTokenTask(Positions.of_run(rd, "train"), tok, template, cfg.rollout.format_reward)
+    task = NextTokenTask.from_rollout(Positions.of_run(rd, "train"), tok, cfg.rollout, cfg.rollout.format_reward)
     validator = None
     if cfg.rpt.eval_every:
-        heldout = NextTokenTask(Positions.of_run(rd, "heldout"), tok, template)
+        heldout = NextTokenTask.from_rollout(Positions.of_run(rd, "heldout"), tok, cfg.rollout)
         sampling = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=cfg.eval.max_new_tokens)
         validator = Validator(heldout, cfg.rpt.eval_size, sampling, cfg.run.seed, ctx.rt,
                               cfg.select.difficulty_thresholds)

@@ -11,12 +11,23 @@ from typing import Any
 
 class Task(abc.ABC):
     """Items plus ``prompt_ids``/``reward``; ``tokenizer`` is the tokenizer the prompts are encoded with;
-    ``chat_template``: prompts are the user turn of the tokenizer's chat template (rollout.chat_template)."""
+    ``chat_template``: prompts are the user turn of the tokenizer's chat template (rollout.chat_template).
+
+    A reward is the verifier's credit in [0, 1] plus ``format_reward`` for a parseable answer (0 unless a task
+    adds one); ``is_correct`` is the one definition of a right answer (credit above one half) that accuracy,
+    pass@k, refinement gates, SDPO's feedback and planning-gram mining all use."""
+
+    format_reward: float = 0.0
 
     def __init__(self, items: Sequence[Any], tokenizer, chat_template: bool = False):
         self.items = items
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+
+    def is_correct(self, reward):
+        """Whether ``reward`` (a float or a tensor of them) is a right answer's: the verifier's credit, the reward
+        less any format bonus, above one half."""
+        return reward - self.format_reward > 0.5
 
     def __len__(self) -> int:
         return len(self.items)

@@ -54,6 +54,14 @@ class NextTokenTask(Task):
         self.template = template
         self.format_reward = format_reward
 
+    @classmethod
+    def from_rollout(cls, positions: Sequence[Mapping] | Path, tokenizer, rollout,
+                     format_reward: float = 0.0) -> NextTokenTask:
+        """The task prompted as ``rollout`` (the rollout config) says: its named template and, with
+        ``rollout.chat_template``, the tokenizer's chat template around it. Every stage builds its task here, so
+        a prompt setting reaches training, evaluation and the baselines alike."""
+        return cls(positions, tokenizer, rollout.templates[rollout.template], format_reward, rollout.chat_template)
+
     def prompt_ids(self, item: Mapping) -> list[int]:
         return render_prompt(self.tokenizer, self.template, item["context"], self.chat_template)
 

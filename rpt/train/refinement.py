@@ -90,11 +90,12 @@ class Refiner:
         refinements in place, and the bool ``[rows]`` mask of refinement rows."""
         G, tok = self.group_size, self.task.tokenizer
         refined = torch.zeros(len(texts), dtype=torch.bool)
-        gated = refine_gate(rewards, G, self.cfg.gate) if len(texts) else torch.zeros(0, dtype=torch.bool)
+        correct = self.task.is_correct(rewards)
+        gated = refine_gate(correct, G, self.cfg.gate) if len(texts) else torch.zeros(0, dtype=torch.bool)
         self.counts["groups"] += len(items)
         self.counts["refined"] += float(gated.sum())
         sources = [i for g in gated.nonzero().flatten().tolist()
-                   for i in [g * G + j for j in range(G) if rewards[g * G + j] <= 0.5][:self.cfg.candidates]]
+                   for i in [g * G + j for j in range(G) if not correct[g * G + j]][:self.cfg.candidates]]
         if not sources:
             return rollouts, texts, rewards, refined
         prompts = [self.task.prompt_ids(items[i // G]) for i in sources]
@@ -110,12 +111,12 @@ class Refiner:
         new_rewards = torch.tensor([self.task.reward(items[i // G], t) for i, t in zip(sources, new_texts,
                                                                                         strict=True)])
         self.counts["generated"] += len(sources)
-        self.counts["correct"] += float((new_rewards > 0.5).sum())
+        self.counts["correct"] += float(self.task.is_correct(new_rewards).sum())
         gen = torch.Generator().manual_seed(seed)
         chosen = []
         for g in sorted({i // G for i in sources}):
             members = [j for j, i in enumerate(sources) if i // G == g]
-            chosen += [members[j] for j in choose_refinements(new_rewards[members], self.k, gen)]
+            chosen += [members[j] for j in choose_refinements(self.task.is_correct(new_rewards[members]), self.k, gen)]
         rows = [sources[j] for j in chosen]
         spliced = splice_rows(prompts=[prompts[j] for j in chosen], source=ro.select(torch.tensor(chosen)),
                               pad_id=tok.pad_id)

@@ -148,7 +148,7 @@ def collect(run: RLSetup, step: int, cursor: int) -> Collected:
     mean = dp_mean_of(sampled)
     stats = {"all_equal_share": shares[0] / max(shares[1], 1.0), "refills": refill, "reward_mean": mean,
              "reward_std": max(dp_mean_of(sampled.double() ** 2) - mean**2, 0.0) ** 0.5,
-             "accuracy": dp_mean_of((sampled > 0.5).float()),
+             "accuracy": dp_mean_of(run.task.is_correct(sampled).float()),
              "truncated_share": dp_mean_of(torch.cat(truncated).float()),
              "no_answer_share": 1.0 - dp_mean_of(torch.tensor(answered, dtype=torch.float32))}
     return Collected(rollouts, rewards, kept_items[:per_rank], kept_texts[:per_rank * G],
@@ -358,7 +358,7 @@ def mine_grams(run: RLSetup, model, prompts: int) -> list[str]:
     ro = generate(model, [task.prompt_ids(it) for it in items for _ in range(G)], run.sampling,
                   _step_seed(run.seed, -1, rt.dp_rank), rt.device)
     texts = [task.tokenizer.decode(ro.response_ids(i)) for i in range(len(ro))]
-    good = [t for i, t in enumerate(texts) if task.reward(items[i // G], t) > 0]
+    good = [t for i, t in enumerate(texts) if task.is_correct(task.reward(items[i // G], t))]
     solutions = [t for part in gather_objects(good) for t in part]
     return mine_strategic_grams(solutions) or list(run.analysis.strategic_grams)
 

@@ -3,8 +3,9 @@
 For every response y of the batch, the teacher re-scores y's tokens under a teacher prompt ``x + feedback_template
 (f)``; the update adds Σ_t D(π_θ(·|x, y<t) ‖ π_T(·|x, f, y<t)) over the teacher's top-K ids plus a tail bucket
 (``rpt.algo.sdpo``) to λ × the configured GRPO policy term (``algo.sdpo.grpo_weight``; 0: pure SDPO). The teacher's
-values are computed once per batch before the update, under ``no_grad`` (stop-gradient); an empty f gives the
-student's own prompt, hence the student's own distribution and a zero loss and gradient for that response.
+values are computed once per batch before the update, under ``no_grad`` (stop-gradient). A response with an empty
+f gets no distillation term at all (the reference code's ``self_distillation_mask``): with the ``current`` teacher it
+would be zero anyway, but an ``ema`` or ``mix`` teacher differs from the student by drift alone, which is no signal.
 
 Feedback f (``algo.sdpo.feedback``, '+'-joined kinds, in this order):
 - ``reference``: the task's ground truth; for RPT the stored true continuation (the corpus is the teacher's hint),
@@ -66,7 +67,8 @@ class TeacherTargets:
             return (topk_tail_divergence(student, teacher, self.divergence),)
 
         (per_token,) = chunked_reduce(model, hidden, self.chunk, reduce, self.ids[tokens], self.logp[tokens])
-        dense = torch.zeros_like(terms.loss).index_put((r, c), per_token.to(terms.loss.dtype))
+        with_feedback = self.has_feedback[rows.start:rows.stop].to(per_token.device)[r]
+        dense = torch.zeros_like(terms.loss).index_put((r, c), (per_token * with_feedback).to(terms.loss.dtype))
         return replace(terms, loss=self.grpo_weight * terms.loss + dense)
 
 
@@ -96,8 +98,8 @@ class SelfDistiller:
             if kind == "reference":
                 parts.append(self.task.reference(item))
             elif kind == "sibling":
-                parts += [t for j, t in enumerate(texts) if j != i and rewards[j] > 0.5][:1]
-            elif rewards[i] <= 0.5:
+                parts += [t for j, t in enumerate(texts) if j != i and self.task.is_correct(rewards[j])][:1]
+            elif not self.task.is_correct(rewards[i]):
                 answer = extract_answer(texts[i])
                 parts.append(f"Your answer {answer if answer is not None else '(none)'} was judged incorrect.")
         return "\n".join(p for p in parts if p)
@@ -161,9 +163,11 @@ class SelfDistiller:
                 t.lerp_(s.detach().to(t.dtype), self.cfg.teacher_rate)
 
     def metrics(self, batch, values, got) -> dict:
-        """Dense credit: the per-token advantages a_t = log π_T(y_t) − log π_θ(y_t) (distribution over the whole
-        batch) and the share of Σ|a_t| on the top-20% entropy tokens; share of responses with feedback."""
-        mask, targets = batch.mask, batch.teacher
+        """Dense credit: the per-token advantages a_t = log π_T(y_t) − log π_θ(y_t) of the responses with feedback
+        (distribution over the whole batch) and the share of Σ|a_t| on the top-20% entropy tokens; share of
+        responses with feedback."""
+        targets = batch.teacher
+        mask = batch.mask & targets.has_feedback.to(batch.mask.device)[:, None]
         credit = (targets.token_logp - values.logp)[mask].float()
         high = forking_mask(values.entropy, mask, 0.2)
         on_high, total = dp_sum(float((targets.token_logp - values.logp).abs()[high].sum()), float(credit.abs().sum()))
