@@ -41,6 +41,16 @@ def test_planning_tagger_natural_language_case_insensitive():
     assert planning_mask(tokens, []) == [False] * len(tokens)
 
 
+def test_planning_tagger_lowers_non_ascii_and_keeps_split_characters():
+    """``Étape`` is found by the gram ``étape`` and ``ÉTAPE`` by ``Étape`` (non-ASCII capitals lower too); a
+    character split across two tokens (byte-level BPE) tags both halves; bytes that are not UTF-8 do no harm."""
+    tokens = [b"Donc", b" \xc3", b"\x89tape", b" 2", b":", b" ok", b"\xff"]
+    assert planning_mask(tokens, ["étape"]) == [False, True, True, False, False, False, False]
+    assert planning_mask([b"\xc3\x89TAPE", b" 3"], ["Étape"]) == [True, False]
+    assert planning_mask([b"Stra\xc3\x9fe", b" ok"], ["OK"]) == [False, True]
+    assert planning_mask([b"caf\xc3\xa9", b" \xff WAIT"], ["wait"]) == [False, True]
+
+
 def test_moving_average_is_a_trailing_mean():
     from rpt.analysis.training_curves import moving_average
 

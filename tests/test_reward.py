@@ -39,6 +39,7 @@ def test_prefix_reward_multibyte_unicode():
     assert prefix_reward("é", target) == 0.0  # 2 bytes: inside the second token
     assert prefix_reward("数", [b"\xe6\x95\xb0", b"\xe5\xad\xa6"]) == 1.0
     assert prefix_reward("数学", [b"\xe6\x95\xb0", b"\xe5\xad\xa6"]) == 1.0
+    assert prefix_reward("\ud800", target) == 0.0 and prefix_reward("é\udc80", target) == 0.0  # lone surrogates
 
 
 def test_extract_boxed_nested_and_broken():
@@ -164,6 +165,7 @@ def test_normalize_work_does_not_grow_with_wrapper_nesting():
     ("1e99999999", "1", False), ("1e100", "1" + "0" * 100, True), ("1e-101", "0", False),
     ("1048577", "1048576", False), ("1048576.5", "1048576", False), ("-333333", "-1000000/3", False),
     ("1 2", "12", False), ("1\\,2", "12", False), ("1 2", "1 2", True),
+    ("1, 234", "1234", False), ("1, 234", "1,234", False), ("1,234", "1234", True), ("1,  234", "1234", False),
     ("1,000", "1000", True), ("1\\,000", "1000", True), ("1{,}000", "1000", True), ("10 000 000", "10000000", True),
     ("0.5", "1/2", True), ("\\frac{1}{2}", "0.5", True), ("\\frac{1}{0}", "0", False), ("\\frac{1}{00}", "1", False),
     ("0.333333", "\\frac{1}{3}", True), ("0.3333", "1/3", False), ("0.1", "0.1000001", False), ("1e-7", "0", False),

@@ -25,15 +25,33 @@ REASONING_GRAMS = ["wait", "let me check", "let me verify", "alternatively", "bu
                    "first,", "we need to", "on second thought", "this means", "therefore"]
 
 
+def _lowered(data: bytes) -> tuple[str | bytes, list[tuple[int, int]] | None]:
+    """``data`` lower-cased for case-insensitive search, with the byte span of ``data`` each lowered character comes
+    from (None: ASCII, lowered byte for byte). Non-ASCII text is lowered character by character (``É`` finds
+    ``é``), bytes that are not UTF-8 kept as they are (a token may end inside a character)."""
+    if data.isascii():
+        return data.lower(), None
+    lowered, spans, pos = [], [], 0
+    for ch in data.decode("utf-8", errors="surrogateescape"):
+        width = len(ch.encode("utf-8", errors="surrogateescape"))
+        low = ch.lower()
+        lowered.append(low)
+        spans += [(pos, pos + width)] * len(low)
+        pos += width
+    return "".join(lowered), spans
+
+
 def planning_mask(token_bytes: Sequence[bytes], grams: Sequence[str]) -> list[bool]:
-    """One flag per token: does the token overlap any occurrence of a strategic gram?"""
-    text = b"".join(token_bytes).lower()
-    covered = bytearray(len(text))
+    """One flag per token: does the token overlap any occurrence of a strategic gram (case-insensitive)?"""
+    data = b"".join(token_bytes)
+    text, spans = _lowered(data)
+    covered = bytearray(len(data))
     for gram in grams:
-        g = gram.lower().encode("utf-8")
+        g = gram.lower() if spans is not None else gram.lower().encode("utf-8")
         start = text.find(g)
         while g and start != -1:
-            covered[start:start + len(g)] = b"\x01" * len(g)
+            first, last = (start, start + len(g)) if spans is None else (spans[start][0], spans[start + len(g) - 1][1])
+            covered[first:last] = b"\x01" * (last - first)
             start = text.find(g, start + 1)
     flags, pos = [], 0
     for piece in token_bytes:

@@ -4,16 +4,17 @@ equivalent to the reference?
 Why our own: the common checkers (``math_verify``, ``sympy``-based graders) pull heavy dependencies and parse
 arbitrary LaTeX; RL on verifiable answers needs a fast, predictable rule. This one is deliberately conservative.
 Both answers are normalised: LaTeX wrappers (``\\text{}``, ``\\mathrm{}``, ... up to 8 deep), ``$``, degrees,
-``\\left``/``\\right`` and a trailing period are dropped; whitespace is removed except a gap between two digits,
-which stays one space (``1 2`` is not ``12``); LaTeX spaces (``\\,`` ``\\;`` ``\\ ``) count as whitespace and
-``\\!`` as nothing; thousands separators are removed when the whole answer is a number grouped in threes by commas,
-``{,}`` or spaces (``1,000``, ``1{,}000``, ``1\\,000`` are ``1000``). Then they match if the normalised strings are
-equal, or if both are numbers of equal value. Numbers are integers, decimals with an optional exponent
-(|exponent| <= 100, at most 1000 characters: anything bigger is text), ``a/b`` and ``\\frac{a}{b}`` with a non-zero
-denominator; a trailing % is dropped. Values compare exactly, with one tolerance: a decimal matches a fraction that
-has no finite decimal form (``0.333333`` for 1/3) when they agree to a relative 1e-6. Anything else (expressions,
-intervals, sets) must match as normalised text. False negatives are possible for exotic equivalent forms; false
-positives are not intended. Nothing a model writes makes it raise or run longer than linear time in its length.
+``\\left``/``\\right`` and a trailing period are dropped; whitespace is removed except a gap between two digits, which
+stays one space (``1 2`` is not ``12``); LaTeX spaces (``\\,`` ``\\;`` ``\\ ``) count as whitespace and ``\\!`` as
+nothing; thousands separators are removed when the whole answer is a number grouped in threes by commas, ``{,}`` or
+spaces (``1,000``, ``1{,}000``, ``1\\,000`` are ``1000``; a comma followed by a space separates a list: ``1, 234`` is
+not ``1234``). Then they match if the normalised strings are equal, or if both are numbers of equal value. Numbers are
+integers, decimals with an optional exponent (|exponent| <= 100, at most 1000 characters: anything bigger is text),
+``a/b`` and ``\\frac{a}{b}`` with a non-zero denominator; a trailing % is dropped. Values compare exactly, with one
+tolerance: a decimal matches a fraction that has no finite decimal form (``0.333333`` for 1/3) when they agree to a
+relative 1e-6. Anything else (expressions, intervals, sets) must match as normalised text. False negatives are
+possible for exotic equivalent forms; false positives are not intended. Nothing a model writes makes it raise or run
+longer than linear time in its length.
 
 Reference extraction handles the usual dataset conventions: GSM8K's ``#### 42`` and MATH's ``\\boxed{42}``
 inside a worked solution; otherwise the whole reference string is the answer.
@@ -61,11 +62,12 @@ def normalize(answer: str) -> str:
             break
         s = unwrapped
     s = s.replace("dfrac", "frac").replace("tfrac", "frac")
-    s = _NON_DIGIT_GAP.sub("", _SPACES.sub(" ", s))
+    spaced = _SPACES.sub(" ", s)
+    s = _NON_DIGIT_GAP.sub("", spaced)
     s = s.rstrip(".")
     if s.startswith("+"):
         s = s[1:]
-    if _THOUSANDS.fullmatch(s):
+    if _THOUSANDS.fullmatch(s) and ", " not in spaced:  # "1, 234" is a list of two numbers, not 1234
         s = s.replace(",", "").replace(" ", "")
     return s
 

@@ -22,7 +22,10 @@ def matched_tokens(prediction: str | bytes | None, target_token_bytes: Sequence[
     token boundary); 0 when it is not such a prefix."""
     if prediction is None:
         return 0
-    pred = prediction.encode("utf-8") if isinstance(prediction, str) else prediction
+    try:
+        pred = prediction.encode("utf-8") if isinstance(prediction, str) else prediction
+    except UnicodeEncodeError:  # a lone surrogate: no byte string, so no prefix of the target
+        return 0
     if not pred or not b"".join(target_token_bytes).startswith(pred):
         return 0
     boundary = 0
