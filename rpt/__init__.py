@@ -1,6 +1,6 @@
-"""rpt: Reinforcement Pre-Training on megatron-core. Importing the package imports megatron-core once, with its
-fused kernels compiled on first use (``rpt.lazy_fusions``: 3 s less per process)."""
+"""rpt: Reinforcement Pre-Training on megatron-core. Importing the package hooks megatron-core's import so its
+fused kernels compile on first use (``rpt.lazy_fusions``: 3 s less per process)."""
 
-from rpt.lazy_fusions import import_megatron_core
+from rpt.lazy_fusions import install
 
-import_megatron_core()
+install()

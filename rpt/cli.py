@@ -28,11 +28,13 @@ from omegaconf import DictConfig
 
 from rpt import config as config_schema
 from rpt import run_memory
+from rpt.refusal import Refusal, preflight, refusing
 
 log = logging.getLogger("rpt")
 
 STAGES = ["prep", "pretrain", "select", "rpt", "cnt", "rl", "sft", "eval", "report"]
 EXTRA_STAGES = ["hf_import", "hf_export"]  # run on demand, never by `pipeline`
+STARTS_A_RUN = ("prep", "hf_import", "pipeline", "bench")  # the others work on a run that exists
 USAGE = (f"usage: rpt <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}> [key=value ...]   "
          "(rpt <stage> --help for the config)")
 
@@ -71,18 +73,27 @@ def main_from_config(composed: DictConfig) -> None:
     from rpt import force
     from rpt.rundir import RunDir
 
-    rd = RunDir(composed.run.root, composed.run.name)
-    remembers = composed.stage != "bench"  # a benchmark neither reads nor writes a run directory
-    recalled = run_memory.recall(rd, composed, given_overrides()) if remembers else None
-    cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
-    logging.getLogger().setLevel(cfg.run.log_level)
-    for name in cfg.stages:
-        if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
-    forced = force.forced_stages(cfg)
-    if remembers:  # every rank reads the run's memory and refuses alike, before rank 0 changes anything
-        run_memory.check(cfg, rd, unchecked=forced | force.stale_after(forced))
-    from rpt import runtime  # the heavy imports (torch, megatron) after the checks: a refusal comes at once
+    debug = str(composed.run.log_level).upper() == "DEBUG"
+    with refusing((ValueError,), debug):  # any mistake found while reading the config: one line, nothing done
+        config_schema.RunConfig(name=composed.run.name)  # a name that is not one directory is refused first
+        rd = RunDir(composed.run.root, composed.run.name)
+        remembers = composed.stage != "bench"  # a benchmark neither reads nor writes a run directory
+        recalled = run_memory.recall(rd, composed, given_overrides()) if remembers else None
+        cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
+        logging.getLogger().setLevel(cfg.run.log_level)
+        for name in cfg.stages:
+            if name not in STAGES:
+                raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
+        forced = force.forced_stages(cfg)
+        if remembers:  # every rank reads the run's memory and refuses alike, before rank 0 changes anything
+            run_memory.check(cfg, rd, unchecked=forced | force.stale_after(forced))
+    with refusing((Refusal,), debug):
+        _run(cfg, rd, remembers, recalled, forced)
+
+
+def _run(cfg, rd, remembers: bool, recalled, forced: set[str]) -> None:
+    # the heavy imports (torch, megatron) after the checks: a refusal comes at once
+    from rpt import force, runtime
     from rpt.distributed import barrier
     from rpt.stages.context import StageContext
     from rpt.train import preemption
@@ -134,8 +145,6 @@ hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base
 def main() -> None:
     from hydra._internal.utils import get_args_parser
 
-    from rpt.sweep import SharedRunDir, check_distinct
-
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if len(sys.argv) >= 2 else 2)
@@ -149,12 +158,8 @@ def main() -> None:
     first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
     sys.argv = [sys.argv[0], *args[:first], f"stage={stage}", *args[first:]]
     parsed = get_args_parser().parse_args(sys.argv[1:])
-    if parsed.multirun:
-        try:
-            check_distinct(parsed.overrides, CONF_DIR)
-        except SharedRunDir as err:
-            print(f"rpt: {err}", file=sys.stderr)
-            sys.exit(2)
+    with refusing((ValueError,), debug="run.log_level=DEBUG" in parsed.overrides):
+        preflight(stage, parsed.overrides, parsed.multirun, CONF_DIR, STARTS_A_RUN)
     hydra_main()
 
 

@@ -12,6 +12,7 @@ library code receives typed sections (``AlgoConfig``, ``RolloutConfig``, ...), n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ from rpt.config_rl import (  # noqa: F401
 RECOMPUTE = ("none", "selective", "full")  # model.recompute
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._+=,-]{1,128}")  # one path component, no spaces (sweeps write seed=1,...)
+
+
 @dataclass
 class RunConfig:
     name: str = "demo"  # run name; artifacts go to <root>/<name>/
@@ -49,6 +53,10 @@ class RunConfig:
     # this plus one step is left before the job's end (RPT_DEADLINE or SLURM_JOB_END_TIME, unix seconds); 0: off
 
     def __post_init__(self):
+        if not _SAFE_NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise ValueError(f"run.name must be one directory name (letters, digits, '.', '_', '-', '+', '=', ','; "
+                             f"not '.' or '..'), got {self.name!r}: e.g. run.name=my_run, and run.root=<dir> for "
+                             f"where runs go")
         _one_of("run", "device", self.device, ("auto", "cpu", "cuda"))
         _one_of("run", "dtype", self.dtype, ("auto", "float32", "bfloat16"))
         if not self.save_before_minutes >= 0:
@@ -276,6 +284,8 @@ class ReportConfig:
     # patterns allowed, e.g. [seed*]) into mean ± std in <run.name>/report/ instead of reporting run.name itself
     samples_per_kind: int = 2  # "Samples" section: good (reward > 0) and bad (reward 0) rollouts shown per stage
     sample_chars: int = 400  # "Samples" section: characters kept per field (context, response, answer, reference)
+    allow_mixed: bool = False  # aggregate runs whose settings differ (beyond the seed): the report names the keys;
+    # without it such runs are refused (side-by-side algorithms, e.g. the remedies sweep, set it)
 
     def __post_init__(self):
         if self.samples_per_kind < 0 or self.sample_chars < 8:

@@ -58,6 +58,9 @@ class RolloutConfig:
     # "<think>", for prompting a model as plain text
 
     def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"rollout.group_size must be >= 2, got {self.group_size}: GRPO scores each response "
+                             f"against the others of its group, so with fewer every advantage is 0 (the paper: 8)")
         _one_of("rollout", "engine", self.engine, ENGINES)
         _one_of("rollout", "template", self.template, tuple(self.templates))
         if not 0.0 < self.no_answer_warn_share <= 1.0 or self.no_answer_warn_steps < 1:

@@ -1,18 +1,23 @@
-"""Import megatron-core with its fused kernels compiled when first called, not when imported.
+"""megatron-core's fused kernels compile when first called, not when megatron-core is imported.
 
 megatron-core decorates its fused kernels (bias-GeLU, SwiGLU, ...) with ``megatron.core.jit.jit_fuser``, which is
 ``torch.compile``; ``torch.compile(fn)`` imports torch._dynamo and torch._inductor on the spot. That is 3 of the
 5.4 s it takes to import megatron-core on a 2-core CPU, paid by every process rpt starts (each stage run, each
 rank, each benchmark probe), including the many that never call a fused kernel. megatron-core has no switch for
-it (``disable_jit_fuser`` acts after the decorators have run), so while megatron-core is first imported,
-``torch.compile`` is a wrapper that compiles the function on its first call with the same arguments; it is put
-back right after, and ``jit_fuser`` keeps the wrapper. A fused kernel that runs is compiled exactly as before.
+it (``disable_jit_fuser`` acts after the decorators have run), so ``install`` (run by ``import rpt``) hooks the
+import of ``megatron.core.jit``: while that one module runs, ``torch.compile`` is a wrapper that compiles a function
+on its first call with the same arguments, and ``jit_fuser`` keeps the wrapper. A fused kernel that runs is compiled
+exactly as before; nothing else sees the wrapper, and nothing is imported until megatron-core is.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.machinery
 import sys
+
+JIT_MODULE = "megatron.core.jit"
 
 
 def _compile_on_first_call(real_compile):
@@ -31,16 +36,37 @@ def _compile_on_first_call(real_compile):
     return compile
 
 
-def import_megatron_core() -> None:
-    """Import megatron-core (a no-op when something imported it already) with lazily compiled fused kernels."""
-    if "megatron.core" in sys.modules:
-        return
-    import torch
+class _LazyCompileLoader(importlib.abc.Loader):
+    """Runs ``megatron.core.jit`` with the lazy ``torch.compile`` in place."""
 
-    real = torch.compile
-    torch.compile = _compile_on_first_call(real)
-    try:
-        import megatron.core  # noqa: F401  (runs megatron.core.jit, which captures torch.compile)
-        import megatron.core.jit  # noqa: F401
-    finally:
-        torch.compile = real
+    def __init__(self, inner):
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        import torch
+
+        real = torch.compile
+        torch.compile = _compile_on_first_call(real)
+        try:
+            self.inner.exec_module(module)
+        finally:
+            torch.compile = real
+
+
+class _JitModuleFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != JIT_MODULE:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _LazyCompileLoader(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Hook the import of ``megatron.core.jit`` (a no-op once it is imported, or when already hooked)."""
+    if JIT_MODULE not in sys.modules and not any(isinstance(f, _JitModuleFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _JitModuleFinder())

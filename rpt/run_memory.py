@@ -162,6 +162,22 @@ def fixed_by(stage: str, key: str) -> bool:
             and not any(fnmatch.fnmatchcase(key, pattern) for pattern in FREE))
 
 
+def settings_that_differ(root, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The settings some stage fixes (the seed aside) on which the runs ``names`` under ``root`` differ, with each
+    run's value: an aggregate's mean ± std means something only over runs made alike. Runs without a
+    ``config.yaml`` (made before runs remembered themselves) are left out."""
+    configs = {n: _flat(yaml.safe_load(path.read_text())) for n in names
+               if (path := RunDir(root, n).path / "config.yaml").exists()}
+    differ = {}
+    for key in sorted(set().union(*configs.values())) if configs else []:
+        if key == "run.seed" or not any(fixed_by(stage, key) for stage in FIXES):
+            continue
+        values = {n: c.get(key) for n, c in configs.items()}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            differ[key] = values
+    return differ
+
+
 def fixed_values(cfg, stage: str) -> dict[str, Any]:
     return {key: value for key, value in flat_config(cfg).items() if fixed_by(stage, key)}
 

@@ -17,6 +17,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from rpt.config import RunConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,7 @@ def job_run_dirs(overrides: list[str], config_dir: str, config_name: str = "conf
             for job in jobs:
                 cfg = _compose(job, config_name)
                 HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.choices.<group>} for this job
+                RunConfig(name=cfg.run.name)  # refuses a name that is not one directory, before Hydra makes it
                 found.append((Path(cfg.run.root) / cfg.run.name, job))
         finally:
             HydraConfig.instance().cfg = None

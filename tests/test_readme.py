@@ -37,7 +37,7 @@ README_LINES = {
     "remedies sweep": [
         "rpt pipeline --multirun experiment=remedies algo=grpo,clip_higher,forking,kl_cov,clip_cov,gppo,hicra,"
         "critique_grpo,sdpo",
-        "rpt report run.name=remedies 'report.runs=[remedies_*]'",
+        "rpt report run.name=remedies 'report.runs=[remedies_*]' report.allow_mixed=true",
     ],
     "seeds": [
         "rpt pipeline --multirun experiment=demo run.seed=0,1,2 'run.name=demo_seed${run.seed}'",

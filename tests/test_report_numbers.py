@@ -268,9 +268,28 @@ def test_aggregate_through_the_cli(tmp_path):
     assert "# Aggregate of 3 runs: `seeds`" in text and "| base | direct | 60.0 ± 10.0 (3 runs) |" in text
     assert json.loads((tmp_path / "seeds" / "done" / "report.json").read_text())["aggregated_runs"] == \
         ["s0", "s1", "s2"]
-    (tmp_path / "s2" / "eval" / "next_token.json").unlink()
+    for name, group in (("s0", 4), ("s1", 4), ("s2", 1)):  # s2 made with another group size
+        (tmp_path / name / "config.yaml").write_text(f"run:\n  seed: {name[1]}\nrollout:\n  group_size: {group}\n")
     proc = subprocess.run(cmd + ["force=true"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "rollout.group_size: s0=4, s1=4, s2=1" in proc.stderr
+    assert "report.allow_mixed=true" in proc.stderr.splitlines()[-1]
+    (tmp_path / "s2" / "eval" / "next_token.json").unlink()
+    proc = subprocess.run(cmd + ["force=true", "report.allow_mixed=true"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "s2: no eval/next_token.json" in proc.stderr
+
+
+def test_runs_that_differ_beyond_the_seed_are_named_in_the_aggregate(tmp_path):
+    from rpt.run_memory import settings_that_differ
+
+    for name, seed, algo in (("a", 0, "ppo"), ("b", 1, "kl_cov"), ("c", 2, "ppo")):
+        eval_files(tmp_path / name, {"base": {"direct": buckets(0.5, 0.4, 0.3)}}, {"base": {"greedy": 0.2, "n": 9}})
+        (tmp_path / name / "config.yaml").write_text(
+            f"run:\n  name: {name}\n  seed: {seed}\nalgo:\n  policy_loss: {algo}\nlogging:\n  project: {name}\n")
+    differ = settings_that_differ(tmp_path, ["a", "b", "c"])
+    assert differ == {"algo.policy_loss": {"a": "ppo", "b": "kl_cov", "c": "ppo"}}  # not the name, seed or logging
+    assert settings_that_differ(tmp_path, ["a", "c"]) == {}
+    text = build_aggregate_report(tmp_path, ["a", "b", "c"], tmp_path / "agg" / "report", "agg", differ).read_text()
+    assert "**The runs differ in settings beyond the seed**" in text and "`algo.policy_loss` a=ppo, b=kl_cov" in text
 
 
 def test_aggregate_lists_each_downstream_metric_once(tmp_path):

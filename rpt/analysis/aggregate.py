@@ -167,8 +167,10 @@ def headline(nt: dict, bucket: str = "hard") -> str:
             f"{fmt_accuracy(p_base, n_base)}: {verdict}.")
 
 
-def build_aggregate_report(root: str | Path, names: list[str], out_dir: Path, title: str) -> Path:
-    """Write ``out_dir/report.md`` aggregating the runs ``names`` under ``root``; returns its path."""
+def build_aggregate_report(root: str | Path, names: list[str], out_dir: Path, title: str,
+                           differ: dict[str, dict] | None = None) -> Path:
+    """Write ``out_dir/report.md`` aggregating the runs ``names`` under ``root``; returns its path. ``differ``: the
+    settings the runs differ in (``run_memory.settings_that_differ``), named at the top."""
     if not names:
         raise ValueError("report.runs resolved to no run")
     evals = load_eval(root, names)
@@ -187,6 +189,10 @@ def build_aggregate_report(root: str | Path, names: list[str], out_dir: Path, ti
         warn.append(f"**The runs use different difficulty thresholds** ({thresholds}): bucket means mix them.")
     if len(set(tasks.values())) > 1:
         warn.append(f"**The runs evaluate different downstream tasks** ({tasks}).")
+    if differ:
+        warn.append("**The runs differ in settings beyond the seed** (report.allow_mixed), so means mix them: "
+                    + "; ".join(f"`{key}` " + ", ".join(f"{n}={v}" for n, v in values.items())
+                                for key, values in differ.items()) + ".")
     notes = nt_notes + ds_notes
     note_md = ("Cells some runs lack (left out of that cell's mean):\n" + "\n".join(f"- {n}" for n in notes)
                if notes else "Every run has every cell.")

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 from rpt.analysis.aggregate import build_aggregate_report, resolve_runs
 from rpt.analysis.report_md import build_report
+from rpt.refusal import Refusal
+from rpt.run_memory import settings_that_differ
 
 
 def run(ctx) -> dict:
     cfg = ctx.cfg
     if cfg.report.runs:
         names = resolve_runs(cfg.run.root, cfg.report.runs, exclude=cfg.run.name)
+        differ = settings_that_differ(cfg.run.root, names)
+        if differ and not cfg.report.allow_mixed:
+            shown = "; ".join(f"{key}: " + ", ".join(f"{n}={v}" for n, v in values.items())
+                              for key, values in list(differ.items())[:6])
+            more = f" (and {len(differ) - 6} more keys)" if len(differ) > 6 else ""
+            raise Refusal(f"report.runs were made with different settings, so their mean ± std mixes them: {shown}"
+                          f"{more}. Aggregate runs made alike (seeds of one config), or set report.allow_mixed=true "
+                          f"to put them side by side anyway")
         if not ctx.rt.is_main:
             return {"aggregated_runs": names}
-        path = build_aggregate_report(cfg.run.root, names, ctx.rd.report, cfg.run.name)
+        path = build_aggregate_report(cfg.run.root, names, ctx.rd.report, cfg.run.name, differ)
         summary = {"report": str(path), "aggregated_runs": names}
     else:
         ctx.rd.require("eval")

@@ -1,0 +1,105 @@
+"""Mistakes in what was asked are refused in one line that names the fix, before any work where possible.
+
+``Refusal`` marks such a mistake where it is found during the work (a corpus with no usable record, a run that does
+not exist); every ``ValueError`` raised while the configuration is read and checked is one too. The CLI prints the
+message as ``rpt: <message>`` and exits with status 2, without a traceback, which ``run.log_level=DEBUG`` keeps.
+``preflight`` runs before Hydra creates the run directory (``hydra.run.dir``), so a refused call leaves nothing
+behind: it catches the two command-line slips Hydra lets through (a config group option that does not exist:
+``experiment=smok``, which the optional ``experiment`` default would compose as nothing; and a ``+key=value`` that
+adds a key no config section has: ``+pretrain.stpes=3`` would be kept and ignored), then validates the composed
+config (a run.name that is not one directory, ``rollout.group_size=1``, ...), a sweep whose jobs would share a run,
+and a stage that needs a run that is not there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+EXIT_REFUSED = 2
+
+
+class Refusal(ValueError):
+    """A user mistake found while working; its message says what is wrong and the way out."""
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+@contextlib.contextmanager
+def refusing(kinds: tuple[type[BaseException], ...], debug: bool) -> Iterator[None]:
+    """Print an exception of ``kinds`` as one ``rpt:`` line and exit with status 2 (re-raise it under DEBUG)."""
+    try:
+        yield
+    except kinds as err:
+        if debug:
+            raise
+        logging.shutdown()
+        message = " ".join(str(err).split("\n")) if str(err).count("\n") < 2 else str(err)
+        print(f"rpt: {message}", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+
+
+def check_overrides(overrides: list[str], conf_dir: str | Path) -> None:
+    """Refuse a ``group=option`` whose option is not in the config tree, and a ``+a.b.c=value`` that adds a key
+    where the config cannot grow one (anywhere but under a free-form dict such as ``rollout.templates``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from rpt.config import RootConfig
+
+    conf, schema = Path(conf_dir), OmegaConf.structured(RootConfig)
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep:
+            continue
+        if (conf / key).is_dir():  # a config group
+            options = {p.stem for p in (conf / key).glob("*.yaml")}
+            if value not in options and "," not in value and value not in ("null", ""):
+                raise Refusal(f"{key}={value}: there is no {key} {value!r}{_suggest(value, options)}; "
+                              f"the {key} options are {', '.join(sorted(options))}")
+            continue
+        if not override.startswith("+"):
+            continue  # Hydra itself refuses a key the config does not have
+        node, path = schema, key.split(".")
+        for depth, part in enumerate(path):
+            if not isinstance(node, DictConfig) or OmegaConf.get_type(node) is dict:
+                break  # a free-form value: any key may be added under it
+            if part not in node:
+                where = ".".join(path[:depth]) or "the config"
+                raise Refusal(f"{override}: {where} has no key {part!r}{_suggest(part, list(node.keys()))}; "
+                              f"a '+' key that nothing reads would be ignored")
+            node = node[part]
+
+
+def preflight(stage: str, overrides: list[str], multirun: bool, conf_dir: str, starts_a_run: tuple[str, ...]) -> None:
+    """Every refusal that needs no run directory, before Hydra makes one. Overrides that do not compose are left
+    for Hydra to report in its own words."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rpt import config as schema
+    from rpt.sweep import check_distinct
+
+    check_overrides(overrides, conf_dir)
+    if multirun:
+        check_distinct(overrides, conf_dir)  # also refuses a job whose run.name is not one directory
+        return
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            composed = compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra")])
+        schema.RunConfig(name=composed.run.name)
+    except (HydraException, OmegaConfBaseException):
+        return
+    schema.load(composed)  # the schema's own checks (a recalled run is checked again with its saved overrides)
+    run_dir = Path(composed.run.root) / composed.run.name
+    aggregate = stage == "report" and composed.report.get("runs")  # a report over other runs makes its own
+    if stage not in starts_a_run and not aggregate and not run_dir.is_dir():
+        raise Refusal(f"there is no run {str(run_dir)!r} for `rpt {stage}`: check run.name and run.root, or start "
+                      f"the run with `rpt pipeline` (or `rpt prep`, `rpt hf_import`)")
