@@ -76,8 +76,33 @@ def test_txt_files_are_whole_documents_and_globs_work(tmp_path):
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="matches no file"):
+    with pytest.raises(ValueError, match="matches no file"):
         _ingest(tmp_path / "nothing" / "*.jsonl")
+
+
+def test_corpus_mistakes_say_what_is_wrong_and_the_way_out(tmp_path):
+    """A directory (suggest its files), empty files, and a text field no record has (list the fields seen) are
+    refused with a message that names the fix, instead of `datasets`' or sentencepiece's tracebacks."""
+    from types import SimpleNamespace
+
+    from rpt.refusal import Refusal
+    from rpt.rundir import RunDir
+    from rpt.stages.prep import _train_tokenizer_on_sample
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.jsonl").write_text(json.dumps({"text": GOOD[0]}) + "\n")
+    with pytest.raises(Refusal, match=r"names the directory .*dir', not files: give the files, e\.g\. "
+                                      r"data\.source='.*dir/\*\.jsonl'"):
+        _ingest(tmp_path / "dir")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(Refusal, match="the file is empty"):
+        _ingest(tmp_path / "empty.jsonl")
+    (tmp_path / "body.jsonl").write_text("".join(json.dumps({"body": t, "id": i}) + "\n" for i, t in enumerate(GOOD)))
+    cfg = SimpleNamespace(data=demo_data_cfg(source=str(tmp_path / "body.jsonl")))
+    with pytest.raises(Refusal, match=r"lack the field\(s\) \['text'\].*the fields \['body', 'id'\]: set "
+                                      r"data\.text_field=<one of them>"):
+        _train_tokenizer_on_sample(cfg, RunDir(tmp_path, "r"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_indexed_storage_is_reproducible(tmp_path, tokenizer):

@@ -91,7 +91,7 @@ def test_qa_dataset_task_errors_name_the_problem(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="question"):
         build_downstream_task(_cfg(["rl_task.source=dataset", f"rl_task.dataset.path={path}"]).rl_task,
                               tokenizer, "train", 0)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="matches no file"):
         build_downstream_task(_cfg(["rl_task.source=dataset", f"rl_task.dataset.path={tmp_path}/none.jsonl"]
                                    ).rl_task, tokenizer, "train", 0)
 

@@ -23,6 +23,7 @@ from data_prep.demo_corpus import generate_documents
 from data_prep.indexed import IndexedDocs, IndexedWriter, remove_indexed, write_indexed
 from data_prep.tokenizer_train import train_tokenizer
 from rpt.distributed import broadcast_from_main, gather_objects
+from rpt.refusal import Refusal
 from rpt.rundir import write_json
 from rpt.tokenizer import Tokenizer
 
@@ -100,9 +101,11 @@ def _merge_parts(cfg, rd, world: int, shard_stats: list[IngestStats], vocab_size
 
 def _train_tokenizer_on_sample(cfg, rd) -> None:
     sample = IngestStats()
-    texts = (text for _, text in iter_documents(cfg.data, sample))
-    train_tokenizer(itertools.islice(texts, cfg.data.tokenizer_sample_docs), rd.tokenizer, cfg.data.vocab_size,
-                    cfg.data.tokenizer_type, cfg.data.digit_group)
+    texts = list(itertools.islice((text for _, text in iter_documents(cfg.data, sample)),
+                                  cfg.data.tokenizer_sample_docs))
+    if not texts:  # nothing to train on: say why, before sentencepiece fails on an empty input
+        raise Refusal(_empty_split_error(cfg, "the corpus", sample))
+    train_tokenizer(texts, rd.tokenizer, cfg.data.vocab_size, cfg.data.tokenizer_type, cfg.data.digit_group)
 
 
 def _check_import(cfg, rd) -> None:
@@ -111,26 +114,26 @@ def _check_import(cfg, rd) -> None:
     users = [key for key, value in (("select.proxy", cfg.select.proxy), ("rpt.init_from", cfg.rpt.init_from))
              if value == "hf"]
     if users and not (rd.tokenizer / "tokenizer.json").exists():
-        raise ValueError(f"prep: {' and '.join(f'{k}=hf' for k in users)} start from an imported model, but "
+        raise Refusal(f"prep: {' and '.join(f'{k}=hf' for k in users)} start from an imported model, but "
                          f"{rd.tokenizer} holds no imported tokenizer.json; run `rpt hf_import run.name="
                          f"{rd.path.name} hf.path=/path/to/hf/checkpoint` (with this run's experiment= or model=) "
                          f"first")
 
 
-def _empty_split_error(cfg, name: str, stats: IngestStats) -> str:
-    error = f"prep: the {name} split is empty (source {cfg.data.source!r}, {stats.as_dict()})"
+def _empty_split_error(cfg, what: str, stats: IngestStats) -> str:
+    error = f"prep: {what} has no usable document (source {cfg.data.source!r}, {stats.as_dict()})"
     if stats.missing_fields:
         wanted = f"data.text_template={cfg.data.text_template!r}" if cfg.data.text_template else \
             f"data.text_field={cfg.data.text_field!r}"
         error += (f"; records lack the field(s) {sorted(stats.missing_fields)} that {wanted} names; the first "
-                  f"record has {stats.fields_seen}")
+                  f"record has the fields {stats.fields_seen}: set data.text_field=<one of them>")
     return error
 
 
 def run(ctx) -> dict:
     cfg, rd, rt = ctx.cfg, ctx.rd, ctx.rt
     if not cfg.data.source:  # conf/data/jsonl.yaml leaves it empty: a corpus must be named, never a silent default
-        raise ValueError("prep: data.source is empty; name the corpus: data.source=/path/to/docs.jsonl (jsonl, json, "
+        raise Refusal("prep: data.source is empty; name the corpus: data.source=/path/to/docs.jsonl (jsonl, json, "
                          "parquet or txt files, a glob, or a hub dataset name)")
     _check_import(cfg, rd)
     summary: dict = {"splits": {}}
@@ -156,10 +159,10 @@ def run(ctx) -> dict:
         wanted = [name for name in SPLITS if name != "pretrain" or cfg.data.rpt_fraction < 1.0]
         empty = [name for name in wanted if not summary["splits"][name]["documents"]]
         if empty:
-            error = _empty_split_error(cfg, empty[0], stats)
+            error = _empty_split_error(cfg, f"the {empty[0]} split", stats)
     error = broadcast_from_main(error)  # every rank raises the same error instead of waiting for rank 0 forever
     if error:
-        raise ValueError(error)
+        raise Refusal(error)
     summary["ingest"] = stats.as_dict()
     summary["vocab_size"] = Tokenizer.from_run(rd).vocab_size
     log.info("prep: %s", {k: (v["documents"], v["tokens"]) for k, v in summary["splits"].items()})
