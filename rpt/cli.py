@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from rpt import config as config_schema
 from rpt import run_memory
+from rpt.log_setup import one_line_warnings, quiet_third_party
 from rpt.refusal import Refusal, preflight, refusing
 
 log = logging.getLogger("rpt")
@@ -80,7 +81,7 @@ def main_from_config(composed: DictConfig) -> None:
         remembers = composed.stage != "bench"  # a benchmark neither reads nor writes a run directory
         recalled = run_memory.recall(rd, composed, given_overrides()) if remembers else None
         cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
-        logging.getLogger().setLevel(cfg.run.log_level)
+        quiet_third_party(cfg.run.log_level)
         for name in cfg.stages:
             if name not in STAGES:
                 raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
@@ -158,6 +159,7 @@ def main() -> None:
     first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
     sys.argv = [sys.argv[0], *args[:first], f"stage={stage}", *args[first:]]
     parsed = get_args_parser().parse_args(sys.argv[1:])
+    one_line_warnings()
     with refusing((ValueError,), debug="run.log_level=DEBUG" in parsed.overrides):
         preflight(stage, parsed.overrides, parsed.multirun, CONF_DIR, STARTS_A_RUN)
     hydra_main()

@@ -43,8 +43,20 @@ def stage_rows(run_dir: Path, stage: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    run_ok(rpt_cmd(root, "ref"), cwd=root)
+    proc = run_ok(rpt_cmd(root, "ref"), cwd=root)
+    (root / "ref.log").write_text(proc.stderr)
     return root / "ref"
+
+
+def test_the_log_shows_rpts_lines_and_one_line_per_warning_kind(reference_run):
+    """No progress-bar carriage returns in a log file, none of megatron's INFO internals (DDP bucket dumps, dataset
+    index builds), and each third-party warning once, on one line."""
+    log = (reference_run.parent / "ref.log").read_text()
+    assert "\r" not in log and "Params for bucket" not in log and "megatron.core.datasets" not in log
+    warnings = [line for line in log.splitlines() if line.startswith("warning: ")]
+    assert warnings and len(warnings) == len(set(warnings)) and "warnings.warn(" not in log
+    assert sum("Transformer Engine and Apex are not installed" in w for w in warnings) == 1
+    assert len(log.splitlines()) < 150, len(log.splitlines())  # 267 before, for a shorter run
 
 
 def test_pipeline_writes_every_artifact(reference_run):

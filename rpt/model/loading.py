@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rpt import checkpoint
 from rpt.model.build import build_model
+from rpt.model.footprint import check_fits, model_vocab
 from rpt.model.hf_config import check_imported_shape
 
 
@@ -22,8 +23,10 @@ def checkpoint_dir(rd, source: str) -> Path:
 def load_eval_model(model_cfg, rt, rd, source: str, vocab_size: int):
     """The model of ``model_cfg`` with ``source``'s latest weights, in eval mode. In a run with an ``hf_import``,
     a ``model_cfg`` of another shape is refused before building (naming the fields)."""
-    check_imported_shape(model_cfg, rd, model_cfg.vocab_size or vocab_size)
-    model = build_model(model_cfg, model_cfg.vocab_size or vocab_size, rt.dtype)
+    vocab = model_vocab(model_cfg, vocab_size)
+    check_imported_shape(model_cfg, rd, vocab)
+    check_fits(model_cfg, vocab, rt, training=False)
+    model = build_model(model_cfg, vocab, rt.dtype)
     checkpoint.load_model_weights(checkpoint_dir(rd, source), model)
     model.eval()
     return model

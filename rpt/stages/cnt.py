@@ -14,6 +14,7 @@ import torch
 
 from rpt.checkpoint import latest_step_dir
 from rpt.distributed import dp_mean
+from rpt.model.footprint import model_vocab
 from rpt.model.forward import last_token_logits
 from rpt.model.loading import checkpoint_dir
 from rpt.positions import Positions
@@ -37,7 +38,7 @@ def run(ctx) -> dict:
     rd.require("select")
     tok = Tokenizer.from_run(rd)
     task = NextTokenTask.from_rollout(Positions.of_run(rd, "train"), tok, cfg.rollout)
-    trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, lc, lc.steps)
+    trainable = build_trainable(cfg.model, model_vocab(cfg.model, tok.vocab_size), rt, lc, lc.steps)
     per_step = lc.prompts_per_step * cfg.rollout.group_size
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:

@@ -3,6 +3,7 @@ metrics logger."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 from rpt.config import RootConfig
@@ -30,5 +31,6 @@ class StageContext:
     def progress(self, iterable=None, **kwargs):
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, disable=not (self.cfg.logging.progress and self.rt.is_main), dynamic_ncols=True,
-                    **kwargs)
+        # a bar only on a terminal: in a log file its carriage returns are noise (the loop logs a plain line there)
+        shown = self.cfg.logging.progress and self.rt.is_main and sys.stderr.isatty()
+        return tqdm(iterable, disable=not shown, dynamic_ncols=True, **kwargs)

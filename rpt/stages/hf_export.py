@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from rpt.model.footprint import model_vocab
 from rpt.model.hf import export_hf
 from rpt.model.hf_config import export_architecture
 from rpt.model.loading import load_eval_model
@@ -19,7 +20,7 @@ def run(ctx) -> dict:
     if cfg.run.tensor_parallel != 1:
         raise ValueError("hf_export runs with run.tensor_parallel=1 (the checkpoint reshards on load)")
     tok = Tokenizer.from_run(rd)
-    vocab = cfg.model.vocab_size or tok.vocab_size
+    vocab = model_vocab(cfg.model, tok.vocab_size)
     model = load_eval_model(cfg.model, rt, rd, cfg.hf.source, vocab)
     mc = {**asdict(cfg.model), "vocab_size": vocab}
     out = Path(cfg.hf.export_dir or rd.path / "hf" / cfg.hf.source)

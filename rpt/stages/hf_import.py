@@ -21,6 +21,7 @@ from megatron.core import parallel_state
 
 from rpt.checkpoint import save_model_only
 from rpt.model.build import build_model
+from rpt.model.footprint import check_fits
 from rpt.model.hf import HF_TOKENIZER_FILES, import_hf
 from rpt.model.hf_config import model_config_from_hf, overrides_for, shape_mismatches, write_shape_record
 from rpt.tokenizer import HFTokenizer
@@ -62,6 +63,7 @@ def run(ctx) -> dict:
     check_model_config(cfg.model, hf_cfg, HFTokenizer(src / "tokenizer.json").vocab_size, src)
     if rt.is_main:
         copy_tokenizer(src, rd.tokenizer)
+    check_fits(cfg.model, hf_cfg["vocab_size"], rt, training=False)
     model = build_model(cfg.model, hf_cfg["vocab_size"], rt.dtype)
     import_hf(model, src, parallel_state.get_tensor_model_parallel_rank(),
               parallel_state.get_tensor_model_parallel_world_size())

@@ -11,6 +11,7 @@ import time
 
 from rpt.checkpoint import latest_step_dir
 from rpt.distributed import dp_mean
+from rpt.model.footprint import model_vocab
 from rpt.model.forward import lm_loss
 from rpt.tokenizer import Tokenizer
 from rpt.train.loop import LoopSpec, run_loop
@@ -25,7 +26,7 @@ def run(ctx) -> dict:
     pc = cfg.pretrain
     rd.require("prep")
     tok = Tokenizer.from_run(rd)
-    trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, pc, pc.steps)
+    trainable = build_trainable(cfg.model, model_vocab(cfg.model, tok.vocab_size), rt, pc, pc.steps)
     dataset = build_gpt_dataset(str(rd.data / "pretrain"), tok, cfg.data.seq_length,
                                 pc.steps * pc.micro_batch_size * rt.dp_size, cfg.run.seed, str(rd.data / "cache"))
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}  # since the last logged row

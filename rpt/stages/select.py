@@ -18,6 +18,7 @@ from data_prep.indexed import IndexedDocs
 from data_prep.select_passes import select_positions
 from data_prep.selection import is_heldout
 from rpt.analysis.plots import entropy_histogram
+from rpt.model.footprint import model_vocab
 from rpt.model.loading import load_eval_model
 from rpt.positions import write_meta
 from rpt.tokenizer import Tokenizer
@@ -31,7 +32,7 @@ def run(ctx) -> dict:
     if sc.proxy == "pretrain":
         rd.require("pretrain")
     tok = Tokenizer.from_run(rd)
-    model = load_eval_model(cfg.model, rt, rd, sc.proxy, cfg.model.vocab_size or tok.vocab_size)
+    model = load_eval_model(cfg.model, rt, rd, sc.proxy, model_vocab(cfg.model, tok.vocab_size))
     corpus = IndexedDocs(rd.data / "rpt")
     overlap = sc.overlap(cfg.data.seq_length)
     shards = score_corpus(model, corpus, rd.positions / "entropy_shards", sc.shard_docs, cfg.data.seq_length,

@@ -31,6 +31,7 @@ import torch
 
 from rpt.checkpoint import latest_step_dir
 from rpt.distributed import dp_sum
+from rpt.model.footprint import model_vocab
 from rpt.model.forward import position_ids
 from rpt.model.loading import checkpoint_dir
 from rpt.tasks.base import epoch_order
@@ -92,7 +93,7 @@ def run(ctx) -> dict:
         rd.require(sc.init_from)
     tok = Tokenizer.from_run(rd)
     demos = build_demonstrations(cfg, tok)
-    trainable = build_trainable(cfg.model, cfg.model.vocab_size or tok.vocab_size, rt, sc, steps)
+    trainable = build_trainable(cfg.model, model_vocab(cfg.model, tok.vocab_size), rt, sc, steps)
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         batch = [demos[i] for i in epoch_order(len(demos), step, per_step, cfg.run.seed)][rt.dp_rank::rt.dp_size]

@@ -51,23 +51,24 @@ def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
     bar = ctx.progress(range(start, spec.steps), desc=spec.stage, initial=start, total=spec.steps)
     plain_log = ctx.cfg.logging.log_every if not sys.stderr.isatty() else 0
     budget = preemption.TimeBudget.from_run(ctx.cfg.run)
-    for step in bar:
-        step_start = time.perf_counter()
-        row, state = step_fn(step, state)
-        if row is not None:
-            samples = row.pop("samples", None)
-            if samples is not None and ctx.rt.is_main:
-                write_jsonl(ctx.rd.path / "rollouts" / spec.stage / f"step_{step + 1:06d}.jsonl", samples)
-                metrics.log_samples(step + 1, samples)
-            metrics.log(step + 1, row)
-            history.append(row)
-            shown = {k: f"{row[k]:.3f}" for k in spec.postfix if row.get(k) is not None}
-            bar.set_postfix(shown)
-            if plain_log and ((step + 1) % plain_log == 0 or step + 1 == spec.steps):
-                log.info("%s step %d/%d %s", spec.stage, step + 1, spec.steps,
-                         " ".join(f"{k}={v}" for k, v in shown.items()))
-        budget.step_done(time.perf_counter() - step_start)
-        preemption.end_of_step(spec.stage, step + 1, spec.steps, spec.checkpoint_every, ckpt_dir, trainable,
-                               metrics, state, budget=budget, is_main=ctx.rt.is_main)
+    with preemption.ctrl_c_checkpoints():  # Ctrl-C: checkpoint after this step, as on SIGTERM
+        for step in bar:
+            step_start = time.perf_counter()
+            row, state = step_fn(step, state)
+            if row is not None:
+                samples = row.pop("samples", None)
+                if samples is not None and ctx.rt.is_main:
+                    write_jsonl(ctx.rd.path / "rollouts" / spec.stage / f"step_{step + 1:06d}.jsonl", samples)
+                    metrics.log_samples(step + 1, samples)
+                metrics.log(step + 1, row)
+                history.append(row)
+                shown = {k: f"{row[k]:.3f}" for k in spec.postfix if row.get(k) is not None}
+                bar.set_postfix(shown)
+                if plain_log and ((step + 1) % plain_log == 0 or step + 1 == spec.steps):
+                    log.info("%s step %d/%d %s", spec.stage, step + 1, spec.steps,
+                             " ".join(f"{k}={v}" for k, v in shown.items()))
+            budget.step_done(time.perf_counter() - step_start)
+            preemption.end_of_step(spec.stage, step + 1, spec.steps, spec.checkpoint_every, ckpt_dir, trainable,
+                                   metrics, state, budget=budget, is_main=ctx.rt.is_main)
     metrics.close()
     return history

@@ -18,6 +18,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from rpt.model.build import build_model
 from rpt.model.cpu_compat import megatron_cuda_calls
+from rpt.model.footprint import check_fits
 
 
 @dataclass
@@ -54,6 +55,7 @@ def build_trainable(model_cfg, vocab_size: int, rt, train_cfg, total_steps: int)
     if model_cfg.distributed_optimizer and train_cfg.optimizer != "adam":
         raise ValueError(f"optimizer={train_cfg.optimizer} cannot run with model.distributed_optimizer=true (megatron "
                          f"shards Adam only)")
+    check_fits(model_cfg, vocab_size, rt, training=True, optimizer=train_cfg.optimizer)
     gpt = build_model(model_cfg, vocab_size, rt.dtype)
     ddp = DistributedDataParallel(
         gpt.config,

@@ -1,7 +1,7 @@
 """Preemption and the time budget: a training stage checkpoints at the end of the current step and exits with
-``EXIT_REQUEUE`` when a rank receives SIGUSR1 or SIGTERM, or when the job's time is nearly spent; the Slurm script
-requeues the job, and the requeued job resumes by itself (finished stages are skipped, the interrupted one
-continues from the checkpoint just written).
+``EXIT_REQUEUE`` when a rank receives SIGUSR1 or SIGTERM (or, in a training loop, Ctrl-C: a second one exits at
+once), or when the job's time is nearly spent; the Slurm script requeues the job, and the requeued job resumes by
+itself (finished stages are skipped, the interrupted one continues from the checkpoint just written).
 
 The signal handler only sets a flag (signal-safe). After each step the loop calls ``end_of_step``, which
 all-reduces "signalled or out of time" once, so every rank stops at the same step and writes one consistent
@@ -20,10 +20,13 @@ job forever without progress.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rpt import checkpoint
@@ -33,6 +36,7 @@ from rpt.rundir import write_json
 log = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 99  # exit status meaning "checkpointed on a preemption signal or the time budget: requeue me"
+EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once (128 + SIGINT, as a shell reports it)
 DEADLINE_ENV = ("RPT_DEADLINE", "SLURM_JOB_END_TIME")  # where the job's end time is read, first found wins
 MARKER_ENV = "RPT_REQUEUE_MARKER"  # file the main rank writes before exiting for requeue (set by the job script)
 _requested = False
@@ -53,6 +57,28 @@ def _handler(signum, frame):
 def install() -> None:
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, _handler)
+
+
+def _interrupt(signum, frame):
+    if _requested:  # the second Ctrl-C: the user does not want to wait for the step to end
+        log.warning("second Ctrl-C: exiting now, without a checkpoint")
+        logging.shutdown()
+        os._exit(EXIT_INTERRUPTED)
+    _handler(signum, frame)
+
+
+@contextlib.contextmanager
+def ctrl_c_checkpoints() -> Iterator[None]:
+    """Inside a training loop, Ctrl-C (SIGINT) is a preemption signal: checkpoint after this step and exit for
+    requeue, on every rank alike; a second Ctrl-C exits at once. Outside it, Ctrl-C interrupts as usual."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def should_stop(out_of_time: bool = False) -> bool:

@@ -27,6 +27,7 @@ from rpt.analysis.planning import gram_counts, mine_strategic_grams, planning_to
 from rpt.checkpoint import latest_step_dir
 from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, RootConfig, TrainLoopConfig
 from rpt.distributed import dp_max, dp_mean_of, dp_sum, gather_objects
+from rpt.model.footprint import model_vocab
 from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
@@ -318,7 +319,7 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     ``validator`` (a ``rpt.eval.validation.Validator``) scores held-out items every ``loop_cfg.eval_every`` steps."""
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
     check_layout(loop_cfg, rt.dp_size, stage_name)
-    vocab = cfg.model.vocab_size or task.tokenizer.vocab_size
+    vocab = model_vocab(cfg.model, task.tokenizer.vocab_size)
     trainable = build_trainable(cfg.model, vocab, rt, loop_cfg, loop_cfg.steps)
     ref_model: Any | None = load_eval_model(cfg.model, rt, rd, init_source, vocab) if cfg.algo.kl_coef else None
     init_model = ref_model
