@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: 2.13.0 is the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# byte-compile the project's own modules once (pip compiles the installed packages; an editable install's
+	# sources are compiled by every process that imports them where PYTHONDONTWRITEBYTECODE is set)
+	$(BIN)/python -m compileall -q rpt data_prep
 	touch $(STAMP)
 
 install: $(STAMP)
