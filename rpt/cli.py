@@ -162,7 +162,27 @@ def main() -> None:
     one_line_warnings()
     with refusing((ValueError,), debug="run.log_level=DEBUG" in parsed.overrides):
         preflight(stage, parsed.overrides, parsed.multirun, CONF_DIR, STARTS_A_RUN)
+        if (parsed.cfg in ("job", "all") or parsed.help) and not parsed.multirun:
+            if parsed.help:
+                print(f"{USAGE}\n\nThe config `rpt {stage}` would run with (the run's remembered overrides, then "
+                      f"these):\n")
+            print(remembered_config(parsed.overrides, parsed.resolve))
+            return
     hydra_main()
+
+
+def remembered_config(overrides: list[str], resolve: bool = False) -> str:
+    """The config a call would run with, as YAML: the defaults, the run's remembered overrides, then ``overrides``
+    (what ``--cfg job`` and ``--help`` show; Hydra's own would leave the run's memory out)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rpt.rundir import RunDir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        composed = compose(config_name="config", overrides=overrides)
+        recalled = run_memory.recall(RunDir(composed.run.root, composed.run.name), composed, overrides)
+    return OmegaConf.to_yaml(recalled.config, resolve=resolve)
 
 
 if __name__ == "__main__":

@@ -276,3 +276,25 @@ def test_a_sweep_gives_each_job_its_own_remembering_run(tmp_path):
         assert (run / "done" / "prep.json").exists()
         assert (run / "overrides.yaml").read_text().splitlines() == [
             "- experiment=smoke", "- data.num_pretrain_docs=100", f"- run.seed={seed}"]
+
+
+def test_cfg_job_and_help_show_the_config_with_the_runs_remembered_overrides(tmp_path, capsys, monkeypatch):
+    """`rpt <stage> --cfg job run.name=X` prints what the run will use: its remembered overrides under this call's."""
+    import sys
+
+    import yaml
+
+    from rpt import cli
+
+    run = tmp_path / "x"
+    run.mkdir()
+    (run / "overrides.yaml").write_text(yaml.safe_dump(["experiment=smoke", "rollout.group_size=16"]))
+    shown = yaml.safe_load(cli.remembered_config(["stage=rl", f"run.root={tmp_path}", "run.name=x", "rl.steps=5"]))
+    assert shown["rollout"]["group_size"] == 16 and shown["model"]["name"] == "smoke" and shown["rl"]["steps"] == 5
+    for flag in ("--cfg", "--help"):
+        argv = ["rpt", "rl", f"run.root={tmp_path}", "run.name=x", flag] + (["job"] if flag == "--cfg" else [])
+        monkeypatch.setattr(sys, "argv", argv)
+        cli.main()
+        out = capsys.readouterr().out
+        assert "group_size: 16" in out and ("usage: rpt" in out) == (flag == "--help")
+    assert sorted(p.name for p in run.iterdir()) == ["overrides.yaml"]  # shown, nothing written
