@@ -148,11 +148,11 @@ def test_weights_the_model_cannot_express_are_refused():
 
 def test_export_refuses_an_architecture_that_cannot_hold_the_model(tmp_path, runtime):
     mc = dict(name="t", num_layers=1, hidden_size=16, ffn_hidden_size=24, num_attention_heads=2, num_query_groups=1,
-              norm_epsilon=1e-6, qkv_bias=True, tie_embeddings=True, rotary_base=10000, max_position_embeddings=64,
+              norm_epsilon=1e-6, qkv_bias=False, tie_embeddings=True, rotary_base=10000, max_position_embeddings=64,
               vocab_size=40)
-    model = build_model(ModelConfig(**mc), 40)
-    with pytest.raises(ValueError, match="LlamaForCausalLM has no QKV-only bias"):
-        export_hf(model, mc, tmp_path / "out", "LlamaForCausalLM")
+    model = build_model(ModelConfig(**mc), 40)  # (Llama holds QKV bias as attention_bias: the sentencepiece test)
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM always has QKV bias"):
+        export_hf(model, mc, tmp_path / "out", "Qwen2ForCausalLM")
     assert not (tmp_path / "out").exists()
 
 
@@ -228,3 +228,52 @@ def test_export_writes_the_imported_architecture_unless_told_otherwise(tmp_path)
     write_shape_record(rd, "/models/x", dict(ModelConfig(qkv_bias=False).__dict__), "LlamaForCausalLM")
     assert export_architecture(None, rd, qkv_bias=False) == "LlamaForCausalLM"
     assert export_architecture("Qwen2ForCausalLM", rd, qkv_bias=False) == "Qwen2ForCausalLM"
+
+
+def test_a_sentencepiece_run_exports_a_tokenizer_transformers_loads_as_the_same(tmp_path, runtime):
+    """`hf_export` of a run with the sentencepiece tokenizer (the demo's: digit groups of 2) writes a tokenizer.json
+    that `AutoTokenizer` loads as the same tokenizer: the ids of 1,000 demo documents (and awkward strings) equal
+    sentencepiece's, decoding gives the text back, no special id is added or lies outside the embedding, and
+    `transformers`' greedy generation from the export equals rpt's greedy rollout token for token."""
+    from data_prep.demo_corpus import generate_documents
+    from data_prep.tokenizer_train import train_tokenizer
+    from rpt.model import cpu_compat
+    from rpt.rollout.engine import SamplingParams, generate
+    from rpt.tokenizer import Tokenizer
+    from tests.conftest import demo_data_cfg
+
+    docs = generate_documents(demo_data_cfg(digit_group=2), 1000, 0.75, seed=0)
+    awkward = ["1 + 2 = ", "  two  spaces\tand\ttabs\n\n", "unicode é 数学 ∑x² — naïve café 🙂", "12345 = 99"]
+    rd = RunDir(tmp_path, "run")
+    tok = Tokenizer(train_tokenizer(docs[:300], rd.tokenizer, 420, "bpe", digit_group=2))
+    cpu_compat.seed_all(0)
+    mc = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2)
+    assert mc.qkv_bias  # the demo's models: exported as Llama with attention_bias (transformers pairs qwen2 with
+    architecture = export_architecture(None, rd, mc.qkv_bias)  # its own byte-level tokenizer, whatever we write)
+    assert architecture == "LlamaForCausalLM"
+    with pytest.raises(ValueError, match="cannot carry this run's sentencepiece tokenizer"):
+        export_architecture("Qwen2ForCausalLM", rd, mc.qkv_bias)
+    model = build_model(mc, tok.vocab_size, torch.float32).eval()
+    special = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+    out = export_hf(model, {**mc.__dict__, "vocab_size": tok.vocab_size}, tmp_path / "out", architecture,
+                    tokenizer_dir=rd.tokenizer, special_ids=special)
+
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    for text in docs + awkward:
+        ids = theirs(text)["input_ids"]
+        assert ids == tok.encode(text), text
+        assert theirs.decode(ids) == text
+    assert theirs("1 + 2 = ")["input_ids"] == tok.encode("1 + 2 = ") and len(tok.encode("1 + 2 = ")) == 6
+    assert max(theirs.all_special_ids) < tok.vocab_size and theirs.eos_token_id == tok.eos_id
+
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokens = _tokens(tok.vocab_size)
+    with torch.no_grad():  # the QKV bias survives as Llama's attention_bias (o_proj bias 0)
+        torch.testing.assert_close(hf_model(tokens).logits, full_logits(model, tokens), atol=1e-5, rtol=1e-5)
+    prompt = tok.encode(docs[1][:40])
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    ours = generate(model, [prompt], greedy, 0, torch.device("cpu")).response_ids(0)
+    with torch.no_grad():
+        hf_ids = hf_model.generate(torch.tensor([theirs(docs[1][:40])["input_ids"]]), do_sample=False,
+                                   max_new_tokens=16, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    assert hf_ids[0, len(prompt):].tolist()[:len(ours)] == list(ours) and len(ours) > 0

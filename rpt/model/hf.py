@@ -173,6 +173,27 @@ def import_hf(model, hf_dir: str | Path, tp_rank: int = 0, tp_size: int = 1) -> 
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in shards.items()}, strict=True)
 
 
+def write_hf_tokenizer(sentencepiece_model: Path, out_dir: Path) -> None:
+    """A sentencepiece tokenizer trained here as the files ``AutoTokenizer`` loads as the same tokenizer:
+    ``tokenizer.json`` from transformers' own converter, which follows the model's settings (identity normalisation,
+    no dummy prefix, user-defined digit groups and think markers kept whole, byte fallback; BPE merges ranked by
+    piece score), and a ``tokenizer_config.json`` naming the fast tokenizer class and the special pieces. Without it,
+    ``AutoTokenizer`` falls back to the architecture's tokenizer class, which reads ``tokenizer.model`` otherwise
+    (a Qwen2Tokenizer dropped every space and appended an id beyond the embedding)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(sentencepiece_model.read_bytes())
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    spec = proto.trainer_spec
+    specials = {role: proto.pieces[i].piece for role, i in
+                (("bos_token", spec.bos_id), ("eos_token", spec.eos_id), ("unk_token", spec.unk_id),
+                 ("pad_token", spec.pad_id)) if 0 <= i < len(proto.pieces)}
+    converted = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=False)
+    PreTrainedTokenizerFast(tokenizer_object=converted, **specials).save_pretrained(out_dir)
+
+
 def export_hf(model, mc: dict, out_dir: str | Path, architecture: str = "Qwen2ForCausalLM",
               tokenizer_dir: str | Path | None = None, max_shard_size: str | int = "5GB",
               special_ids: dict | None = None) -> Path:
@@ -187,14 +208,20 @@ def export_hf(model, mc: dict, out_dir: str | Path, architecture: str = "Qwen2Fo
     ids = {k: v for k, v in (special_ids or {}).items() if v is not None and v >= 0}
     config = hf_config_from_model(mc, architecture, dtype, ids)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_torch_state_dict(megatron_to_hf(state, mc), out_dir, max_shard_size=shard_bytes(max_shard_size),
-                          metadata={"format": "pt"})
+    tensors = megatron_to_hf(state, mc)
+    if SUPPORTED[architecture] == "llama" and mc["qkv_bias"]:  # Llama's attention_bias biases o_proj too: zeros
+        for i in range(mc["num_layers"]):
+            o_proj = tensors[f"model.layers.{i}.self_attn.o_proj.weight"]
+            tensors[f"model.layers.{i}.self_attn.o_proj.bias"] = torch.zeros(o_proj.shape[0], dtype=o_proj.dtype)
+    save_torch_state_dict(tensors, out_dir, max_shard_size=shard_bytes(max_shard_size), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {}
     if tokenizer_dir is not None:
         for name in (*HF_TOKENIZER_FILES, "tokenizer.model"):  # generation_config.json is written below
             if (Path(tokenizer_dir) / name).exists():
                 shutil.copy(Path(tokenizer_dir) / name, out_dir / name)
+        if not (Path(tokenizer_dir) / "tokenizer.json").exists() and (Path(tokenizer_dir) / "tokenizer.model").exists():
+            write_hf_tokenizer(Path(tokenizer_dir) / "tokenizer.model", out_dir)
         imported = Path(tokenizer_dir) / "generation_config.json"  # the imported model's sampling defaults
         generation = json.loads(imported.read_text()) if imported.exists() else {}
     (out_dir / "generation_config.json").write_text(json.dumps({**ids, **generation}, indent=2) + "\n")

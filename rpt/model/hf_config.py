@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from rpt.refusal import Refusal
+
 log = logging.getLogger(__name__)
 
 SUPPORTED = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}  # architecture -> model_type
@@ -92,9 +94,6 @@ def hf_config_from_model(mc: dict, architecture: str, dtype: torch.dtype, specia
     ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` (None where the tokenizer has none)."""
     if architecture not in SUPPORTED:
         raise ValueError(f"unsupported architecture {architecture!r}; supported: {sorted(SUPPORTED)}")
-    if SUPPORTED[architecture] == "llama" and mc["qkv_bias"]:
-        raise ValueError("LlamaForCausalLM has no QKV-only bias (its attention_bias also adds o_proj bias); export "
-                         "a model with qkv_bias=true as hf.architecture=Qwen2ForCausalLM")
     if SUPPORTED[architecture] == "qwen2" and not mc["qkv_bias"]:
         raise ValueError("Qwen2ForCausalLM always has QKV bias; export a model with qkv_bias=false as "
                          "hf.architecture=LlamaForCausalLM")
@@ -108,8 +107,8 @@ def hf_config_from_model(mc: dict, architecture: str, dtype: torch.dtype, specia
         "vocab_size": mc["vocab_size"], "hidden_act": "silu", "attention_dropout": 0.0,
         "torch_dtype": DTYPE_NAMES[dtype], "dtype": DTYPE_NAMES[dtype], **special_ids,
     }
-    if SUPPORTED[architecture] == "llama":
-        config.update(attention_bias=False, mlp_bias=False)
+    if SUPPORTED[architecture] == "llama":  # QKV bias: Llama's attention_bias, with an o_proj bias of zeros (export_hf)
+        config.update(attention_bias=mc["qkv_bias"], mlp_bias=False)
     else:
         config.update(use_sliding_window=False, sliding_window=None)
     return config
@@ -129,15 +128,27 @@ def write_shape_record(rd, source: str | Path, mc: dict, architecture: str) -> P
 
 
 def export_architecture(chosen: str | None, rd, qkv_bias: bool) -> str:
-    """The architecture ``hf_export`` writes: the one chosen, else the imported model's, else Qwen2 for a model with
-    QKV bias and Llama without."""
+    """The architecture ``hf_export`` writes: the one chosen, else the imported model's, else Llama for a run with
+    the sentencepiece tokenizer, else Qwen2 for a model with QKV bias and Llama without.
+
+    Why Llama for sentencepiece: transformers (5.x) loads its own Qwen2Tokenizer for every ``qwen2`` checkpoint,
+    whatever ``tokenizer_config.json`` names, and that byte-level tokenizer cannot read a sentencepiece vocabulary
+    (it dropped every space); for ``llama`` it honours the exported ``tokenizer.json``. A model with QKV bias is
+    exported as Llama with ``attention_bias`` and an o_proj bias of zeros: the same function."""
+    sentencepiece = (rd.tokenizer / "tokenizer.model").exists() and not (rd.tokenizer / "tokenizer.json").exists()
     if chosen:
+        if sentencepiece and SUPPORTED.get(chosen) == "qwen2":
+            raise Refusal(f"hf.architecture={chosen} cannot carry this run's sentencepiece tokenizer: transformers "
+                          f"loads Qwen2's own byte-level tokenizer for every qwen2 checkpoint; export as "
+                          f"hf.architecture=LlamaForCausalLM (the default for such a run)")
         return chosen
     path = record_path(rd)
     if path.exists():
         imported = json.loads(path.read_text(encoding="utf-8")).get("architecture")
         if imported:
             return imported
+    if sentencepiece:
+        return "LlamaForCausalLM"
     return "Qwen2ForCausalLM" if qkv_bias else "LlamaForCausalLM"
 
 
