@@ -175,14 +175,21 @@ def remembered_config(overrides: list[str], resolve: bool = False) -> str:
     """The config a call would run with, as YAML: the defaults, the run's remembered overrides, then ``overrides``
     (what ``--cfg job`` and ``--help`` show; Hydra's own would leave the run's memory out)."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
 
     from rpt.rundir import RunDir
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        composed = compose(config_name="config", overrides=overrides)
-        recalled = run_memory.recall(RunDir(composed.run.root, composed.run.name), composed, overrides)
-    return OmegaConf.to_yaml(recalled.config, resolve=resolve)
+        composed = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(composed)  # resolves ${hydra:runtime.choices.<group>} (remedies' run.name)
+        try:
+            with open_dict(composed):
+                del composed["hydra"]
+            recalled = run_memory.recall(RunDir(composed.run.root, composed.run.name), composed, overrides)
+            return OmegaConf.to_yaml(recalled.config, resolve=resolve)
+        finally:
+            HydraConfig.instance().cfg = None
 
 
 if __name__ == "__main__":
