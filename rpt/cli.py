@@ -22,14 +22,17 @@ import json
 import logging
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from rpt import config as config_schema
 from rpt import run_memory
-from rpt.log_setup import one_line_warnings, quiet_third_party
-from rpt.refusal import Refusal, preflight, refusing
+from rpt.log_setup import quiet_third_party
+from rpt.refusal import Refusal, preflight
 
 log = logging.getLogger("rpt")
 
@@ -38,6 +41,41 @@ EXTRA_STAGES = ["hf_import", "hf_export"]  # run on demand, never by `pipeline`
 STARTS_A_RUN = ("prep", "hf_import", "pipeline", "bench")  # the others work on a run that exists
 USAGE = (f"usage: rpt <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}> [key=value ...]   "
          "(rpt <stage> --help for the config)")
+
+
+EXIT_REFUSED = 2  # a refused mistake (rpt/refusal.py)
+_warned: set[tuple] = set()
+
+
+@contextlib.contextmanager
+def refusing(kinds: tuple[type[BaseException], ...], debug: bool) -> Iterator[None]:
+    """Print an exception of ``kinds`` as one ``rpt:`` line and exit with status 2 (re-raise it under DEBUG)."""
+    try:
+        yield
+    except kinds as err:
+        if debug:
+            raise
+        logging.shutdown()
+        message = " ".join(str(err).split("\n")) if str(err).count("\n") < 2 else str(err)
+        print(f"rpt: {message}", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+
+
+
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).strip()
+    parts = Path(filename).parts
+    module = parts[parts.index("site-packages") + 1] if "site-packages" in parts else Path(filename).stem
+    kind = (category.__name__, module, text.split(". ")[0])
+    if kind not in _warned:
+        _warned.add(kind)
+        print(f"warning: {category.__name__} from {module}: {' '.join(text.split())}", file=file or sys.stderr)
+
+
+def one_line_warnings() -> None:
+    """Python warnings as one line each, once per kind: category, module, first sentence (until
+    ``log_setup.quiet_third_party`` sees DEBUG)."""
+    warnings.showwarning = _one_line
 
 
 def run_stage(ctx_factory, stage: str) -> dict:

@@ -2,7 +2,8 @@
 
 ``Refusal`` marks such a mistake where it is found during the work (a corpus with no usable record, a run that does
 not exist); every ``ValueError`` raised while the configuration is read and checked is one too. The CLI prints the
-message as ``rpt: <message>`` and exits with status 2, without a traceback, which ``run.log_level=DEBUG`` keeps.
+message as ``rpt: <message>`` and exits with status 2 (``cli.refusing``), without a traceback, which
+``run.log_level=DEBUG`` keeps.
 ``preflight`` runs before Hydra creates the run directory (``hydra.run.dir``), so a refused call leaves nothing
 behind: it catches the two command-line slips Hydra lets through (a config group option that does not exist:
 ``experiment=smok``, which the optional ``experiment`` default would compose as nothing; and a ``+key=value`` that
@@ -13,14 +14,8 @@ and a stage that needs a run that is not there.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import logging
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-EXIT_REFUSED = 2
 
 
 class Refusal(ValueError):
@@ -30,20 +25,6 @@ class Refusal(ValueError):
 def _suggest(word: str, choices) -> str:
     close = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
-
-
-@contextlib.contextmanager
-def refusing(kinds: tuple[type[BaseException], ...], debug: bool) -> Iterator[None]:
-    """Print an exception of ``kinds`` as one ``rpt:`` line and exit with status 2 (re-raise it under DEBUG)."""
-    try:
-        yield
-    except kinds as err:
-        if debug:
-            raise
-        logging.shutdown()
-        message = " ".join(str(err).split("\n")) if str(err).count("\n") < 2 else str(err)
-        print(f"rpt: {message}", file=sys.stderr)
-        sys.exit(EXIT_REFUSED)
 
 
 def check_overrides(overrides: list[str], conf_dir: str | Path) -> None:
