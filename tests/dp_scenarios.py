@@ -56,10 +56,11 @@ def dynamic_sampling(rt, tokenizer_file: str) -> None:
     from rpt import config as schema
     from rpt.cli import CONF_DIR
     from rpt.distributed import dp_sum
+    from rpt.stages.rl_training import make_setup
     from rpt.tokenizer import Tokenizer
     from rpt.train import preemption
     from rpt.train.optim import build_trainable
-    from rpt.train.rl_loop import collect, make_setup, rl_step
+    from rpt.train.rl_loop import collect, rl_step
 
     schema.register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

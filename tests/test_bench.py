@@ -35,6 +35,13 @@ def test_bench_emits_every_figure(tmp_path):
     procs = result["scoring_processes"]
     assert procs["scoring_tok_s_1proc"] > 0 and procs["scoring_tok_s_2proc"] > 0 and procs["speedup_2proc_vs_1"] > 0
     assert result["rollout"]["engine"] == "LeanDecoder" and result["rollout"]["megatron_decode_tok_s"] > 0
-    assert {"rpt_step_rollout_s", "rpt_step_update_s", "rpt_step_tokens_per_s"} <= set(result["rpt_step"])
-    assert result["trl_grpo_step"]["trl_grpo_step_s"] > 0 and result["rpt_step"]["rpt_step_speedup_vs_trl"] > 0
+    step = result["rpt_step"]
+    assert {"generate", "reward", "advantages", "update", "policy_metrics"} <= set(step["rpt_step_phases_s"])
+    assert 0 < step["rpt_step_accounted_share"] <= 1 and step["rpt_step_tokens_per_s"] > 0
+    assert step["rpt_step_spread_s"][0] <= step["rpt_step_s"] <= step["rpt_step_spread_s"][1]
+    assert result["trl_grpo_step"]["trl_grpo_step_s"] > 0 and step["rpt_step_speedup_vs_trl"] > 0
+    low, high = step["rpt_step_speedup_vs_trl_spread"]
+    assert low <= step["rpt_step_speedup_vs_trl"] <= high
+    for part in ("rollout", "rollout_ragged", "train", "scoring"):  # every timed figure with its spread
+        assert all(lo <= hi for lo, hi in result[part]["spread_s"].values()), part
 

@@ -68,7 +68,8 @@ def test_english_gram_list_ships_as_a_config_group():
 
 def test_hicra_changes_training(runtime, tokenizer):
     """Same rollouts, same A = r − mean r: the planning credit alone makes HICRA's weights differ from Dr.GRPO's."""
-    from rpt.train.rl_loop import mine_grams, rl_step
+    from rpt.stages.rl_training import mine_grams
+    from rpt.train.rl_loop import rl_step
     from tests.test_rl_step import _cfg, _setup, _weights
 
     digits = "[" + ",".join(f"'{d}'" for d in "0123456789") + "]"

@@ -158,8 +158,9 @@ class HalfConstantTask(Task):
 def test_dynamic_sampling_acts_from_its_step(runtime, tokenizer):
     """With algo.dynamic_sampling_from_step=1 the same prompts keep their all-equal group at step 0 and lose it at
     step 1; without the option both steps drop it."""
+    from rpt.stages.rl_training import make_setup
     from rpt.train.optim import build_trainable
-    from rpt.train.rl_loop import collect, make_setup
+    from rpt.train.rl_loop import collect
 
     def kept(from_step, step):
         cfg = _cfg("experiment=smoke", "stage=rpt", "rollout.stop_at_answer=false", "rollout.max_new_tokens=8",

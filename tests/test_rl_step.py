@@ -13,9 +13,10 @@ from hydra import compose, initialize_config_dir
 
 from rpt import config as schema
 from rpt.cli import CONF_DIR
+from rpt.stages.rl_training import make_setup
 from rpt.tasks.base import Task
 from rpt.train.optim import build_trainable
-from rpt.train.rl_loop import collect, make_setup, rl_step
+from rpt.train.rl_loop import collect, rl_step
 
 schema.register()
 
@@ -93,7 +94,7 @@ def test_rl_step_variants(overrides, runtime, tokenizer):
     assert cursor == 1 + m["refills"]
     assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run), strict=True))
     for key in ("reward_mean", "entropy", "entropy_forking", "clip_frac_low", "clip_frac_high", "cov_mean",
-                "response_length", "train_rollout_gap", "all_equal_share", "rollout_s", "update_s", "loss",
+                "response_length", "train_rollout_gap", "all_equal_share", "time/generate_s", "time/update_s", "loss",
                 "tokens_per_s", "entropy_execution", "forking_token_share", "grad_norm", "rollout_tokens"):
         assert math.isfinite(m[key]), key
     if cfg.rpt.updates_per_rollout() == 1:
@@ -213,7 +214,7 @@ def test_sample_rows_pick_the_best_and_the_worst(runtime, tokenizer):
     """Logged samples are half the highest-reward and half the lowest-reward rollouts, with their ground truth."""
     from dataclasses import replace
 
-    from rpt.train.rl_loop import sample_rows
+    from rpt.train.rl_metrics import sample_rows
 
     cfg = _cfg(["logging.sample_every=1", "logging.samples=2"])
     run = _setup(cfg, runtime, tokenizer)
@@ -226,3 +227,18 @@ def test_sample_rows_pick_the_best_and_the_worst(runtime, tokenizer):
     assert chosen["response"] == got.texts[best] and chosen["reference"] == got.items[best // 4]
     m, _ = rl_step(run, 0, 0)
     assert len(m["samples"]) == 2 and {r["step"] for r in m["samples"]} == {1}
+
+
+def test_the_phases_account_for_the_step(runtime, tokenizer):
+    """Every phase of an RL step is timed: each phase that ran took time, the ones that did not read 0, and what
+    no phase covers is a small share of the step's wall time."""
+    cfg = _cfg(["algo.kl_coef=0.01", "rpt.ppo_epochs=2", "analysis.diversity_every=1", "logging.sample_every=0"])
+    run = _setup(cfg, runtime, tokenizer, ref=True)
+    m, _ = rl_step(run, step=0, cursor=0)
+    ran = ("generate", "reward", "advantages", "old_policy", "reference", "batch", "update", "policy_metrics",
+           "planning_metrics", "diversity", "answers", "resources")
+    assert all(m[f"time/{name}_s"] > 0 for name in ran), {k: v for k, v in m.items() if k.startswith("time/")}
+    assert all(m[f"time/{name}_s"] == 0 for name in ("refine", "feedback", "overlap", "validation", "samples"))
+    phases = sum(v for k, v in m.items() if k.startswith("time/") and k not in ("time/step_s", "time/other_s"))
+    assert phases + m["time/other_s"] == pytest.approx(m["time/step_s"])
+    assert m["time/other_s"] <= max(0.05 * m["time/step_s"], 0.02)

@@ -76,6 +76,36 @@ def test_lean_decoder_ragged_prefill_equals_each_rows_own_forward(tiny_model):
                 torch.testing.assert_close(logits[i], reference[len(r) - 1 + t], atol=1e-4, rtol=1e-4)
 
 
+def test_shared_prompts_are_kept_once_and_survive_finished_rows(tiny_model):
+    """Two groups of three rows share a prompt each (lengths 6 and 4: left-padded) and one row has its own. The
+    shared prompts' keys and values are stored once per group and the rows' caches hold only generated tokens;
+    as rows finish (a whole group among them), every remaining row's logits still equal a plain forward over it."""
+    g = torch.Generator().manual_seed(7)
+    a, b, c = (torch.randint(3, 300, (n,), generator=g) for n in (6, 4, 5))
+    rows, new = [a, a, a, b, b, b, c], 4
+    follow = torch.randint(3, 300, (len(rows), new), generator=g)
+    lens = torch.tensor([len(r) for r in rows])
+    prompts = torch.zeros(len(rows), 6, dtype=torch.long)
+    for i, r in enumerate(rows):
+        prompts[i, :len(r)] = r
+    decoder = LeanDecoder(tiny_model, batch=len(rows), max_len=6 + new)
+    seen = {i: [logits] for i, logits in enumerate(decoder.prefill(prompts, lens)[0])}
+    assert decoder.prompt_len == 6 and decoder.prompt_k[0].shape[0] == 3 and decoder.k_cache[0].shape[2] == new
+    alive = list(range(len(rows)))
+    for t, keep in enumerate([None, [0, 2, 3, 6], [0, 1, 3]]):  # then group b has no row left
+        if keep is not None:
+            decoder.keep(torch.tensor(keep))
+            alive = [alive[k] for k in keep]
+        for i, logits in zip(alive, decoder.forward(follow[alive, t:t + 1]), strict=True):
+            seen[i].append(logits)
+    with torch.no_grad():
+        for i, got in seen.items():
+            reference = full_logits(tiny_model, torch.cat([rows[i], follow[i, :len(got) - 1]]).unsqueeze(0))[0]
+            for t, logits in enumerate(got):
+                torch.testing.assert_close(logits, reference[len(rows[i]) - 1 + t], atol=1e-4, rtol=1e-4)
+    assert [len(seen[i]) for i in range(len(rows))] == [4, 2, 4, 3, 2, 2, 4]
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cached_greedy_matches_uncached_for_mixed_prompt_lengths(tiny_model, tokenizer, engine):
     prompts = [tokenizer.encode("3 + 4 = <think>"), tokenizer.encode("12 - 3 + 5 - 7 = <think>"), [5]]

@@ -16,51 +16,76 @@ from collections import Counter
 from collections.abc import Sequence
 
 
-def _char_ngrams(text: str, n: int) -> Counter:
-    s = text.replace(" ", "")
-    return Counter(s[i:i + n] for i in range(len(s) - n + 1))
+class _CharGrams:
+    """A text's character n-gram counts for n = 1..max_n (spaces removed, as chrF does), built once per text so
+    a group's pairwise matrix counts each response once, not once per pair and direction."""
+
+    def __init__(self, text: str, max_n: int = 6):
+        self.squeezed = text.replace(" ", "")
+        s = self.squeezed
+        self.counts = [Counter(s[i:i + n] for i in range(len(s) - n + 1)) for n in range(1, max_n + 1)]
+        self.totals = [max(len(s) - n + 1, 0) for n in range(1, max_n + 1)]
+
+
+def _overlap(a: Counter, b: Counter) -> int:
+    """Clipped n-gram matches (the size of the multiset intersection), walking the smaller side."""
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(min(c, b[g]) for g, c in a.items() if g in b)
+
+
+def _chrf_both_ways(hyp: _CharGrams, ref: _CharGrams, beta: float) -> tuple[float, float]:
+    """chrF of (hyp against ref, ref against hyp): the overlap is symmetric, so one count gives both."""
+    precisions, recalls = [], []
+    for h, r, nh, nr in zip(hyp.counts, ref.counts, hyp.totals, ref.totals, strict=True):
+        if not nh or not nr:
+            continue
+        overlap = _overlap(h, r)
+        precisions.append(overlap / nh)
+        recalls.append(overlap / nr)
+    if not precisions:
+        same = 1.0 if hyp.squeezed == ref.squeezed else 0.0
+        return same, same
+    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
+    return _f_beta(p, r, beta), _f_beta(r, p, beta)
+
+
+def _f_beta(p: float, r: float, beta: float) -> float:
+    return 0.0 if p + r == 0 else (1 + beta**2) * p * r / (beta**2 * p + r)
 
 
 def chrf(hypothesis: str, reference: str, max_n: int = 6, beta: float = 2.0) -> float:
     """chrF in [0, 1]: the F-beta score of character n-gram precision and recall, averaged over n = 1..max_n
     (orders with no n-grams on either side are left out; two empty strings are identical: 1.0)."""
-    precisions, recalls = [], []
-    for n in range(1, max_n + 1):
-        hyp, ref = _char_ngrams(hypothesis, n), _char_ngrams(reference, n)
-        if not hyp or not ref:
-            continue
-        overlap = sum((hyp & ref).values())
-        precisions.append(overlap / sum(hyp.values()))
-        recalls.append(overlap / sum(ref.values()))
-    if not precisions:
-        return 1.0 if hypothesis.replace(" ", "") == reference.replace(" ", "") else 0.0
-    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
-    return 0.0 if p + r == 0 else (1 + beta**2) * p * r / (beta**2 * p + r)
+    return _chrf_both_ways(_CharGrams(hypothesis, max_n), _CharGrams(reference, max_n), beta)[0]
 
 
-def _similarity(texts: Sequence[str]) -> list[list[float]]:
-    """Symmetric chrF similarity matrix (the mean of both directions)."""
+def similarity_matrix(texts: Sequence[str]) -> list[list[float]]:
+    """Symmetric chrF similarity matrix (the mean of both directions), each text's n-grams counted once."""
+    grams = [_CharGrams(t) for t in texts]
     n = len(texts)
     sim = [[1.0] * n for _ in range(n)]
     for i in range(n):
         for j in range(i + 1, n):
-            sim[i][j] = sim[j][i] = (chrf(texts[i], texts[j]) + chrf(texts[j], texts[i])) / 2
+            forward, backward = _chrf_both_ways(grams[i], grams[j], 2.0)
+            sim[i][j] = sim[j][i] = (forward + backward) / 2
     return sim
 
 
-def mean_pairwise_similarity(texts: Sequence[str]) -> float:
-    """Mean chrF similarity over the pairs of ``texts`` (1.0 for fewer than two)."""
+def mean_pairwise_similarity(texts: Sequence[str], sim: list[list[float]] | None = None) -> float:
+    """Mean chrF similarity over the pairs of ``texts`` (1.0 for fewer than two); ``sim``: their
+    ``similarity_matrix`` when already computed."""
     n = len(texts)
     if n < 2:
         return 1.0
-    sim = _similarity(texts)
+    sim = similarity_matrix(texts) if sim is None else sim
     return sum(sim[i][j] for i in range(n) for j in range(i + 1, n)) / (n * (n - 1) / 2)
 
 
-def distinct_trajectories(texts: Sequence[str], threshold: float = 0.7) -> int:
+def distinct_trajectories(texts: Sequence[str], threshold: float = 0.7, sim: list[list[float]] | None = None) -> int:
     """Clusters of ``texts`` under UPGMA (average linkage) on chrF similarity, merging while the two closest
-    clusters are at least ``threshold`` similar on average."""
-    sim = _similarity(texts)
+    clusters are at least ``threshold`` similar on average; ``sim``: their ``similarity_matrix`` if known."""
+    sim = similarity_matrix(texts) if sim is None else sim
     clusters = [[i] for i in range(len(texts))]
     while len(clusters) > 1:
         best, pair = -1.0, None
@@ -95,7 +120,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def group_diversity(texts: Sequence[str], answers: Sequence[str | None], threshold: float = 0.7) -> dict:
-    """The four measures for one group of responses to the same prompt."""
+    """The four measures for one group of responses to the same prompt (one similarity matrix for both chrF
+    measures)."""
+    sim = similarity_matrix(texts)
     return {"distinct_answers": distinct_answers(answers), "distinct_ngram_share": distinct_ngram_share(texts),
-            "pairwise_similarity": mean_pairwise_similarity(texts),
-            "distinct_trajectories": distinct_trajectories(texts, threshold)}
+            "pairwise_similarity": mean_pairwise_similarity(texts, sim),
+            "distinct_trajectories": distinct_trajectories(texts, threshold, sim)}

@@ -62,15 +62,20 @@ def planning_mask(token_bytes: Sequence[bytes], grams: Sequence[str]) -> list[bo
 
 def planning_token_mask(tokens: torch.Tensor, response_mask: torch.Tensor, tokenizer,
                         grams: Sequence[str]) -> torch.Tensor:
-    """``[N, T]`` bool: response tokens that are planning tokens."""
-    out = torch.zeros_like(response_mask)
-    for i in range(tokens.shape[0]):
-        idx = response_mask[i].nonzero().squeeze(-1)
-        if idx.numel() == 0:
+    """``[N, T]`` bool: response tokens that are planning tokens (each distinct token's bytes looked up once)."""
+    flags = [[False] * tokens.shape[1] for _ in range(tokens.shape[0])]
+    piece_of: dict[int, bytes] = {}
+    for row, ids, inside in zip(flags, tokens.tolist(), response_mask.tolist(), strict=True):
+        where = [j for j, m in enumerate(inside) if m]
+        if not where:
             continue
-        flags = planning_mask([tokenizer.token_bytes(int(t)) for t in tokens[i, idx]], grams)
-        out[i, idx] = torch.tensor(flags, dtype=torch.bool)
-    return out
+        for j in where:
+            if ids[j] not in piece_of:
+                piece_of[ids[j]] = tokenizer.token_bytes(ids[j])
+        pieces = [piece_of[ids[j]] for j in where]
+        for j, flag in zip(where, planning_mask(pieces, grams), strict=True):
+            row[j] = flag
+    return torch.tensor(flags, dtype=torch.bool, device=response_mask.device).view(response_mask.shape)
 
 
 def gram_counts(texts: Sequence[str], grams: Sequence[str]) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from rpt.bench.timing import timed
+from rpt.bench.timing import ratio_spread, timed
 from rpt.rollout.engine import SamplingParams, generate, make_decoder
 
 
@@ -34,13 +34,16 @@ def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
 
     n_new = bc.batch_size * bc.new_tokens
     with torch.inference_mode():
-        prefill_s, megatron_prefill_s = timed(prefill("auto"), bc.repeats), timed(prefill("megatron"), bc.repeats)
-    total_s = timed(ours("auto"), bc.repeats)
-    megatron_s = timed(ours("megatron"), bc.repeats)
+        prefill_t, megatron_prefill_t = timed(prefill("auto"), bc.repeats), timed(prefill("megatron"), bc.repeats)
+    total_t = timed(ours("auto"), bc.repeats)
+    megatron_t = timed(ours("megatron"), bc.repeats)
+    prefill_s, total_s = prefill_t.median, total_t.median
     out = {"prefill_tok_s": bc.batch_size * bc.prompt_len / prefill_s,
            "decode_tok_s": n_new / max(total_s - prefill_s, 1e-9),
            "engine": type(make_decoder(model, 1, 2)).__name__,
-           "megatron_decode_tok_s": n_new / max(megatron_s - megatron_prefill_s, 1e-9)}
+           "megatron_decode_tok_s": n_new / max(megatron_t.median - megatron_prefill_t.median, 1e-9),
+           "spread_s": {"prefill": prefill_t.spread, "generate": total_t.spread,
+                        "megatron_generate": megatron_t.spread}}
     if hf is not None:
         ids = prompts.to(device)
         kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
@@ -48,11 +51,13 @@ def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
         if device.type == "cuda":
             kw["cache_implementation"] = "static"
         with torch.inference_mode():
-            hf_s = timed(lambda: hf.generate(ids, **kw), bc.repeats)
-            hf_prefill_s = timed(lambda: hf(ids, use_cache=True), bc.repeats)
-        out["hf_decode_tok_s"] = n_new / max(hf_s - hf_prefill_s, 1e-9)
+            hf_t = timed(lambda: hf.generate(ids, **kw), bc.repeats)
+            hf_prefill_t = timed(lambda: hf(ids, use_cache=True), bc.repeats)
+        out["hf_decode_tok_s"] = n_new / max(hf_t.median - hf_prefill_t.median, 1e-9)
         out["decode_speedup_vs_hf"] = out["decode_tok_s"] / out["hf_decode_tok_s"]
-        out["generate_speedup_vs_hf"] = hf_s / total_s  # whole generate call, prefill included
+        out["generate_speedup_vs_hf"] = hf_t.median / total_s  # whole generate call, prefill included
+        out["generate_speedup_vs_hf_spread"] = ratio_spread(hf_t, total_t)
+        out["spread_s"].update(hf_generate=hf_t.spread, hf_prefill=hf_prefill_t.spread)
     return out
 
 
@@ -68,9 +73,11 @@ def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
 
     ours = _sampler(model, prompt_list, bc.new_tokens, device)
 
-    out = {"prompt_lens": [min(lengths), max(lengths)], "generate_s": timed(ours("auto"), bc.repeats),
-           "megatron_generate_s": timed(ours("megatron"), bc.repeats)}
-    out["speedup_vs_megatron_path"] = out["megatron_generate_s"] / out["generate_s"]
+    ours_t, megatron_t = timed(ours("auto"), bc.repeats), timed(ours("megatron"), bc.repeats)
+    out = {"prompt_lens": [min(lengths), max(lengths)], "generate_s": ours_t.median,
+           "megatron_generate_s": megatron_t.median,
+           "speedup_vs_megatron_path": megatron_t.median / ours_t.median,
+           "spread_s": {"generate": ours_t.spread, "megatron_generate": megatron_t.spread}}
     if hf is not None:
         width = max(lengths)
         ids = torch.zeros(len(lengths), width, dtype=torch.long)
@@ -80,6 +87,8 @@ def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
         kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
               "temperature": 1.0, "top_k": 0, "pad_token_id": 0, "attention_mask": mask.to(device)}
         with torch.inference_mode():
-            out["hf_generate_s"] = timed(lambda: hf.generate(ids.to(device), **kw), bc.repeats)
-        out["speedup_vs_hf"] = out["hf_generate_s"] / out["generate_s"]
+            hf_t = timed(lambda: hf.generate(ids.to(device), **kw), bc.repeats)
+        out["hf_generate_s"], out["spread_s"]["hf_generate"] = hf_t.median, hf_t.spread
+        out["speedup_vs_hf"] = hf_t.median / ours_t.median
+        out["speedup_vs_hf_spread"] = ratio_spread(hf_t, ours_t)
     return out

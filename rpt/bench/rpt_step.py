@@ -1,14 +1,15 @@
-"""`rpt bench` part ``rpt_step``: one full GRPO step of our RL loop (``rl_step``: rollout, score, update) on
-synthetic next-token tasks, timed whole and per phase; its peer is one TRL step (``rpt.bench.trl_peer``)."""
+"""`rpt bench` part ``rpt_step``: full GRPO steps of our RL loop (``rl_step``) on synthetic next-token tasks, timed
+whole and per phase by the step's own phase timer; its peer is one TRL step (``rpt.bench.trl_peer``)."""
 
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
+from rpt.bench.timing import Timing
 from rpt.tasks.base import Task
+from rpt.train.optim import build_trainable
 
 
 class ByteTok:
@@ -40,19 +41,23 @@ class SyntheticNextToken(Task):
 
 
 def bench_rpt_step(cfg, rt, vocab: int, bc) -> dict:
-    from rpt.train.optim import build_trainable
-    from rpt.train.rl_loop import make_setup, rl_step
+    """Median and spread of the whole step over ``bench.repeats`` steps after a warm-up step, the median of each
+    phase that ran (``time/<phase>_s`` of ``rl_step``), and the share of the step the phases account for."""
+    from rpt.stages.rl_training import make_setup
+    from rpt.train.rl_loop import rl_step
 
     trainable = build_trainable(cfg.model, vocab, rt, cfg.rpt, 10_000)
     run = make_setup(cfg, rt, trainable, SyntheticNextToken(vocab, bc.prompt_len), cfg.rpt)
     _, cursor = rl_step(run, 0, 0)  # warm-up
-    rows, totals = [], []
+    rows = []
     for s in range(1, bc.repeats + 1):
-        t0 = time.perf_counter()
         row, cursor = rl_step(run, s, cursor)
-        totals.append(time.perf_counter() - t0)
         rows.append(row)
-    keys = ["rollout_s", "score_s", "update_s", "tokens_per_s", "response_length"]
-    out = {f"rpt_step_{k}": statistics.median(r[k] for r in rows) for k in keys}
-    out["rpt_step_s"] = statistics.median(totals)
-    return out
+    step = Timing(tuple(r["time/step_s"] for r in rows))
+    phases = {k[len("time/"):-len("_s")]: statistics.median(r[k] for r in rows) for k in rows[0]
+              if k.startswith("time/") and k not in ("time/step_s", "time/other_s")}
+    return {"rpt_step_s": step.median, "rpt_step_spread_s": step.spread, "rpt_step_times_s": list(step.times),
+            "rpt_step_phases_s": {name: t for name, t in phases.items() if t > 0},
+            "rpt_step_accounted_share": statistics.median(1 - r["time/other_s"] / r["time/step_s"] for r in rows),
+            "rpt_step_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
+            "rpt_step_response_length": statistics.median(r["response_length"] for r in rows)}

@@ -15,6 +15,7 @@ from rpt.bench.rollout import bench_rollout, bench_rollout_ragged
 from rpt.bench.rpt_step import bench_rpt_step
 from rpt.bench.scaling import bench_scoring_processes
 from rpt.bench.scoring import bench_scoring
+from rpt.bench.timing import Timing, ratio_spread
 from rpt.bench.train import bench_train
 from rpt.bench.trl_peer import bench_trl_grpo_step
 from rpt.model.build import build_model
@@ -59,8 +60,9 @@ def run_bench(cfg, rt) -> dict:
             raise ValueError(f"bench.parts: unknown part {name!r} (rollout, rollout_ragged, train, scoring, "
                              "scoring_processes, memory, rpt_step, trl_grpo_step)")
     if "rpt_step_s" in result.get("rpt_step", {}) and "trl_grpo_step_s" in result.get("trl_grpo_step", {}):
-        result["rpt_step"]["rpt_step_speedup_vs_trl"] = (result["trl_grpo_step"]["trl_grpo_step_s"]
-                                                         / result["rpt_step"]["rpt_step_s"])
+        ours, trl = (Timing(tuple(result[part][f"{part}_times_s"])) for part in ("rpt_step", "trl_grpo_step"))
+        result["rpt_step"]["rpt_step_speedup_vs_trl"] = trl.median / ours.median
+        result["rpt_step"]["rpt_step_speedup_vs_trl_spread"] = ratio_spread(trl, ours)
     if bc.out and rt.is_main:
         Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         Path(bc.out).write_text(json.dumps(result, indent=2) + "\n")

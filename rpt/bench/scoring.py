@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from data_prep.entropy import score_documents
-from rpt.bench.timing import timed
+from rpt.bench.timing import ratio_spread, timed
 from rpt.model.forward import full_logits
 
 
@@ -18,7 +18,7 @@ def bench_scoring(model, bc, vocab: int, rt) -> dict:
     rng = np.random.default_rng(0)
     docs = [rng.integers(5, vocab, size=bc.train_seq_len).astype(np.int64) for _ in range(bc.batch_size * 2)]
     batch = torch.from_numpy(np.stack(docs[rt.dp_rank::rt.dp_size])).to(device)
-    score_s = timed(lambda: score_documents(model, docs, bc.train_seq_len, 16, bc.batch_size, device, rt.dp_rank,
+    score_t = timed(lambda: score_documents(model, docs, bc.train_seq_len, 16, bc.batch_size, device, rt.dp_rank,
                                             rt.dp_size), bc.repeats)
 
     def plain():
@@ -26,7 +26,9 @@ def bench_scoring(model, bc, vocab: int, rt) -> dict:
             for s in range(0, len(batch), bc.batch_size):
                 full_logits(model, batch[s:s + bc.batch_size])
 
-    plain_s = timed(plain, bc.repeats)
+    plain_t = timed(plain, bc.repeats)
     n_tok = len(docs) * bc.train_seq_len
-    return {"scoring_tok_s": n_tok / score_s, "plain_forward_tok_s": n_tok / plain_s,
-            "scoring_vs_plain_forward": plain_s / score_s}
+    return {"scoring_tok_s": n_tok / score_t.median, "plain_forward_tok_s": n_tok / plain_t.median,
+            "scoring_vs_plain_forward": plain_t.median / score_t.median,
+            "scoring_vs_plain_forward_spread": ratio_spread(plain_t, score_t),
+            "spread_s": {"scoring": score_t.spread, "plain_forward": plain_t.spread}}

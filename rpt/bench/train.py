@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from rpt.bench.timing import timed
+from rpt.bench.timing import ratio_spread, timed
 from rpt.model.forward import lm_loss
 
 
@@ -22,9 +22,9 @@ def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
         lm_loss(trainable.model, tokens).backward()
         trainable.step()
 
-    ours_s = timed(ours, bc.repeats)
-    n_tok = bc.batch_size * bc.train_seq_len
-    out = {"train_tok_s": n_tok / ours_s}
+    ours_t = timed(ours, bc.repeats)
+    ours_s, n_tok = ours_t.median, bc.batch_size * bc.train_seq_len
+    out = {"train_tok_s": n_tok / ours_s, "spread_s": {"train_step": ours_t.spread}}
     if rt.device.type == "cuda":
         out["mfu"] = 6 * n_params * n_tok / ours_s / bc.peak_flops
     if hf is not None:
@@ -37,9 +37,12 @@ def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
             opt.step()
 
-        peer_s = timed(peer, bc.repeats)
+        peer_t = timed(peer, bc.repeats)
+        peer_s = peer_t.median
         out["hf_train_tok_s"] = n_tok / peer_s
         out["train_speedup_vs_hf"] = out["train_tok_s"] / out["hf_train_tok_s"]
+        out["train_speedup_vs_hf_spread"] = ratio_spread(peer_t, ours_t)
+        out["spread_s"]["hf_train_step"] = peer_t.spread
         if rt.device.type == "cuda":
             out["hf_mfu"] = 6 * n_params * n_tok / peer_s / bc.peak_flops
     return out

@@ -10,11 +10,12 @@ the step is: sample G completions per prompt, score them, one GRPO update (beta 
 from __future__ import annotations
 
 import logging
-import statistics
 import tempfile
 import time
 
 import torch
+
+from rpt.bench.timing import Timing
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def _step_timer():
 
 
 def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc) -> dict:
-    """Median seconds per TRL GRPOTrainer step (after one warm-up step), or an explanation if TRL is missing."""
+    """Median and spread of the seconds per TRL GRPOTrainer step (after one warm-up step), or an explanation if
+    TRL is missing."""
     try:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
@@ -74,5 +76,6 @@ def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc) -> dict:
                               args=args, train_dataset=Dataset.from_dict({"prompt": prompts}),
                               processing_class=_word_level_tokenizer(vocab), callbacks=[timer])
         trainer.train()  # the Trainer prints its log dicts: `rpt bench` diverts stdout to stderr around the run
-    steps = timer.times[1:] or timer.times
-    return {"trl_grpo_step_s": statistics.median(steps)}
+    steps = Timing(tuple(timer.times[1:] or timer.times))
+    return {"trl_grpo_step_s": steps.median, "trl_grpo_step_spread_s": steps.spread,
+            "trl_grpo_step_times_s": list(steps.times)}

@@ -7,9 +7,11 @@ built for many features, which costs more host time per token than the arithmeti
 HF ``generate``). This module reads the model's own parameters (no copies, so it always sees the current weights)
 and runs each layer as a handful of torch calls: RMSNorm, fused QKV projection split by query group, RoPE,
 a preallocated KV cache written in place, SDPA with grouped-query heads, output projection, SwiGLU MLP.
-The prefill runs once per run of identical rows (a GRPO group's G copies of one prompt) and copies the keys and
-values into each row's cache, so a group's prompt costs one forward instead of G. ``keep`` compacts the cache to
-the rows still decoding (``rpt.rollout.engine`` drops finished rows), so later steps compute only those rows.
+The prefill runs once per run of identical rows (a GRPO group's G copies of one prompt), so a group's prompt
+costs one forward instead of G, and its keys and values are kept once for the group: each row's cache holds only
+the tokens it generates, and a decode step reads the prompt once per group (``rpt.rollout.shared_prompt_kv``).
+Rows with prompts of their own keep everything in their own cache. ``keep`` compacts the caches to the rows still
+decoding (``rpt.rollout.engine`` drops finished rows), so later steps compute only those rows.
 
 Scope: the architecture ``rpt.model.build`` makes (RMSNorm, SwiGLU, RoPE without interleaving, GQA, optional
 QKV bias, tied or untied output), tensor- and pipeline-parallel size 1. ``supports(model)`` says whether a model
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from rpt.rollout.shared_prompt_kv import RowGroups, shared_prompt_attention
 
 
 def supports(model) -> bool:
@@ -56,18 +60,29 @@ class LeanDecoder:
         self.head_dim = config.kv_channels
         self.scale = model.decoder.layers[0].self_attention.core_attention.softmax_scale
         param = model.embedding.word_embeddings.weight
-        shape = (batch, self.groups, max_len, self.head_dim)
-        self.k_cache = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in model.decoder.layers]
-        self.v_cache = [torch.empty(shape, dtype=param.dtype, device=param.device) for _ in model.decoder.layers]
+        self.batch, self.max_len, self.dtype, self.device = batch, max_len, param.dtype, param.device
+        self.k_cache: list[torch.Tensor] = []  # per layer [batch, kv_heads, columns, d]; allocated by the prefill
+        self.v_cache: list[torch.Tensor] = []
         positions = torch.arange(max_len, device=param.device, dtype=torch.float32)
         freqs = torch.outer(positions, model.rotary_pos_emb.inv_freq.float().to(param.device))
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, head_dim]
         self.cos, self.sin = emb.cos().to(param.dtype), emb.sin().to(param.dtype)
-        self.length = 0  # cache columns filled
+        self.length = 0  # columns filled (prompt and generated)
         self.rows = batch  # rows decoding: the first ``rows`` rows of the cache
         self.offsets = None  # [rows] left padding of each row's cache; None = no row is padded
         self.prefilled_rows = 0  # distinct prompt rows the prefill computed
+        self.prompt_k: list[torch.Tensor] = []  # per layer [groups, kv_heads, P, d]: a shared prompt's keys, once
+        self.prompt_v: list[torch.Tensor] = []
+        self.row_groups: RowGroups | None = None  # set when prompts are shared: own caches then start after them
+        self.prompt_len = 0  # columns held in prompt_k (0: every column is in the rows' own caches)
 
+    def _allocate(self, columns: int) -> None:
+        shape = (self.batch, self.groups, columns, self.head_dim)
+        layers = len(self.model.decoder.layers)
+        self.k_cache = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
+        self.v_cache = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
+
+    @torch.inference_mode()
     def keep(self, rows: torch.Tensor) -> None:
         """Compact the cache to ``rows`` (indices into the current batch, ascending): they become rows
         0..len(rows)-1, and later steps feed only them."""
@@ -76,6 +91,8 @@ class LeanDecoder:
         self.rows = len(rows)
         if self.offsets is not None:
             self.offsets = self.offsets[rows]
+        if self.row_groups is not None:
+            self.row_groups = self.row_groups.keep(rows)
 
     def _rope_and_mask(self, offsets, s: int, device):
         """cos/sin for this call's columns of rows with left padding ``offsets`` and the boolean attention mask
@@ -106,18 +123,26 @@ class LeanDecoder:
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         k_cache, v_cache = self.k_cache[index][:self.rows], self.v_cache[index][:self.rows]
-        if copies is not None:  # prefill of unique rows: attend within them, fill every copy's cache
-            k_cache[:, :, start:end] = k.repeat_interleave(copies, 0)
-            v_cache[:, :, start:end] = v.repeat_interleave(copies, 0)
+        own = slice(start - self.prompt_len, end - self.prompt_len)  # this call's columns in the rows' own caches
+        if copies is not None and self.row_groups is not None:  # prefill of shared prompts: kept once per group
+            self.prompt_k.append(k.contiguous())
+            self.prompt_v.append(v.contiguous())
+            keys, values = k, v
+        elif copies is not None:  # prefill of unique rows: attend within them, fill every copy's cache
+            k_cache[:, :, own] = k.repeat_interleave(copies, 0)
+            v_cache[:, :, own] = v.repeat_interleave(copies, 0)
             keys, values = k, v
         else:
-            k_cache[:, :, start:end] = k
-            v_cache[:, :, start:end] = v
-            keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
-        # a prefill attends causally within itself; a single new token attends to everything cached
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             is_causal=mask is None and s > 1 and start == 0, scale=self.scale,
-                                             enable_gqa=self.groups != self.heads)
+            k_cache[:, :, own] = k
+            v_cache[:, :, own] = v
+            keys, values = k_cache[:, :, :own.stop], v_cache[:, :, :own.stop]
+        if s == 1 and self.row_groups is not None:
+            out = shared_prompt_attention(q, self.prompt_k[index], self.prompt_v[index], keys, values,
+                                          self.row_groups, self.scale, mask)
+        else:  # a prefill attends causally within itself; a single new token attends to everything cached
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                                 is_causal=mask is None and s > 1 and start == 0, scale=self.scale,
+                                                 enable_gqa=self.groups != self.heads)
         out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
         return F.linear(out, attn.linear_proj.weight)
 
@@ -152,6 +177,11 @@ class LeanDecoder:
             tokens = tokens[first]
             self.prefilled_rows = len(first)
             offsets = None if offsets is None else offsets[first]
+            if bool((copies > 1).any()):  # shared prompts: their keys and values are kept once per group
+                group = torch.repeat_interleave(torch.arange(len(first), device=tokens.device), copies)
+                self.row_groups, self.prompt_len = RowGroups.of(group, len(first)), tokens.shape[1]
+        if not self.k_cache:
+            self._allocate(self.max_len - self.prompt_len)
         cos, sin, mask = self._rope_and_mask(offsets, tokens.shape[1], tokens.device)
         x = F.embedding(tokens, model.embedding.word_embeddings.weight)
         for index, layer in enumerate(model.decoder.layers):

@@ -12,9 +12,9 @@ from rpt import checkpoint
 from rpt.eval.validation import Validator
 from rpt.model.loading import checkpoint_dir
 from rpt.rollout.engine import SamplingParams
+from rpt.stages.rl_training import train
 from rpt.tasks.downstream import build_downstream_task
 from rpt.tokenizer import Tokenizer
-from rpt.train.rl_loop import train
 
 CANDIDATES = ("hf", "pretrain", "rpt", "cnt")  # stages whose checkpoints `rl` can start from
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from rpt.eval.validation import Validator
 from rpt.positions import Positions
 from rpt.rollout.engine import SamplingParams
+from rpt.stages.rl_training import train
 from rpt.tasks.next_token import NextTokenTask
 from rpt.tokenizer import Tokenizer
-from rpt.train.rl_loop import train
 
 
 def run(ctx) -> dict:

@@ -9,6 +9,10 @@ so an interrupted and resumed stage leaves exactly the rows of an uninterrupted 
 list of dicts: example rollouts) is not a metric: it goes to ``rollouts/<stage>/step_NNNNNN.jsonl`` and a W&B
 table. When stderr is not a terminal (a batch job's log), a plain line with the progress-bar metrics is logged
 every ``logging.log_every`` steps.
+
+The loop times its own work after a step's row is written (logging it, checkpointing) and reports it in the next
+row as ``time/previous_log_s`` and ``time/previous_checkpoint_s``: the row is written before the checkpoint, so
+that a run killed between the two loses nothing, and so cannot hold the time of what comes after it.
 """
 
 from __future__ import annotations
@@ -51,11 +55,14 @@ def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
     bar = ctx.progress(range(start, spec.steps), desc=spec.stage, initial=start, total=spec.steps)
     plain_log = ctx.cfg.logging.log_every if not sys.stderr.isatty() else 0
     budget = preemption.TimeBudget.from_run(ctx.cfg.run)
+    previous = {"time/previous_log_s": 0.0, "time/previous_checkpoint_s": 0.0}
     with preemption.ctrl_c_checkpoints():  # Ctrl-C: checkpoint after this step, as on SIGTERM
         for step in bar:
             step_start = time.perf_counter()
             row, state = step_fn(step, state)
+            log_start = time.perf_counter()
             if row is not None:
+                row.update(previous)
                 samples = row.pop("samples", None)
                 if samples is not None and ctx.rt.is_main:
                     write_jsonl(ctx.rd.path / "rollouts" / spec.stage / f"step_{step + 1:06d}.jsonl", samples)
@@ -67,8 +74,11 @@ def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
                 if plain_log and ((step + 1) % plain_log == 0 or step + 1 == spec.steps):
                     log.info("%s step %d/%d %s", spec.stage, step + 1, spec.steps,
                              " ".join(f"{k}={v}" for k, v in shown.items()))
-            budget.step_done(time.perf_counter() - step_start)
+            checkpoint_start = time.perf_counter()
+            budget.step_done(checkpoint_start - step_start)
             preemption.end_of_step(spec.stage, step + 1, spec.steps, spec.checkpoint_every, ckpt_dir, trainable,
                                    metrics, state, budget=budget, is_main=ctx.rt.is_main)
+            previous = {"time/previous_log_s": checkpoint_start - log_start,
+                        "time/previous_checkpoint_s": time.perf_counter() - checkpoint_start}
     metrics.close()
     return history
