@@ -31,8 +31,9 @@ from omegaconf import DictConfig
 
 from rpt import config as config_schema
 from rpt import run_memory
+from rpt.errors import Refusal
 from rpt.log_setup import quiet_third_party
-from rpt.refusal import Refusal, preflight
+from rpt.refusal import preflight
 
 log = logging.getLogger("rpt")
 

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 # the RL sections live in their own module (rpt/config_rl.py) and are part of this schema
 from rpt.config_rl import (  # noqa: F401
-    AGG_MODES,
     ENGINES,
     OPTIMIZERS,
     V0_PROMPT,

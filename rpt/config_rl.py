@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ENGINES = ("auto", "lean", "megatron")  # rollout.engine
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # algo.loss_agg
 
 
 OPTIMIZERS = ("adam", "sgd")  # megatron-core's optimizers (train.optimizer of every training stage)
@@ -133,7 +132,7 @@ class AlgoConfig:
     kl_coef: float = 0.0  # KL(policy || reference) penalty (paper: 0)
     entropy_coef: float = 0.0  # entropy bonus (paper: 0)
     forking_rho: float = 0.0  # >0: train only on the top-rho entropy tokens of the global batch (0.2 in 80/20)
-    policy_loss: str = "ppo"  # ppo | gppo | clip_cov | kl_cov (rpt.algo.losses registry)
+    policy_loss: str = "ppo"  # a name in the rpt.algo.losses registry (ppo, gppo, clip_cov, kl_cov, gspo, ...)
     gppo_beta_low: float = 1.0  # GPPO gradient scale on the low-clipped branch
     gppo_beta_high: float = 1.0  # GPPO gradient scale on the high-clipped branch
     clip_cov_ratio: float = 2e-4  # Clip-Cov: share of tokens whose gradient is detached
@@ -155,7 +154,7 @@ class AlgoConfig:
 
     def __post_init__(self):
         from rpt.algo.advantages import ADVANTAGES
-        from rpt.algo.losses import POLICY_LOSSES
+        from rpt.algo.losses import AGG_MODES, POLICY_LOSSES
 
         if self.critique.enabled and self.sdpo.enabled:
             raise ValueError("algo.critique and algo.sdpo are separate algorithms: enable one")
@@ -164,14 +163,11 @@ class AlgoConfig:
         _one_of("algo", "advantage", self.advantage, tuple(ADVANTAGES))
 
     def needs_moving_policy(self) -> str | None:
-        """The setting that acts only once the policy moves within a rollout (None if no such setting)."""
+        """The setting that acts only once the policy moves within a rollout (None if no such setting): the
+        policy loss's own rule (``rpt.algo.losses``)."""
         from rpt.algo.losses import get_policy_loss
 
-        if get_policy_loss(self.policy_loss).needs_moving_policy:
-            return f"algo.policy_loss={self.policy_loss}"
-        if self.policy_loss in ("ppo", "gppo") and self.clip_high != self.clip_low:
-            return f"clip-higher (algo.clip_high={self.clip_high} != algo.clip_low={self.clip_low})"
-        return None
+        return get_policy_loss(self.policy_loss).acts_only_off_policy(self)
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Mistakes in what was asked are refused in one line that names the fix, before any work where possible.
 
-``Refusal`` marks such a mistake where it is found during the work (a corpus with no usable record, a run that does
-not exist); every ``ValueError`` raised while the configuration is read and checked is one too. The CLI prints the
-message as ``rpt: <message>`` and exits with status 2 (``cli.refusing``), without a traceback, which
-``run.log_level=DEBUG`` keeps.
+``Refusal`` (``rpt.errors``) marks such a mistake where it is found during the work (a corpus with no usable record,
+a run that does not exist); every ``ValueError`` raised while the configuration is read and checked is one too.
+The CLI prints the message as ``rpt: <message>`` and exits with status 2 (``cli.refusing``), without a traceback,
+which ``run.log_level=DEBUG`` keeps.
 ``preflight`` runs before Hydra creates the run directory (``hydra.run.dir``), so a refused call leaves nothing
 behind: it catches the two command-line slips Hydra lets through (a config group option that does not exist:
 ``experiment=smok``, which the optional ``experiment`` default would compose as nothing; and a ``+key=value`` that
@@ -17,9 +17,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-
-class Refusal(ValueError):
-    """A user mistake found while working; its message says what is wrong and the way out."""
+from rpt.errors import Refusal
 
 
 def _suggest(word: str, choices) -> str:

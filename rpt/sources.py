@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 
-from rpt.refusal import Refusal
+from rpt.errors import Refusal
 
 
 def local_files(source: str, extensions, key: str) -> tuple[list[str], str] | None:

@@ -85,7 +85,7 @@ def dynamic_sampling(rt, tokenizer_file: str) -> None:
 
 
 def cov_masks(rt, tokenizer_file: str) -> None:
-    from rpt.algo.losses import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
+    from rpt.algo.token_choice import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
 
     g = torch.Generator().manual_seed(5)
     logp = -torch.rand(6, 9, generator=g) * 4

@@ -7,16 +7,8 @@ import pytest
 import torch
 
 from rpt.algo.advantages import all_equal_groups, group_advantages
-from rpt.algo.losses import (
-    aggregation_weights,
-    clip_cov_mask,
-    forking_mask,
-    get_policy_loss,
-    kl_cov_mask,
-    kl_k3,
-    token_covariance,
-    token_losses,
-)
+from rpt.algo.losses import PolicyInputs, aggregation_weights, get_policy_loss, kl_k3, token_losses
+from rpt.algo.token_choice import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
 
 
 def algo(**kw):
@@ -25,9 +17,11 @@ def algo(**kw):
     return SimpleNamespace(**{**base, **kw})
 
 
-def policy_terms(logp, old, adv, cfg, chosen=None):
-    """The registered variant ``cfg.policy_loss`` on one micro-batch."""
-    return get_policy_loss(cfg.policy_loss).fn(logp, old, adv, cfg, chosen)
+def policy_terms(logp, old, adv, cfg, chosen=None, mask=None):
+    """The registered variant ``cfg.policy_loss`` on one micro-batch (every token a response token by default)."""
+    mask = torch.ones_like(logp, dtype=torch.bool) if mask is None else mask
+    inputs = PolicyInputs(logp, old, adv.expand_as(logp), mask, torch.zeros_like(logp), chosen, cfg)
+    return get_policy_loss(cfg.policy_loss).fn(inputs)
 
 
 def test_group_advantages_hand_values():
@@ -53,8 +47,8 @@ def test_ppo_clip_higher_values():
     # ratio 1.5, A>0 -> clipped at 1.28: loss -1.28 ; ratio .5, A<0 -> clipped at .8: loss .8 ;
     # ratio 1.1 unclipped: -1.1 ; ratio .9 unclipped, A<0: .9
     assert torch.allclose(t.loss, torch.tensor([[-1.28, 0.8, -1.1, 0.9]]))
-    assert t.clipped_high.tolist() == [[True, False, False, False]]
-    assert t.clipped_low.tolist() == [[False, True, False, False]]
+    assert t.metrics["clip_frac_high"].tolist() == [[True, False, False, False]]
+    assert t.metrics["clip_frac_low"].tolist() == [[False, True, False, False]]
 
 
 def test_ppo_clipped_tokens_have_no_gradient_but_gppo_keeps_it():
@@ -98,7 +92,7 @@ def test_kl_cov_uses_the_unclipped_ratio():
         grads[variant] = logp.grad
         if variant == "kl_cov":
             assert torch.allclose(t.loss, torch.tensor([[-1.5, -1.5 + math.log(1.5)]]))
-            assert not t.clipped_high.any()
+            assert not t.metrics["clip_frac_high"].any()
     assert torch.all(grads["ppo"] == 0)
     assert torch.allclose(grads["kl_cov"], torch.tensor([[-1.5, -1.5 + 1.0]]))
 
@@ -111,9 +105,35 @@ def test_unknown_loss_is_an_error():
 def test_registry_names_every_variant_and_which_need_a_moving_policy():
     from rpt.algo.losses import POLICY_LOSSES
 
-    assert set(POLICY_LOSSES) >= {"ppo", "gppo", "clip_cov", "kl_cov"}
-    moving = {name for name, loss in POLICY_LOSSES.items() if loss.needs_moving_policy}
-    assert moving == {"gppo", "kl_cov"}  # Clip-Cov's zeroing acts at ratio 1; GPPO and KL-Cov do not
+    assert set(POLICY_LOSSES) >= {"ppo", "gppo", "clip_cov", "kl_cov", "gspo"}
+    symmetric, asymmetric = algo(clip_high=0.2), algo()
+    moving = {name for name, loss in POLICY_LOSSES.items() if loss.acts_only_off_policy(symmetric)}
+    assert moving == {"gppo", "kl_cov", "gspo"}  # Clip-Cov's zeroing acts at ratio 1; the others do not
+    assert "clip-higher" in POLICY_LOSSES["ppo"].acts_only_off_policy(asymmetric)
+
+
+def test_gspo_clips_the_sequence_ratio_and_weighs_every_token_by_it():
+    """GSPO: one ratio per sequence, exp(mean log ratio over its response tokens); inside the clip range every
+    response token's gradient is −A·s; outside (on the side its advantage pushes) the sequence has none."""
+    old = torch.zeros(2, 3)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    adv = torch.tensor([[1.0], [1.0]])
+    cfg = algo(policy_loss="gspo", clip_low=0.0003, clip_high=0.0004)
+    # row 0: log ratios 1e-4 and -3e-4 (mean -1e-4: inside the range), the padded third ignored;
+    # row 1: every token +1e-3 (s = e^1e-3 > 1 + 4e-4 with A > 0: clipped)
+    logp = torch.tensor([[1e-4, -3e-4, 5.0], [1e-3, 1e-3, 1e-3]]).requires_grad_()
+    t = policy_terms(logp, old, adv, cfg, mask=mask)
+    s0 = math.exp(-1e-4)
+    torch.testing.assert_close(t.loss[0, :2], torch.full((2,), -s0))
+    torch.testing.assert_close(t.loss[1], torch.full((3,), -(1 + 4e-4)))
+    assert t.metrics["clip_frac_high"].tolist() == [[False, False, False], [True, True, True]]
+    (t.loss * mask).sum().backward()
+    torch.testing.assert_close(logp.grad[0, :2], torch.full((2,), -s0))
+    assert torch.all(logp.grad[1] == 0)
+    # at ratio 1 it is GRPO's token gradient: what makes it act only on a moved policy
+    logp = torch.zeros(2, 3, requires_grad=True)
+    policy_terms(logp, old, adv, cfg, mask=mask).loss.sum().backward()
+    assert torch.all(logp.grad == -1.0)
 
 
 def test_aggregation_modes_hand_values_and_split_invariance():
@@ -200,8 +220,8 @@ def test_k3_kl_is_finite_at_padding_and_prompt_positions():
     logp = torch.tensor([[-1.0, -200.0]], requires_grad=True)
     ref = torch.tensor([[-1.2, 0.0]])
     mask = torch.tensor([[True, False]])
-    per_token = token_losses(SimpleNamespace(loss=torch.zeros(1, 2)), logp, torch.zeros(1, 2), ref, mask,
-                             algo(kl_coef=0.1))
+    inputs = PolicyInputs(logp, logp.detach(), torch.zeros(1, 2), mask, torch.zeros(1, 2), None, algo(kl_coef=0.1))
+    per_token = token_losses(SimpleNamespace(loss=torch.zeros(1, 2)), inputs, ref)
     weights = mask.float()
     loss = (per_token * weights).sum()
     loss.backward()

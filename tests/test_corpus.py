@@ -85,7 +85,7 @@ def test_corpus_mistakes_say_what_is_wrong_and_the_way_out(tmp_path):
     refused with a message that names the fix, instead of `datasets`' or sentencepiece's tracebacks."""
     from types import SimpleNamespace
 
-    from rpt.refusal import Refusal
+    from rpt.errors import Refusal
     from rpt.rundir import RunDir
     from rpt.stages.prep import _train_tokenizer_on_sample
 

@@ -47,12 +47,12 @@ def test_shaping_value_and_gradient():
     # in the loss: refinement tokens take -A·π/(π+γ) and are never counted as clipped; other tokens keep PPO's
     logp = torch.log(torch.tensor([[0.2, 0.4], [0.3, 0.6]]))
     flags = torch.ones(2, 2, dtype=torch.bool)
-    terms = PolicyTerms(torch.full((2, 2), 7.0), flags, ~flags)
+    terms = PolicyTerms(torch.full((2, 2), 7.0), {"clip_frac_low": flags, "clip_frac_high": ~flags})
     refinement = torch.tensor([[False, False], [True, True]])
     out = shape_refinements(terms, logp, torch.tensor([[1.0], [2.0]]), refinement, 0.1)
     torch.testing.assert_close(out.loss[0], torch.full((2,), 7.0))
     torch.testing.assert_close(out.loss[1], -2.0 * torch.tensor([0.3 / 0.4, 0.6 / 0.7]))
-    assert out.clipped_low.tolist() == [[True, True], [False, False]]
+    assert out.metrics["clip_frac_low"].tolist() == [[True, True], [False, False]]
 
 
 def test_gate_count_and_selection():

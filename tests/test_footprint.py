@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from rpt.config import ModelConfig
+from rpt.errors import Refusal
 from rpt.model import footprint
-from rpt.refusal import Refusal
 
 
 def _cfg(**kw) -> ModelConfig:

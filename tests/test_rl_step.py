@@ -6,12 +6,14 @@ it cannot is refused; the data cursor walks every prompt once per epoch whatever
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from rpt import config as schema
+from rpt.algo.losses import POLICY_LOSSES
 from rpt.cli import CONF_DIR
 from rpt.stages.rl_training import make_setup
 from rpt.tasks.base import Task
@@ -133,32 +135,39 @@ def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenize
 # range after the first step: the setting under which every remedy can act.
 MOVING = ["rpt.ppo_mini_batch_size=1", "rpt.lr=0.05", "rpt.min_lr=0.05", "rpt.warmup_steps=0",
           "rollout.max_new_tokens=12"]
-REMEDIES = {
-    "clip_higher": ["algo=clip_higher"],
-    "gppo": ["algo=gppo"],
-    "clip_cov": ["algo=clip_cov"],
-    "kl_cov": ["algo=kl_cov"],
-    "forking": ["algo=forking"],
-}
+SETTINGS = {"clip_higher": ["algo=clip_higher"], "forking": ["algo=forking"]}  # remedies that are not losses
 
 
-def test_every_remedy_changes_training(runtime, tokenizer):
-    """Under mini-batches each remedy's trained weights differ from plain GRPO's (from the same start, on the same
-    rollouts: the first draw is identical because sampling happens before any update)."""
+def _remedy_overrides(name: str) -> list[str]:
+    """A registered loss through its preset (``conf/algo/<name>.yaml``) where it has one, else by name."""
+    if name in SETTINGS:
+        return SETTINGS[name]
+    return [f"algo={name}"] if (Path(CONF_DIR) / "algo" / f"{name}.yaml").exists() else [f"algo.policy_loss={name}"]
+
+
+@pytest.fixture(scope="module")
+def grpo_under_mini_batches(runtime, tokenizer):
     base = _setup(_cfg(MOVING), runtime, tokenizer)
     m_base, _ = rl_step(base, step=0, cursor=0)
     assert m_base["optimizer_steps"] == 4
     assert m_base["clip_frac_low"] + m_base["clip_frac_high"] > 0  # the clip is live: GPPO and clip-higher can act
-    w_base = _weights(base)
-    for name, overrides in REMEDIES.items():
-        run = _setup(_cfg([*MOVING, *overrides]), runtime, tokenizer)
-        m, _ = rl_step(run, step=0, cursor=0)
-        assert m["response_length"] == m_base["response_length"], name  # same rollouts
-        diff = max(float((a - b).abs().max()) for a, b in zip(_weights(run), w_base, strict=True))
-        assert diff > 1e-6, f"{name} trained the same weights as grpo"
+    return m_base, _weights(base)
 
 
-@pytest.mark.parametrize("overrides", [["algo=gppo"], ["algo=kl_cov"], ["algo=clip_higher"],
+@pytest.mark.parametrize("name", sorted(set(POLICY_LOSSES) - {"ppo"}) + sorted(SETTINGS))
+def test_every_remedy_changes_training(name, grpo_under_mini_batches, runtime, tokenizer):
+    """Under mini-batches each remedy's trained weights differ from plain GRPO's (from the same start, on the same
+    rollouts: the first draw is identical because sampling happens before any update). Every registered policy
+    loss is a case here: a loss registered without acting fails."""
+    m_base, w_base = grpo_under_mini_batches
+    run = _setup(_cfg([*MOVING, *_remedy_overrides(name)]), runtime, tokenizer)
+    m, _ = rl_step(run, step=0, cursor=0)
+    assert m["response_length"] == m_base["response_length"], name  # same rollouts
+    diff = max(float((a - b).abs().max()) for a, b in zip(_weights(run), w_base, strict=True))
+    assert diff > 1e-6, f"{name} trained the same weights as grpo"
+
+
+@pytest.mark.parametrize("overrides", [["algo=gppo"], ["algo=kl_cov"], ["algo=clip_higher"], ["algo=gspo"],
                                        ["algo.clip_high=0.28"]])
 def test_a_remedy_that_cannot_act_is_refused(overrides):
     with pytest.raises(ValueError, match="one optimizer step per rollout"):

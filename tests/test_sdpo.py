@@ -13,6 +13,7 @@ from rpt.algo.sdpo import full_divergence, topk_tail_divergence
 from rpt.model.forward import full_logits
 from rpt.train.rl_loop import collect, rl_step
 from rpt.train.rl_update import build_batch
+from rpt.train.self_distill import TeacherTargets
 from tests.test_critique import DigitTask
 from tests.test_rl_step import _cfg, _setup, _weights
 
@@ -48,12 +49,12 @@ def _batch(run):
 
 
 def _distill_loss(run, batch):
-    from rpt.algo.losses import PolicyTerms
+    from rpt.algo.losses import CLIP_METRICS, PolicyTerms
 
     zeros = torch.zeros_like(batch.mask, dtype=torch.float32)
-    terms = PolicyTerms(zeros, batch.mask & False, batch.mask & False)
-    out = batch.teacher.distill(terms, run.trainable.model, batch.rollouts, range(len(batch.rollouts)),
-                                run.rollout.temperature)
+    terms = PolicyTerms(zeros, dict.fromkeys(CLIP_METRICS, batch.mask & False))
+    out = batch.feedback_of(TeacherTargets).distill(terms, run.trainable.model, batch.rollouts,
+                                                    range(len(batch.rollouts)), run.rollout.temperature)
     return out.loss[batch.mask].sum()
 
 
@@ -68,11 +69,12 @@ def test_empty_feedback_makes_the_teacher_the_student(runtime, tokenizer):
     run = _setup(_cfg(["algo=sdpo", "algo.sdpo.feedback=sibling", "algo.sdpo.top_k=20"]), runtime, tokenizer)
     run.task.reward = lambda item, text: 0.0  # nobody succeeds: no sibling to show
     got, batch = _batch(run)
-    assert not batch.teacher.has_feedback.any()
+    assert not batch.feedback_of(TeacherTargets).has_feedback.any()
     from rpt.train.rl_update import policy_values
 
     student = policy_values(run.trainable.model, got.rollouts, 4, False, run.rollout.temperature, 64)
-    torch.testing.assert_close(batch.teacher.token_logp[batch.mask], student.logp[batch.mask], atol=1e-5, rtol=1e-5)
+    teacher = batch.feedback_of(TeacherTargets)
+    torch.testing.assert_close(teacher.token_logp[batch.mask], student.logp[batch.mask], atol=1e-5, rtol=1e-5)
     run.trainable.zero_grad()
     loss = _distill_loss(run, batch)
     loss.backward()
@@ -91,7 +93,7 @@ def test_rows_without_feedback_are_not_pulled_toward_a_drifted_teacher(runtime, 
         for p in run.self_distill.teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
     got, batch = _batch(run)
-    assert not batch.teacher.has_feedback.any()
+    assert not batch.feedback_of(TeacherTargets).has_feedback.any()
     run.trainable.zero_grad()
     loss = _distill_loss(run, batch)
     loss.backward()
@@ -106,7 +108,7 @@ def test_stop_gradient_and_chunked_topk_match_a_full_logits_reference(kind, runt
     run = _setup(_cfg(["algo=sdpo", f"algo.sdpo.divergence={kind}", "algo.sdpo.top_k=16",
                        "algo.sdpo.chunk_tokens=3"]), runtime, tokenizer, DigitTask(tokenizer))
     got, batch = _batch(run)
-    t = batch.teacher
+    t = batch.feedback_of(TeacherTargets)
     assert t.has_feedback.all() and not t.logp.requires_grad and not t.token_logp.requires_grad
     run.trainable.zero_grad()
     loss = _distill_loss(run, batch)

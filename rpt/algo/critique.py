@@ -64,5 +64,5 @@ def shaped_probability(logp: torch.Tensor, gamma: float) -> torch.Tensor:
 def shape_refinements(terms, logp: torch.Tensor, adv: torch.Tensor, refinement: torch.Tensor, gamma: float):
     """The policy terms with refinement tokens' loss replaced by −A · π/(π + γ) (never counted as clipped)."""
     shaped = -adv.expand_as(logp) * shaped_probability(logp, gamma)
-    return replace(terms, loss=torch.where(refinement, shaped, terms.loss),
-                   clipped_low=terms.clipped_low & ~refinement, clipped_high=terms.clipped_high & ~refinement)
+    metrics = {name: torch.where(refinement, torch.zeros_like(v), v) for name, v in terms.metrics.items()}
+    return replace(terms, loss=torch.where(refinement, shaped, terms.loss), metrics=metrics)

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 
-from rpt.refusal import Refusal
+from rpt.errors import Refusal
 
 log = logging.getLogger(__name__)
 

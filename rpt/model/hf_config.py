@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rpt.refusal import Refusal
+from rpt.errors import Refusal
 
 log = logging.getLogger(__name__)
 

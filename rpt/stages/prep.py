@@ -23,7 +23,7 @@ from data_prep.demo_corpus import generate_documents
 from data_prep.indexed import IndexedDocs, IndexedWriter, remove_indexed, write_indexed
 from data_prep.tokenizer_train import train_tokenizer
 from rpt.distributed import broadcast_from_main, gather_objects
-from rpt.refusal import Refusal
+from rpt.errors import Refusal
 from rpt.rundir import write_json
 from rpt.tokenizer import Tokenizer
 

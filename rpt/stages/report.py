@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rpt.analysis.aggregate import build_aggregate_report, resolve_runs
 from rpt.analysis.report_md import build_report
-from rpt.refusal import Refusal
+from rpt.errors import Refusal
 from rpt.run_memory import settings_that_differ
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from rpt.algo.critique import choose_refinements, refine_gate, refinement_count
+from rpt.algo.critique import choose_refinements, refine_gate, refinement_count, shape_refinements
 from rpt.distributed import dp_mean_of, dp_sum
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
@@ -128,7 +128,8 @@ class Refiner:
 
     def prepare(self, batch, got, micro_batch: int, temperature: float):
         """The batch with its refinement tokens marked (they get the shaped objective in the update)."""
-        return replace(batch, refinement=refinement_tokens(got.refined, batch.mask))
+        shaping = RefinementShaping(refinement_tokens(got.refined, batch.mask), self.cfg.gamma)
+        return replace(batch, feedback=(*batch.feedback, shaping))
 
     def after_update(self) -> None:
         pass
@@ -144,6 +145,17 @@ class Refiner:
                 "refined_group_share": gated / max(groups, 1.0),
                 "refinement_row_share": dp_mean_of(refined.float()),
                 "entropy_refinement": dp_mean_of(values.entropy[tokens], empty=None)}
+
+
+@dataclass(frozen=True)
+class RefinementShaping:
+    """A batch's refinement tokens, whose policy term becomes −A · π/(π + γ) (``rpt.algo.critique``)."""
+
+    tokens: torch.Tensor  # [N, T-1] bool
+    gamma: float
+
+    def loss_terms(self, terms, inputs, model, rollouts, rows: range, temperature: float):
+        return shape_refinements(terms, inputs.logp, inputs.adv, self.tokens[rows.start:rows.stop], self.gamma)
 
 
 def refinement_tokens(refined: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

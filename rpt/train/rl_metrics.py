@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from rpt.algo.losses import forking_mask, kl_k3, token_covariance
+from rpt.algo.losses import kl_k3
+from rpt.algo.token_choice import forking_mask, token_covariance
 from rpt.analysis.diversity import group_diversity
 from rpt.analysis.planning import gram_counts, shannon_entropy
 from rpt.distributed import dp_max, dp_mean_of, dp_sum

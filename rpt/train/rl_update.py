@@ -21,19 +21,12 @@ all-reduce pairs up.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from rpt.algo.critique import shape_refinements
-from rpt.algo.losses import (
-    aggregation_weights,
-    forking_mask,
-    get_policy_loss,
-    token_covariance,
-    token_losses,
-)
+from rpt.algo.losses import CLIP_METRICS, PolicyInputs, aggregation_weights, get_policy_loss, token_losses
+from rpt.algo.token_choice import forking_mask, token_covariance
 from rpt.distributed import dp_sum
 from rpt.model.forward import LOGITS_CHUNK_TOKENS, sequence_logprobs
 from rpt.model.shared_prefix import group_layout, shared_prompt_logprobs
@@ -101,8 +94,11 @@ class RLBatch:
     chosen: torch.Tensor | None = None  # [N, T-1] the loss variant's token choice (Clip-Cov / KL-Cov)
     ref_logp: torch.Tensor | None = None  # [N, T-1] reference policy (KL penalty)
     share_prompt: bool = True  # forwards score each group over one copy of its prompt
-    refinement: torch.Tensor | None = None  # [N, T-1] Critique-GRPO refinement tokens (shaped objective)
-    teacher: Any = None  # SDPO's rpt.train.self_distill.TeacherTargets (adds the distillation term)
+    feedback: tuple = ()  # rpt.train.feedback.FeedbackTerm per feedback algorithm (refinements, a teacher)
+
+    def feedback_of(self, kind: type):
+        """This batch's feedback term of type ``kind`` (None when that algorithm is off)."""
+        return next((f for f in self.feedback if isinstance(f, kind)), None)
 
     @property
     def shared_group(self) -> int:
@@ -165,7 +161,8 @@ def update(trainable, batch: RLBatch, algo, temperature: float, ppo_epochs: int,
     if old_logp is None:  # one optimizer step: the first forward is the old policy (see ``needs_old_values``)
         filled = PolicyValues(torch.zeros_like(weights), torch.zeros_like(weights))
     policy_loss = get_policy_loss(algo.policy_loss)
-    sums = {"loss": 0.0, "clipped_low": 0.0, "clipped_high": 0.0, "kl_to_old": 0.0}
+    metric_names = CLIP_METRICS
+    sums = dict.fromkeys(("loss", *metric_names, "kl_to_old"), 0.0)
     grad_norms, applied = [], []
     for epoch in range(ppo_epochs):
         for rows in minis:
@@ -177,29 +174,26 @@ def update(trainable, batch: RLBatch, algo, temperature: float, ppo_epochs: int,
                 if filled is not None:
                     filled.logp[sl], filled.entropy[sl] = logp.detach(), entropy.detach()
                 old = filled.logp[sl] if filled is not None else old_logp[sl]
-                terms = policy_loss.fn(logp, old, batch.adv[sl], algo,
-                                       None if batch.chosen is None else batch.chosen[sl])
-                if batch.refinement is not None:  # Critique-GRPO: pi/(pi + gamma) on refinement tokens
-                    terms = shape_refinements(terms, logp, batch.adv[sl], batch.refinement[sl], algo.critique.gamma)
-                if batch.teacher is not None:  # SDPO: + D(student || feedback-conditioned teacher)
-                    terms = batch.teacher.distill(terms, trainable.model, batch.rollouts, micro, temperature)
-                ref = None if batch.ref_logp is None else batch.ref_logp[sl]
-                per_token = token_losses(terms, logp, entropy, ref, batch.mask[sl], algo)
+                inputs = PolicyInputs(logp, old, batch.adv[sl].expand_as(logp), batch.mask[sl], entropy,
+                                      None if batch.chosen is None else batch.chosen[sl], algo)
+                terms = policy_loss.fn(inputs)
+                for term in batch.feedback:  # Critique-GRPO's shaped refinements, SDPO's distillation, ...
+                    terms = term.loss_terms(terms, inputs, trainable.model, batch.rollouts, micro, temperature)
+                per_token = token_losses(terms, inputs, None if batch.ref_logp is None else batch.ref_logp[sl])
                 loss = (per_token * weights[sl]).sum()
                 (loss * dp_size).backward()
                 if epoch == 0:
                     m = batch.mask[sl]
-                    sums["loss"] += float(loss)
-                    sums["clipped_low"] += float((terms.clipped_low & m).sum())
-                    sums["clipped_high"] += float((terms.clipped_high & m).sum())
+                    sums["loss"] += float(loss.detach())
+                    for name in metric_names:
+                        sums[name] += float((terms.metrics[name] * m).sum())
                     sums["kl_to_old"] += float(((old - logp.detach()) * m).sum())
             ok, norm = trainable.step()
             applied.append(float(ok))
             grad_norms.append(norm)
-    loss, low, high, kl, tokens = dp_sum(sums["loss"], sums["clipped_low"], sums["clipped_high"], sums["kl_to_old"],
-                                         float(batch.mask.sum()))
-    tokens = max(tokens, 1.0)
-    stats = {"loss": loss / n_mini, "clip_frac_low": low / tokens, "clip_frac_high": high / tokens,
-             "kl_to_old": kl / tokens, "grad_norm": float(np.mean(grad_norms)),
-             "update_applied": float(np.mean(applied)), "optimizer_steps": float(len(applied))}
+    *values, n_tokens = dp_sum(*sums.values(), float(batch.mask.sum()))
+    totals, n_tokens = dict(zip(sums, values, strict=True)), max(n_tokens, 1.0)
+    stats = {"loss": totals.pop("loss") / n_mini, **{k: v / n_tokens for k, v in totals.items()},
+             "grad_norm": float(np.mean(grad_norms)), "update_applied": float(np.mean(applied)),
+             "optimizer_steps": float(len(applied))}
     return UpdateResult(stats, filled)

@@ -31,8 +31,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rpt.algo.losses import forking_mask
 from rpt.algo.sdpo import topk_tail_divergence
+from rpt.algo.token_choice import forking_mask
 from rpt.distributed import dp_gather, dp_mean_of, dp_sum
 from rpt.model.build import build_model
 from rpt.model.forward import unwrap
@@ -55,6 +55,10 @@ class TeacherTargets:
     grpo_weight: float  # λ on the GRPO policy term
     chunk: int  # response tokens per output-layer chunk
     shared_group: int  # forwards score groups of this many rows over one copy of their prompt (1: plain rows)
+
+    def loss_terms(self, terms, inputs, model, rollouts: Rollouts, rows: range, temperature: float):
+        """The feedback hook (``rpt.train.feedback``): the distillation term added to the policy terms."""
+        return self.distill(terms, model, rollouts, rows, temperature)
 
     def distill(self, terms, model, rollouts: Rollouts, rows: range, temperature: float):
         """``terms`` with loss λ·loss + D_t at each response token of ``rows`` (with gradient to ``model``)."""
@@ -106,8 +110,8 @@ class SelfDistiller:
 
     def prepare(self, batch, got, micro_batch: int, temperature: float):
         """The batch with the teacher's targets for every response token (computed here, before the update)."""
-        return replace(batch, teacher=self.targets(batch.rollouts, got.items, got.texts, got.rewards, micro_batch,
-                                                   temperature))
+        targets = self.targets(batch.rollouts, got.items, got.texts, got.rewards, micro_batch, temperature)
+        return replace(batch, feedback=(*batch.feedback, targets))
 
     @torch.no_grad()
     def targets(self, rollouts: Rollouts, items: list, texts: list[str], rewards: torch.Tensor, micro_batch: int,
@@ -166,7 +170,7 @@ class SelfDistiller:
         """Dense credit: the per-token advantages a_t = log π_T(y_t) − log π_θ(y_t) of the responses with feedback
         (distribution over the whole batch) and the share of Σ|a_t| on the top-20% entropy tokens; share of
         responses with feedback."""
-        targets = batch.teacher
+        targets = batch.feedback_of(TeacherTargets)
         mask = batch.mask & targets.has_feedback.to(batch.mask.device)[:, None]
         credit = (targets.token_logp - values.logp)[mask].float()
         high = forking_mask(values.entropy, mask, 0.2)
