@@ -86,8 +86,10 @@ class CritiqueConfig:
     refine_template: str = "{response}\n[critique] {critique}\n[corrected attempt]<think>"  # appended to prompt
 
     def __post_init__(self):
-        _one_of("algo.critique", "kind", self.kind, ("indicative", "ground_truth", "self"))
-        _one_of("algo.critique", "gate", self.gate, ("all_wrong", "always"))
+        from rpt.algo.critique import GATES, KINDS
+
+        _one_of("algo.critique", "kind", self.kind, KINDS)
+        _one_of("algo.critique", "gate", self.gate, GATES)
         if self.ratio < 1 or self.candidates < 1 or self.gamma <= 0 or self.reference_tokens < 1:
             raise ValueError("algo.critique: ratio, candidates, reference_tokens must be >= 1 and gamma > 0")
 
@@ -196,8 +198,18 @@ class TrainLoopConfig:
     eval_every: int = 0  # steps between validations (greedy accuracy on held-out items, logged as val/...); 0 = off
     eval_size: int = 128  # held-out items in the fixed validation sample
 
+    @property
+    def mini_batch_prompts(self) -> int:
+        """Prompts per optimizer step (``ppo_mini_batch_size``; unset: the whole step's prompts)."""
+        return self.ppo_mini_batch_size or self.prompts_per_step
+
+    @property
+    def mini_batches(self) -> int:
+        """Optimizer steps per epoch over one rollout batch."""
+        return self.prompts_per_step // self.mini_batch_prompts
+
     def updates_per_rollout(self) -> int:
-        return self.ppo_epochs * (self.prompts_per_step // (self.ppo_mini_batch_size or self.prompts_per_step))
+        return self.ppo_epochs * self.mini_batches
 
     def check(self, section: str) -> None:
         _one_of(section, "optimizer", self.optimizer, OPTIMIZERS)
@@ -207,7 +219,7 @@ class TrainLoopConfig:
         if self.logits_chunk_tokens < 0:
             raise ValueError(f"{section}.logits_chunk_tokens must be >= 0 (0: no chunking), got "
                              f"{self.logits_chunk_tokens}")
-        mini = self.ppo_mini_batch_size or self.prompts_per_step
+        mini = self.mini_batch_prompts
         if self.ppo_epochs < 1 or mini < 1 or self.prompts_per_step % mini:
             raise ValueError(f"{section}.ppo_mini_batch_size={mini} must divide {section}.prompts_per_step="
                              f"{self.prompts_per_step} (and {section}.ppo_epochs >= 1)")

@@ -66,7 +66,7 @@ def test_enum_fields_are_checked_when_the_config_is_loaded(override, field):
         schema.load(_compose([override]))
 
 
-SWEEP = ["grpo", "clip_higher", "forking", "kl_cov", "clip_cov", "gppo", "hicra"]
+SWEEP = ["grpo", "clip_higher", "forking", "kl_cov", "clip_cov", "gppo", "gspo", "hicra"]
 
 
 @pytest.mark.parametrize("algo", SWEEP)

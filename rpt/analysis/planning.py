@@ -20,11 +20,6 @@ import torch
 
 _DIGITS = re.compile(r"\d+")
 
-DEMO_GRAMS = [" = ", "</think>", "\\boxed{"]
-REASONING_GRAMS = ["wait", "let me check", "let me verify", "alternatively", "but ", "however", "so the answer",
-                   "first,", "we need to", "on second thought", "this means", "therefore"]
-
-
 def _lowered(data: bytes) -> tuple[str | bytes, list[tuple[int, int]] | None]:
     """``data`` lower-cased for case-insensitive search, with the byte span of ``data`` each lowered character comes
     from (None: ASCII, lowered byte for byte). Non-ASCII text is lowered character by character (``É`` finds

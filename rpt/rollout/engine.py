@@ -32,13 +32,13 @@ from dataclasses import dataclass, field, replace
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
 
+from rpt.config_rl import ENGINES
 from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.reward.answer import BoxedAnswerStop
 from rpt.rollout import lean_decoder
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "lean", "megatron")
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,6 @@ def check_layout(loop_cfg: TrainLoopConfig, dp_size: int, section: str) -> None:
     if loop_cfg.prompts_per_step % dp_size:
         raise ValueError(f"{section}: prompts_per_step={loop_cfg.prompts_per_step} does not split over "
                          f"{dp_size} data-parallel ranks")
-    mini = loop_cfg.ppo_mini_batch_size or loop_cfg.prompts_per_step
+    mini = loop_cfg.mini_batch_prompts
     if (mini // dp_size) * dp_size != mini:
         raise ValueError(f"{section}: ppo_mini_batch_size={mini} does not split over {dp_size} data-parallel ranks")

@@ -72,11 +72,6 @@ class RLSetup:
             self.grams = list(self.analysis.strategic_grams)
 
     @property
-    def n_mini(self) -> int:
-        """Optimizer steps per epoch: prompts per step over prompts per mini-batch."""
-        return self.loop.prompts_per_step // (self.loop.ppo_mini_batch_size or self.loop.prompts_per_step)
-
-    @property
     def feedback(self) -> list:
         """The feedback algorithms of this run (Critique-GRPO's refiner, SDPO's teacher) that add work to a step."""
         return [f for f in (self.refiner, self.self_distill) if f is not None]
@@ -178,7 +173,7 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
         adv = compute_advantages(got.rewards, G, algo, planning)
         learns = has_signal(run, adv)
     old = ref_logp = None
-    if not learns or needs_old_values(algo, run.loop.ppo_epochs * run.n_mini):
+    if not learns or needs_old_values(algo, run.loop.updates_per_rollout()):
         with timer.phase("old_policy"):
             old = policy_values(model, rollouts, G, algo.share_prompt, temp, micro, **budget)
     if algo.kl_coef:
@@ -192,7 +187,7 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
             for f in feedback:
                 batch = f.prepare(batch, got, micro, temp)
     with timer.phase("update"):
-        result = update(run.trainable, batch, algo, temp, run.loop.ppo_epochs, run.n_mini, micro,
+        result = update(run.trainable, batch, algo, temp, run.loop.ppo_epochs, run.loop.mini_batches, micro,
                         run.rollout.max_new_tokens, run.rt.dp_size, **budget) if learns else NO_UPDATE
         for f in feedback:
             f.after_update()
