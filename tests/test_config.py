@@ -1,18 +1,17 @@
 """Hydra composition: overrides reach every field; typos and bad types fail naming the key."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from rpt import config as schema
 from rpt.cli import CONF_DIR
+from tests.helpers import compose_config
 
 schema.register()
 
 
 def _compose(overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose_config(*overrides)
 
 
 def test_defaults_and_overrides():

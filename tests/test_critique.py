@@ -12,27 +12,9 @@ import torch
 
 from rpt.algo.critique import choose_refinements, refine_gate, refinement_count, shape_refinements, shaped_probability
 from rpt.algo.losses import PolicyTerms
-from rpt.tasks.base import Task
 from rpt.tasks.next_token import NextTokenTask
 from rpt.train.rl_loop import collect, rl_step
-from tests.test_rl_step import _cfg, _setup, _weights
-
-
-class DigitTask(Task):
-    """Reward 1 iff at least a quarter of the response's characters are digits: with a random tiny model some
-    groups have a correct response and some none, so the gate has something to tell apart."""
-
-    def __init__(self, tokenizer):
-        super().__init__(["1 + 2 = ", "3 + 4 + 5 = ", "9 - 3 = ", "2 + 2 + 2 = "], tokenizer)
-
-    def prompt_ids(self, item):
-        return self.tokenizer.encode(item)
-
-    def reward(self, item, response_text):
-        return float(sum(c.isdigit() for c in response_text) >= max(1, len(response_text)) / 4)
-
-    def reference(self, item):
-        return str(eval(item.rstrip(" =")))
+from tests.helpers import DigitTask, policy_weights, rl_cfg, rl_setup
 
 
 def test_shaping_value_and_gradient():
@@ -74,8 +56,8 @@ def test_gate_count_and_selection():
 def _pair(runtime, tokenizer, extra=()):
     """GRPO and Critique-GRPO set-ups from the same start (same initial rollouts)."""
     common = ["rollout.max_new_tokens=8", "algo.norm_adv_by_std=false", *extra]
-    grpo = _setup(_cfg(common), runtime, tokenizer, DigitTask(tokenizer))
-    crit = _setup(_cfg(["algo=critique_grpo", "algo.critique.kind=indicative", *common]), runtime, tokenizer,
+    grpo = rl_setup(rl_cfg(common), runtime, tokenizer, DigitTask(tokenizer))
+    crit = rl_setup(rl_cfg(["algo=critique_grpo", "algo.critique.kind=indicative", *common]), runtime, tokenizer,
                   DigitTask(tokenizer))
     return grpo, crit
 
@@ -112,7 +94,7 @@ def test_critique_grpo_changes_training_and_logs_its_metrics(runtime, tokenizer)
     assert m["reward_mean"] == m_grpo["reward_mean"]  # the same initial rollouts (refinements are extra)
     assert 0 < m["refined_group_share"] < 1 and 0 <= m["refine_success_rate"] <= 1
     assert m["entropy_refinement"] is not None and m["refinement_row_share"] > 0
-    diff = max(float((a - b).abs().max()) for a, b in zip(_weights(crit), _weights(grpo), strict=True))
+    diff = max(float((a - b).abs().max()) for a, b in zip(policy_weights(crit), policy_weights(grpo), strict=True))
     assert diff > 1e-6, "critique_grpo trained the same weights as grpo"
 
 
@@ -125,7 +107,7 @@ def test_ground_truth_and_self_critiques(tmp_path, runtime, tokenizer):
     path.write_text("".join(json.dumps(it) + "\n" for it in items))
     task = NextTokenTask(path, tokenizer, "{context}<think>")
     for kind in ("ground_truth", "self"):
-        run = _setup(_cfg(["algo=critique_grpo", f"algo.critique.kind={kind}", "rpt.prompts_per_step=2",
+        run = rl_setup(rl_cfg(["algo=critique_grpo", f"algo.critique.kind={kind}", "rpt.prompts_per_step=2",
                            "algo.critique.reference_tokens=2", "algo.entropy_coef=0.01"]), runtime, tokenizer, task)
         if kind == "ground_truth":
             first_two = b"".join(task.target_bytes(items[0])[:2]).decode()
@@ -137,9 +119,9 @@ def test_ground_truth_and_self_critiques(tmp_path, runtime, tokenizer):
 def test_bad_critique_settings_are_refused():
     for bad in ("algo.critique.kind=vague", "algo.critique.gate=often", "algo.critique.gamma=0"):
         with pytest.raises(ValueError, match="algo.critique"):
-            _cfg(["algo=critique_grpo", bad])
+            rl_cfg(["algo=critique_grpo", bad])
     with pytest.raises(ValueError, match="separate algorithms"):
-        _cfg(["algo=critique_grpo", "algo.sdpo.enabled=true"])
+        rl_cfg(["algo=critique_grpo", "algo.sdpo.enabled=true"])
 
 
 @pytest.mark.parametrize("option", ["algo.critique.kind=ground_truth", "algo.critique.gamma=0.5",
@@ -150,7 +132,7 @@ def test_every_critique_option_changes_training(option, runtime, tokenizer):
               "rollout.max_new_tokens=8"]
     weights = []
     for extra in ([], [option]):
-        run = _setup(_cfg([*common, *extra]), runtime, tokenizer, DigitTask(tokenizer))
+        run = rl_setup(rl_cfg([*common, *extra]), runtime, tokenizer, DigitTask(tokenizer))
         rl_step(run, 0, 0)
-        weights.append(_weights(run))
+        weights.append(policy_weights(run))
     assert max(float((a - b).abs().max()) for a, b in zip(*weights, strict=True)) > 1e-7, option

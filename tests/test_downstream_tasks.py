@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from rpt import config as schema
-from rpt.cli import CONF_DIR
 from rpt.reward.math_answer import answers_match, reference_answer
 from rpt.tasks.downstream import build_downstream_task
+from tests.helpers import compose_config
 
 schema.register()
 
@@ -41,8 +40,7 @@ def test_reference_answer_extraction():
 
 
 def _cfg(overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["experiment=smoke", *overrides])
+    return compose_config("experiment=smoke", *overrides)
 
 
 def _write_qa(tmp_path, fmt):

@@ -55,14 +55,10 @@ def test_mined_grams_are_clusters_present_in_the_most_solutions():
 
 
 def test_english_gram_list_ships_as_a_config_group():
-    from hydra import compose, initialize_config_dir
-
     from rpt import config as schema
-    from rpt.cli import CONF_DIR
+    from tests.helpers import compose_config
 
-    schema.register()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = schema.load(compose(config_name="config", overrides=["grams=english"]))
+    cfg = schema.load(compose_config("grams=english"))
     assert "let me check" in cfg.analysis.strategic_grams and "alternatively" in cfg.analysis.strategic_grams
 
 
@@ -70,14 +66,14 @@ def test_hicra_changes_training(runtime, tokenizer):
     """Same rollouts, same A = r − mean r: the planning credit alone makes HICRA's weights differ from Dr.GRPO's."""
     from rpt.stages.rl_training import mine_grams
     from rpt.train.rl_loop import rl_step
-    from tests.test_rl_step import _cfg, _setup, _weights
+    from tests.helpers import policy_weights, rl_cfg, rl_setup
 
     digits = "[" + ",".join(f"'{d}'" for d in "0123456789") + "]"
     results = {}
     for name, algo in {"drgrpo": ["algo.norm_adv_by_std=false"], "hicra": ["algo.advantage=hicra"]}.items():
-        run = _setup(_cfg([*algo, f"analysis.strategic_grams={digits}"]), runtime, tokenizer)
+        run = rl_setup(rl_cfg([*algo, f"analysis.strategic_grams={digits}"]), runtime, tokenizer)
         m, _ = rl_step(run, 0, 0)
-        results[name] = (m, _weights(run))
+        results[name] = (m, policy_weights(run))
     (m_base, w_base), (m_hicra, w_hicra) = results["drgrpo"], results["hicra"]
     assert m_hicra["response_length"] == m_base["response_length"] and m_hicra["planning_token_share"] > 0
     assert m_hicra["semantic_entropy"] > 0

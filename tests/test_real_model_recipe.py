@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from rpt import config as schema
-from rpt.cli import CONF_DIR
 from rpt.rundir import RunDir
 from rpt.tasks.base import Task
 from rpt.train.no_answer import NoAnswerWatch
+from tests.helpers import compose_config
 
 schema.register()
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +50,7 @@ PAPER_V0 = ("Complete the given text under ‘### Context’ by predicting the n
 
 
 def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return schema.load(compose(config_name="config", overrides=list(overrides)))
+    return schema.load(compose_config(*overrides))
 
 
 # ---- presets ---------------------------------------------------------------------------------------------------

@@ -10,58 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from rpt import config as schema
 from rpt.algo.losses import POLICY_LOSSES
 from rpt.cli import CONF_DIR
-from rpt.stages.rl_training import make_setup
-from rpt.tasks.base import Task
-from rpt.train.optim import build_trainable
 from rpt.train.rl_loop import collect, rl_step
+from tests.helpers import DigitShareTask, policy_weights, rl_cfg, rl_setup
 
 schema.register()
-
-
-class DigitShareTask(Task):
-    """A verifiable toy task: reward = share of digit characters in the response (varies across samples)."""
-
-    def __init__(self, tokenizer, prompts=("1 + 2 = ", "3 + 4 + 5 = ", "9 - 3 = ", "2 + 2 + 2 = ")):
-        super().__init__(list(prompts), tokenizer)
-        self.drawn = []  # every item handed out, in order
-
-    def items_for_step(self, step, count, seed):
-        items = super().items_for_step(step, count, seed)
-        self.drawn += items
-        return items
-
-    def reference(self, item):
-        return item
-
-    def prompt_ids(self, item):
-        return self.tokenizer.encode(item)
-
-    def reward(self, item, response_text):
-        return sum(c.isdigit() for c in response_text) / max(1, len(response_text))
-
-
-def _cfg(overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        composed = compose(config_name="config", overrides=["experiment=smoke", "stage=rpt",
-                                                             "rollout.stop_at_answer=false",
-                                                             "rollout.max_new_tokens=8", *overrides])
-    return schema.load(composed)
-
-
-def _setup(cfg, runtime, tokenizer, task=None, ref=False):
-    torch.manual_seed(0)
-    trainable = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, cfg.rpt.steps)
-    ref_model = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, 1).model.module if ref else None
-    return make_setup(cfg, runtime, trainable, task or DigitShareTask(tokenizer), cfg.rpt, ref_model)
-
-
-def _weights(run):
-    return [p.detach().clone() for p in run.trainable.model.module.parameters()]
 
 
 def _record_gradients(run) -> list[list[torch.Tensor]]:
@@ -88,13 +44,13 @@ def _record_gradients(run) -> list[list[torch.Tensor]]:
     ["algo.reuse_update_forward=false"],  # a separate old-policy pass: the KL to it must still be exactly 0
 ])
 def test_rl_step_variants(overrides, runtime, tokenizer):
-    cfg = _cfg(overrides)
-    run = _setup(cfg, runtime, tokenizer, ref=bool(cfg.algo.kl_coef))
-    before = _weights(run)
+    cfg = rl_cfg(overrides)
+    run = rl_setup(cfg, runtime, tokenizer, ref=bool(cfg.algo.kl_coef))
+    before = policy_weights(run)
     m, cursor = rl_step(run, step=0, cursor=0)
     assert m["update_applied"] == 1.0 and m["optimizer_steps"] == cfg.rpt.updates_per_rollout()
     assert cursor == 1 + m["refills"]
-    assert any(not torch.equal(a, b) for a, b in zip(before, _weights(run), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy_weights(run), strict=True))
     for key in ("reward_mean", "entropy", "entropy_forking", "clip_frac_low", "clip_frac_high", "cov_mean",
                 "response_length", "train_rollout_gap", "all_equal_share", "time/generate_s", "time/update_s", "loss",
                 "tokens_per_s", "entropy_execution", "forking_token_share", "grad_norm", "rollout_tokens"):
@@ -114,7 +70,7 @@ def test_reusing_the_update_forward_changes_nothing(overrides, runtime, tokenize
     metrics and the same gradients as a separate old-policy pass."""
     results = []
     for reuse in (True, False):
-        run = _setup(_cfg([*overrides, f"algo.reuse_update_forward={str(reuse).lower()}"]), runtime, tokenizer)
+        run = rl_setup(rl_cfg([*overrides, f"algo.reuse_update_forward={str(reuse).lower()}"]), runtime, tokenizer)
         grads = _record_gradients(run)
         m, _ = rl_step(run, step=0, cursor=0)
         assert len(grads) == 1
@@ -147,11 +103,11 @@ def _remedy_overrides(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def grpo_under_mini_batches(runtime, tokenizer):
-    base = _setup(_cfg(MOVING), runtime, tokenizer)
+    base = rl_setup(rl_cfg(MOVING), runtime, tokenizer)
     m_base, _ = rl_step(base, step=0, cursor=0)
     assert m_base["optimizer_steps"] == 4
     assert m_base["clip_frac_low"] + m_base["clip_frac_high"] > 0  # the clip is live: GPPO and clip-higher can act
-    return m_base, _weights(base)
+    return m_base, policy_weights(base)
 
 
 @pytest.mark.parametrize("name", sorted(set(POLICY_LOSSES) - {"ppo"}) + sorted(SETTINGS))
@@ -160,10 +116,10 @@ def test_every_remedy_changes_training(name, grpo_under_mini_batches, runtime, t
     rollouts: the first draw is identical because sampling happens before any update). Every registered policy
     loss is a case here: a loss registered without acting fails."""
     m_base, w_base = grpo_under_mini_batches
-    run = _setup(_cfg([*MOVING, *_remedy_overrides(name)]), runtime, tokenizer)
+    run = rl_setup(rl_cfg([*MOVING, *_remedy_overrides(name)]), runtime, tokenizer)
     m, _ = rl_step(run, step=0, cursor=0)
     assert m["response_length"] == m_base["response_length"], name  # same rollouts
-    diff = max(float((a - b).abs().max()) for a, b in zip(_weights(run), w_base, strict=True))
+    diff = max(float((a - b).abs().max()) for a, b in zip(policy_weights(run), w_base, strict=True))
     assert diff > 1e-6, f"{name} trained the same weights as grpo"
 
 
@@ -171,9 +127,9 @@ def test_every_remedy_changes_training(name, grpo_under_mini_batches, runtime, t
                                        ["algo.clip_high=0.28"]])
 def test_a_remedy_that_cannot_act_is_refused(overrides):
     with pytest.raises(ValueError, match="one optimizer step per rollout"):
-        _cfg(overrides)
-    _cfg([*overrides, "rpt.ppo_mini_batch_size=2"])  # several steps per rollout: accepted
-    _cfg([*overrides, "rpt.ppo_epochs=2"])
+        rl_cfg(overrides)
+    rl_cfg([*overrides, "rpt.ppo_mini_batch_size=2"])  # several steps per rollout: accepted
+    rl_cfg([*overrides, "rpt.ppo_epochs=2"])
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -181,9 +137,9 @@ def test_the_cursor_walks_every_prompt_once_per_epoch(dynamic, runtime, tokenize
     """Prompt batches are drawn at a cursor advanced once per draw, so consecutive draws walk the seeded epoch
     permutation: eight prompts, two per draw, four draws cover all eight whatever ``max_refills`` is."""
     prompts = [f"{a} + {a} = " for a in range(1, 9)]
-    cfg = _cfg(["rpt.prompts_per_step=2", "algo.max_refills=2", f"algo.dynamic_sampling={str(dynamic).lower()}"])
+    cfg = rl_cfg(["rpt.prompts_per_step=2", "algo.max_refills=2", f"algo.dynamic_sampling={str(dynamic).lower()}"])
     task = DigitShareTask(tokenizer, prompts)
-    run = _setup(cfg, runtime, tokenizer, task)
+    run = rl_setup(cfg, runtime, tokenizer, task)
     cursor = step = 0
     while len(task.drawn) < len(prompts):
         cursor = collect(run, step, cursor).cursor
@@ -200,15 +156,15 @@ def test_validation_does_not_change_training(runtime, tokenizer):
 
     results = []
     for validate in (False, True):
-        cfg = _cfg(["rpt.eval_every=1"])
-        run = _setup(cfg, runtime, tokenizer)
+        cfg = rl_cfg(["rpt.eval_every=1"])
+        run = rl_setup(cfg, runtime, tokenizer)
         if validate:
             run.validator = Validator(run.task, 3, SamplingParams.from_rollout(cfg.rollout, tokenizer), 0, runtime)
         rows, cursor = [], 0
         for step in range(2):
             m, cursor = rl_step(run, step, cursor)
             rows.append(m)
-        results.append((rows, _weights(run)))
+        results.append((rows, policy_weights(run)))
     (plain, w_plain), (validated, w_validated) = results
     assert all("val/accuracy" in m and m["val/n"] == 3 for m in validated)
     for a, b in zip(plain, validated, strict=True):
@@ -225,8 +181,8 @@ def test_sample_rows_pick_the_best_and_the_worst(runtime, tokenizer):
 
     from rpt.train.rl_metrics import sample_rows
 
-    cfg = _cfg(["logging.sample_every=1", "logging.samples=2"])
-    run = _setup(cfg, runtime, tokenizer)
+    cfg = rl_cfg(["logging.sample_every=1", "logging.samples=2"])
+    run = rl_setup(cfg, runtime, tokenizer)
     got = collect(run, 0, 0)
     rewards = torch.randperm(len(got.texts), generator=torch.Generator().manual_seed(0)).float()
     rows = sample_rows(run, replace(got, rewards=rewards), step=1)
@@ -241,8 +197,8 @@ def test_sample_rows_pick_the_best_and_the_worst(runtime, tokenizer):
 def test_the_phases_account_for_the_step(runtime, tokenizer):
     """Every phase of an RL step is timed: each phase that ran took time, the ones that did not read 0, and what
     no phase covers is a small share of the step's wall time."""
-    cfg = _cfg(["algo.kl_coef=0.01", "rpt.ppo_epochs=2", "analysis.diversity_every=1", "logging.sample_every=0"])
-    run = _setup(cfg, runtime, tokenizer, ref=True)
+    cfg = rl_cfg(["algo.kl_coef=0.01", "rpt.ppo_epochs=2", "analysis.diversity_every=1", "logging.sample_every=0"])
+    run = rl_setup(cfg, runtime, tokenizer, ref=True)
     m, _ = rl_step(run, step=0, cursor=0)
     ran = ("generate", "reward", "advantages", "old_policy", "reference", "batch", "update", "policy_metrics",
            "planning_metrics", "diversity", "answers", "resources")

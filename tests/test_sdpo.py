@@ -14,8 +14,7 @@ from rpt.model.forward import full_logits
 from rpt.train.rl_loop import collect, rl_step
 from rpt.train.rl_update import build_batch
 from rpt.train.self_distill import TeacherTargets
-from tests.test_critique import DigitTask
-from tests.test_rl_step import _cfg, _setup, _weights
+from tests.helpers import DigitTask, policy_weights, rl_cfg, rl_setup
 
 
 @pytest.mark.parametrize("kind", ["kl", "js"])
@@ -66,7 +65,7 @@ def _grads(run):
 def test_empty_feedback_makes_the_teacher_the_student(runtime, tokenizer):
     """``sibling`` feedback with no correct sibling is empty: the teacher prompt is the student's, its log-probs
     are the student's, and the loss and its gradient vanish."""
-    run = _setup(_cfg(["algo=sdpo", "algo.sdpo.feedback=sibling", "algo.sdpo.top_k=20"]), runtime, tokenizer)
+    run = rl_setup(rl_cfg(["algo=sdpo", "algo.sdpo.feedback=sibling", "algo.sdpo.top_k=20"]), runtime, tokenizer)
     run.task.reward = lambda item, text: 0.0  # nobody succeeds: no sibling to show
     got, batch = _batch(run)
     assert not batch.feedback_of(TeacherTargets).has_feedback.any()
@@ -85,7 +84,7 @@ def test_empty_feedback_makes_the_teacher_the_student(runtime, tokenizer):
 def test_rows_without_feedback_are_not_pulled_toward_a_drifted_teacher(runtime, tokenizer):
     """An EMA teacher differs from the student by drift; a response with no feedback (no correct sibling) gets no
     distillation term from it: zero loss and gradient, as with the current-weights teacher."""
-    run = _setup(_cfg(["algo=sdpo", "algo.sdpo.feedback=sibling", "algo.sdpo.teacher=ema", "algo.sdpo.top_k=20"]),
+    run = rl_setup(rl_cfg(["algo=sdpo", "algo.sdpo.feedback=sibling", "algo.sdpo.teacher=ema", "algo.sdpo.top_k=20"]),
                  runtime, tokenizer)
     run.task.reward = lambda item, text: 0.0  # nobody succeeds: no sibling to show
     torch.manual_seed(0)
@@ -105,7 +104,7 @@ def test_stop_gradient_and_chunked_topk_match_a_full_logits_reference(kind, runt
     """With feedback (the reference), the loss gradient equals that of a reference computed from the student's
     full logits against constant teacher values: nothing flows through the teacher, and the chunked top-K path
     (chunks of 3 tokens, recomputed in the backward) is exact."""
-    run = _setup(_cfg(["algo=sdpo", f"algo.sdpo.divergence={kind}", "algo.sdpo.top_k=16",
+    run = rl_setup(rl_cfg(["algo=sdpo", f"algo.sdpo.divergence={kind}", "algo.sdpo.top_k=16",
                        "algo.sdpo.chunk_tokens=3"]), runtime, tokenizer, DigitTask(tokenizer))
     got, batch = _batch(run)
     t = batch.feedback_of(TeacherTargets)
@@ -130,15 +129,15 @@ def test_stop_gradient_and_chunked_topk_match_a_full_logits_reference(kind, runt
 @pytest.mark.parametrize("extra", [[], ["algo.sdpo.grpo_weight=1.0"], ["algo.sdpo.teacher=mix"]])
 def test_sdpo_changes_training_and_logs_dense_credit(extra, runtime, tokenizer):
     base = ["algo.norm_adv_by_std=false"]
-    grpo = _setup(_cfg(base), runtime, tokenizer, DigitTask(tokenizer))
+    grpo = rl_setup(rl_cfg(base), runtime, tokenizer, DigitTask(tokenizer))
     m_grpo, _ = rl_step(grpo, 0, 0)
-    run = _setup(_cfg(["algo=sdpo", *base, *extra]), runtime, tokenizer, DigitTask(tokenizer))
+    run = rl_setup(rl_cfg(["algo=sdpo", *base, *extra]), runtime, tokenizer, DigitTask(tokenizer))
     m, _ = rl_step(run, 0, 0)
     assert m["response_length"] == m_grpo["response_length"]  # same rollouts
     assert m["update_applied"] == 1.0 and m["sdpo_feedback_share"] == 1.0
     assert m["sdpo_credit_p10"] <= m["sdpo_credit_p50"] <= m["sdpo_credit_p90"]
     assert 0.0 <= m["sdpo_credit_high_entropy_share"] <= 1.0
-    diff = max(float((a - b).abs().max()) for a, b in zip(_weights(run), _weights(grpo), strict=True))
+    diff = max(float((a - b).abs().max()) for a, b in zip(policy_weights(run), policy_weights(grpo), strict=True))
     assert diff > 1e-6, "sdpo trained the same weights as grpo"
 
 
@@ -147,16 +146,16 @@ def test_ema_teacher_resumes_exactly(tmp_path, runtime, tokenizer):
     the EMA teacher (which drives step 2's loss) is part of the checkpoint."""
     overrides = ["algo=sdpo", "algo.sdpo.teacher=ema", "algo.sdpo.teacher_rate=0.5", "rpt.lr=0.01",
                  "rpt.min_lr=0.01", "rpt.warmup_steps=0"]
-    whole = _setup(_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
+    whole = rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
     rows, cursor = [], 0
     for step in range(2):
         m, cursor = rl_step(whole, step, cursor)
         rows.append(m)
 
-    first = _setup(_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
+    first = rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
     _, cursor = rl_step(first, 0, 0)
     step_dir = checkpoint.save(tmp_path, 1, first.trainable, {"loop_state": {"cursor": cursor}})
-    resumed = _setup(_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
+    resumed = rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
     torch.manual_seed(99)  # scramble the fresh teacher: only the checkpoint may restore it
     for p in resumed.self_distill.teacher.parameters():
         p.data.normal_()
@@ -164,7 +163,7 @@ def test_ema_teacher_resumes_exactly(tmp_path, runtime, tokenizer):
     m, _ = rl_step(resumed, 1, state["extra"]["loop_state"]["cursor"])
     for key in ("loss", "grad_norm", "reward_mean", "sdpo_credit_mean", "entropy"):
         assert m[key] == rows[1][key], key
-    for a, b in zip(_weights(resumed), _weights(whole), strict=True):
+    for a, b in zip(policy_weights(resumed), policy_weights(whole), strict=True):
         assert torch.equal(a, b)
     for a, b in zip(resumed.self_distill.teacher.parameters(), whole.self_distill.teacher.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -175,10 +174,10 @@ def test_bad_sdpo_settings_are_refused():
                        ("algo.sdpo.teacher=frozen", "teacher"), ("algo.sdpo.divergence=tv", "divergence"),
                        ("algo.sdpo.top_k=0", "top_k")):
         if match is None:  # a trailing '+' is harmless
-            assert _cfg(["algo=sdpo", bad]).algo.sdpo.feedback_kinds() == ["reference"]
+            assert rl_cfg(["algo=sdpo", bad]).algo.sdpo.feedback_kinds() == ["reference"]
             continue
         with pytest.raises(ValueError, match=match):
-            _cfg(["algo=sdpo", bad])
+            rl_cfg(["algo=sdpo", bad])
 
 
 @pytest.mark.parametrize("option", ["algo.sdpo.feedback=verifier", "algo.sdpo.feedback=reference+sibling",
@@ -190,9 +189,9 @@ def test_every_sdpo_option_changes_training(option, runtime, tokenizer):
     common = ["algo=sdpo", "rpt.lr=0.01", "rpt.min_lr=0.01", "rpt.warmup_steps=0", "algo.sdpo.teacher_rate=0.5"]
     weights = []
     for extra in ([], [option]):
-        run = _setup(_cfg([*common, *extra]), runtime, tokenizer, DigitTask(tokenizer))
+        run = rl_setup(rl_cfg([*common, *extra]), runtime, tokenizer, DigitTask(tokenizer))
         cursor = 0
         for step in range(2):
             _, cursor = rl_step(run, step, cursor)
-        weights.append(_weights(run))
+        weights.append(policy_weights(run))
     assert max(float((a - b).abs().max()) for a, b in zip(*weights, strict=True)) > 1e-7, option

@@ -1,0 +1,82 @@
+"""Helpers several test files share, once: the Hydra compose of the project's config, the RL step set-up on a
+tiny model, a snapshot of its weights, and two verifiable toy tasks."""
+
+from __future__ import annotations
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from rpt import config as schema
+from rpt.cli import CONF_DIR
+from rpt.stages.rl_training import make_setup
+from rpt.tasks.base import Task
+from rpt.train.optim import build_trainable
+
+schema.register()
+
+
+def compose_config(*overrides: str):
+    """The project's config composed with ``overrides`` (a DictConfig, before the typed conversion)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+class DigitShareTask(Task):
+    """A verifiable toy task: reward = share of digit characters in the response (varies across samples)."""
+
+    def __init__(self, tokenizer, prompts=("1 + 2 = ", "3 + 4 + 5 = ", "9 - 3 = ", "2 + 2 + 2 = ")):
+        super().__init__(list(prompts), tokenizer)
+        self.drawn = []  # every item handed out, in order
+
+    def items_for_step(self, step, count, seed):
+        items = super().items_for_step(step, count, seed)
+        self.drawn += items
+        return items
+
+    def reference(self, item):
+        return item
+
+    def prompt_ids(self, item):
+        return self.tokenizer.encode(item)
+
+    def reward(self, item, response_text):
+        return sum(c.isdigit() for c in response_text) / max(1, len(response_text))
+
+
+class DigitTask(Task):
+    """Reward 1 iff at least a quarter of the response's characters are digits: with a random tiny model some
+    groups have a correct response and some none, so the gate has something to tell apart."""
+
+    def __init__(self, tokenizer):
+        super().__init__(["1 + 2 = ", "3 + 4 + 5 = ", "9 - 3 = ", "2 + 2 + 2 = "], tokenizer)
+
+    def prompt_ids(self, item):
+        return self.tokenizer.encode(item)
+
+    def reward(self, item, response_text):
+        return float(sum(c.isdigit() for c in response_text) >= max(1, len(response_text)) / 4)
+
+    def reference(self, item):
+        return str(eval(item.rstrip(" =")))
+
+
+def rl_cfg(overrides):
+    """The smoke experiment's `rpt` stage with short rollouts that never stop early, plus ``overrides``, typed."""
+    return schema.load(compose_config("experiment=smoke", "stage=rpt", "rollout.stop_at_answer=false",
+                                      "rollout.max_new_tokens=8", *overrides))
+
+
+def rl_setup(cfg, runtime, tokenizer, task=None, ref=False):
+    """An ``RLSetup`` over a freshly seeded trainable (and, with ``ref``, a reference model); default task:
+    ``DigitShareTask``."""
+    torch.manual_seed(0)
+    trainable = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, cfg.rpt.steps)
+    ref_model = build_trainable(cfg.model, tokenizer.vocab_size, runtime, cfg.rpt, 1).model.module if ref else None
+    return make_setup(cfg, runtime, trainable, task or DigitShareTask(tokenizer), cfg.rpt, ref_model)
+
+
+def policy_weights(run):
+    """A copy of the policy's parameters."""
+    return [p.detach().clone() for p in run.trainable.model.module.parameters()]
+
+
