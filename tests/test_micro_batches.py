@@ -66,17 +66,17 @@ def _train_once(runtime, monkeypatch, share_prompt, max_tokens, chunk_tokens):
     algo = AlgoConfig(share_prompt=share_prompt)
     rollouts = _rollouts([6, 3, 9], [4, 2, 1, 3, 5, 5])
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
-    budget = {"max_tokens": max_tokens, "chunk_tokens": chunk_tokens}
-    old = rl_update.policy_values(trainable.model, rollouts, G, share_prompt, 0.9, 64, **budget)
+    forward = rl_update.ForwardSettings(0.9, 64, max_tokens, chunk_tokens)
+    old = rl_update.policy_values(trainable.model, rollouts, G, share_prompt, forward)
     batch = rl_update.build_batch(rollouts, adv, old, algo, G, torch.Generator().manual_seed(0))
     sizes = []
-    forward = rl_update.trainer_forward
+    plain_forward = rl_update.trainer_forward
     monkeypatch.setattr(rl_update, "trainer_forward", lambda model, ro, rows, *a: sizes.append(len(rows))
-                        or forward(model, ro, rows, *a))
+                        or plain_forward(model, ro, rows, *a))
     grads, step = [], trainable.step
     trainable.step = lambda: grads.append({name: p.main_grad.detach().clone() for name, p in
                                            trainable.model.module.named_parameters()}) or step()
-    result = rl_update.update(trainable, batch, algo, 0.9, 1, 1, 64, 5, 1, **budget)
+    result = rl_update.update(trainable, batch, algo, forward, 1, 1, 5, 1)
     assert len(grads) == 1  # one mini-batch: one optimizer step
     return sizes, result.stats, old, grads[0]
 

@@ -69,9 +69,9 @@ def test_empty_feedback_makes_the_teacher_the_student(runtime, tokenizer):
     run.task.reward = lambda item, text: 0.0  # nobody succeeds: no sibling to show
     got, batch = _batch(run)
     assert not batch.feedback_of(TeacherTargets).has_feedback.any()
-    from rpt.train.rl_update import policy_values
+    from rpt.train.rl_update import ForwardSettings, policy_values
 
-    student = policy_values(run.trainable.model, got.rollouts, 4, False, run.rollout.temperature, 64)
+    student = policy_values(run.trainable.model, got.rollouts, 4, False, ForwardSettings(run.rollout.temperature, 64))
     teacher = batch.feedback_of(TeacherTargets)
     torch.testing.assert_close(teacher.token_logp[batch.mask], student.logp[batch.mask], atol=1e-5, rtol=1e-5)
     run.trainable.zero_grad()

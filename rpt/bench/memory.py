@@ -56,7 +56,7 @@ def _synthetic_group(vocab: int, context: int, response: int, group: int, device
 def _rpt_step(spec: dict, rt, model_cfg) -> dict:
     from rpt.config import AlgoConfig, TrainLoopConfig
     from rpt.train.optim import build_trainable
-    from rpt.train.rl_update import build_batch, policy_values, update
+    from rpt.train.rl_update import ForwardSettings, build_batch, policy_values, update
 
     vocab, group, response, chunk = spec["vocab"], spec["group"], spec["response"], spec["chunk"]
     trainable = build_trainable(model_cfg, vocab, rt, TrainLoopConfig(lr=1e-5, min_lr=1e-5, warmup_steps=0), 10)
@@ -64,9 +64,10 @@ def _rpt_step(spec: dict, rt, model_cfg) -> dict:
     algo = AlgoConfig()
     setup = _peak_mb(rt.device)
     t0 = time.perf_counter()
-    old = policy_values(trainable.model, rollouts, group, True, 1.0, group, chunk_tokens=chunk)
+    forward = ForwardSettings(temperature=1.0, micro_batch=group, chunk_tokens=chunk)
+    old = policy_values(trainable.model, rollouts, group, True, forward)
     batch = build_batch(rollouts, torch.linspace(-1, 1, group), old, algo, group, torch.Generator().manual_seed(0))
-    result = update(trainable, batch, algo, 1.0, 1, 1, group, response, rt.dp_size, chunk_tokens=chunk)
+    result = update(trainable, batch, algo, forward, 1, 1, response, rt.dp_size)
     seconds = time.perf_counter() - t0
     mask = batch.mask
     return {"peak_mb": _peak_mb(rt.device), "setup_mb": setup, "seconds": seconds,

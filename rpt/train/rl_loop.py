@@ -37,7 +37,14 @@ from rpt.train.rl_metrics import (
     resource_metrics,
     sample_rows,
 )
-from rpt.train.rl_update import UpdateResult, build_batch, needs_old_values, policy_values, update
+from rpt.train.rl_update import (
+    ForwardSettings,
+    UpdateResult,
+    build_batch,
+    needs_old_values,
+    policy_values,
+    update,
+)
 
 
 def step_seed(seed: int, step: int, *more: int) -> int:
@@ -77,9 +84,10 @@ class RLSetup:
         return [f for f in (self.refiner, self.self_distill) if f is not None]
 
     @property
-    def forward_budget(self) -> dict:
-        """The memory budget of every trainer forward (keywords of ``policy_values`` and ``update``)."""
-        return {"max_tokens": self.loop.max_tokens_per_micro_batch, "chunk_tokens": self.loop.logits_chunk_tokens}
+    def forward(self) -> ForwardSettings:
+        """How every trainer forward of this stage runs (temperature, micro-batch, memory budget)."""
+        return ForwardSettings(self.rollout.temperature, self.loop.micro_batch_size,
+                               self.loop.max_tokens_per_micro_batch, self.loop.logits_chunk_tokens)
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,7 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     got = collect(run, step, cursor, timer)
     rollouts, G, algo, model, temp = got.rollouts, run.rollout.group_size, run.algo, run.trainable.model, \
         run.rollout.temperature
-    micro, budget, feedback = run.loop.micro_batch_size, run.forward_budget, run.feedback
+    micro, forward, feedback = run.loop.micro_batch_size, run.forward, run.feedback
     with timer.phase("advantages"):
         planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, run.task.tokenizer, run.grams)[:, 1:]
         adv = compute_advantages(got.rewards, G, algo, planning)
@@ -175,10 +183,10 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     old = ref_logp = None
     if not learns or needs_old_values(algo, run.loop.updates_per_rollout()):
         with timer.phase("old_policy"):
-            old = policy_values(model, rollouts, G, algo.share_prompt, temp, micro, **budget)
+            old = policy_values(model, rollouts, G, algo.share_prompt, forward)
     if algo.kl_coef:
         with timer.phase("reference"):
-            ref_logp = policy_values(run.ref_model, rollouts, G, algo.share_prompt, temp, micro, **budget).logp
+            ref_logp = policy_values(run.ref_model, rollouts, G, algo.share_prompt, forward).logp
     with timer.phase("batch"):  # global token choices (forking mask, Clip-Cov / KL-Cov)
         choice_gen = torch.Generator().manual_seed(step_seed(run.seed, step, 7))
         batch = build_batch(rollouts, adv, old, algo, G, choice_gen, ref_logp)
@@ -187,8 +195,8 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
             for f in feedback:
                 batch = f.prepare(batch, got, micro, temp)
     with timer.phase("update"):
-        result = update(run.trainable, batch, algo, temp, run.loop.ppo_epochs, run.loop.mini_batches, micro,
-                        run.rollout.max_new_tokens, run.rt.dp_size, **budget) if learns else NO_UPDATE
+        result = update(run.trainable, batch, algo, forward, run.loop.ppo_epochs, run.loop.mini_batches,
+                        run.rollout.max_new_tokens, run.rt.dp_size) if learns else NO_UPDATE
         for f in feedback:
             f.after_update()
     values = old if old is not None else result.old

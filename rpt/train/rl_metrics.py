@@ -64,8 +64,7 @@ def overlap_with_init(run, rollouts: Rollouts, mask: torch.Tensor, values: Polic
     """The share of today's top-rho entropy tokens that were also top-rho under the initial model (one extra
     forward of the initial model)."""
     rho = run.analysis.overlap_rho
-    init = policy_values(run.init_model, rollouts, run.rollout.group_size, run.algo.share_prompt,
-                         run.rollout.temperature, run.loop.micro_batch_size, **run.forward_budget)
+    init = policy_values(run.init_model, rollouts, run.rollout.group_size, run.algo.share_prompt, run.forward)
     now, then = forking_mask(values.entropy, mask, rho), forking_mask(init.entropy, mask, rho)
     both, chosen = dp_sum(float((now & then).sum()), float(now.sum()))
     return {"forking_overlap_with_init": both / max(chosen, 1.0)}

@@ -35,6 +35,16 @@ from rpt.train.micro_batches import plan_micro_batches
 
 
 @dataclass(frozen=True)
+class ForwardSettings:
+    """How every trainer forward of a step runs: the old-policy and reference passes, the update, the analysis."""
+
+    temperature: float  # the sampling temperature the log-probs and entropies are taken at
+    micro_batch: int  # rows per forward (whole groups)
+    max_tokens: int | None = None  # padded tokens per forward instead of ``micro_batch`` rows (None: rows)
+    chunk_tokens: int = LOGITS_CHUNK_TOKENS  # tokens per output-layer chunk (0: all logits at once)
+
+
+@dataclass(frozen=True)
 class PolicyValues:
     logp: torch.Tensor  # [N, T-1] log-prob of each next token at the sampling temperature
     entropy: torch.Tensor  # [N, T-1] entropy of the whole next-token distribution
@@ -68,15 +78,14 @@ def forward_micro_batches(rollouts: Rollouts, rows: range, micro_batch: int, gro
 
 
 @torch.no_grad()
-def policy_values(model, rollouts: Rollouts, group_size: int, share_prompt: bool, temperature: float,
-                  micro_batch: int, max_tokens: int | None = None,
-                  chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> PolicyValues:
+def policy_values(model, rollouts: Rollouts, group_size: int, share_prompt: bool,
+                  forward: ForwardSettings) -> PolicyValues:
     """Log-probs and entropies of every rollout token under ``model`` (no gradient), in micro-batches of
-    ``micro_batch`` rows or, when set, of ``max_tokens`` padded tokens."""
+    ``forward.micro_batch`` rows or, when set, of ``forward.max_tokens`` padded tokens."""
     shared = group_size if share_prompt else 1
-    parts = [trainer_forward(model, rollouts, rows, shared, temperature, chunk_tokens)
-             for rows in forward_micro_batches(rollouts, range(len(rollouts)), micro_batch, group_size, shared,
-                                               max_tokens)]
+    parts = [trainer_forward(model, rollouts, rows, shared, forward.temperature, forward.chunk_tokens)
+             for rows in forward_micro_batches(rollouts, range(len(rollouts)), forward.micro_batch, group_size,
+                                               shared, forward.max_tokens)]
     if not parts:
         empty = torch.zeros(0, rollouts.tokens.shape[1] - 1, device=rollouts.tokens.device)
         return PolicyValues(empty, empty)
@@ -140,12 +149,12 @@ def mini_batches(n_rows: int, group_size: int, count: int) -> list[range]:
     return [range(int(g[0]) * group_size, (int(g[-1]) + 1) * group_size) if len(g) else range(0) for g in groups]
 
 
-def update(trainable, batch: RLBatch, algo, temperature: float, ppo_epochs: int, n_mini: int, micro_batch: int,
-           max_response_len: int, dp_size: int, max_tokens: int | None = None,
-           chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> UpdateResult:
+def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs: int, n_mini: int,
+           max_response_len: int, dp_size: int) -> UpdateResult:
     """``ppo_epochs × n_mini`` optimizer steps (collectives: every rank calls it with the same counts); each
-    mini-batch's backward runs in micro-batches of ``micro_batch`` rows or, when set, ``max_tokens`` padded tokens
-    (the loss weights are fixed per mini-batch, so the cut changes no number)."""
+    mini-batch's backward runs in micro-batches of ``forward.micro_batch`` rows or, when set, ``forward.max_tokens``
+    padded tokens (the loss weights are fixed per mini-batch, so the cut changes no number)."""
+    temperature = forward.temperature
     group, shared = batch.group_size, batch.shared_group
     minis = mini_batches(len(batch.rollouts), group, n_mini)
     local = [v for rows in minis for v in (float(batch.train_mask[rows.start:rows.stop].sum()),
@@ -167,10 +176,11 @@ def update(trainable, batch: RLBatch, algo, temperature: float, ppo_epochs: int,
     for epoch in range(ppo_epochs):
         for rows in minis:
             trainable.zero_grad()
-            for micro in forward_micro_batches(batch.rollouts, rows, micro_batch, group, shared, max_tokens):
+            for micro in forward_micro_batches(batch.rollouts, rows, forward.micro_batch, group, shared,
+                                               forward.max_tokens):
                 sl = slice(micro.start, micro.stop)
                 logp, entropy = trainer_forward(trainable.model, batch.rollouts, micro, shared, temperature,
-                                                chunk_tokens)
+                                                forward.chunk_tokens)
                 if filled is not None:
                     filled.logp[sl], filled.entropy[sl] = logp.detach(), entropy.detach()
                 old = filled.logp[sl] if filled is not None else old_logp[sl]
