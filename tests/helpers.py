@@ -1,7 +1,11 @@
-"""Helpers several test files share, once: the Hydra compose of the project's config, the RL step set-up on a
-tiny model, a snapshot of its weights, and two verifiable toy tasks."""
+"""Helpers several test files share, once: the Hydra compose of the project's config, a run's metrics rows without
+machine-dependent values, the RL step set-up on a tiny model, a snapshot of its weights, and two verifiable toy
+tasks."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -13,6 +17,17 @@ from rpt.tasks.base import Task
 from rpt.train.optim import build_trainable
 
 schema.register()
+
+
+TIMING_KEYS = {"seconds", "tokens_per_s", "step_s", "peak_memory_gb", "mfu", "mfu_update"}  # machine-dependent
+
+
+def stage_rows(run_dir: Path, stage: str) -> list[dict]:
+    """``stage``'s rows of a run's ``metrics.jsonl`` without the machine-dependent values (``TIMING_KEYS`` and every
+    ``time/*`` key): what an interrupted-and-resumed run must reproduce exactly."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time/")}
+            for r in rows if r["stage"] == stage]
 
 
 def compose_config(*overrides: str):

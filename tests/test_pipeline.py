@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import stage_rows
+
 pytestmark = pytest.mark.e2e
 
 # more RPT steps and a checkpoint every step, so a kill lands mid-stage with a checkpoint to resume from; sample
@@ -21,7 +23,6 @@ RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1", "logging.sample_every=
                  "rpt.eval_every=4", "rpt.eval_size=20",
                  "algo.entropy_coef=0.01"]  # the 6-step smoke base earns no reward: the bonus makes every step train
 README_LINES = ("rpt cnt",)  # run by test_cnt_baseline_... with the run's name and root (tests/test_readme.py)
-TIMING_KEYS = {"tokens_per_s", "seconds", "peak_memory_gb"}  # machine-dependent, with every time/* key
 
 
 def rpt_cmd(root: Path, name: str, stage: str = "pipeline", *overrides: str) -> list[str]:
@@ -33,12 +34,6 @@ def run_ok(cmd, cwd):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
-
-
-def stage_rows(run_dir: Path, stage: str) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time/")}
-            for r in rows if r["stage"] == stage]
 
 
 @pytest.fixture(scope="module")

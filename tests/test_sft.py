@@ -24,6 +24,7 @@ from rpt.tasks.demonstrations import (
     worked_solution,
     worked_solutions,
 )
+from tests.helpers import stage_rows
 
 
 def test_config_defaults_and_checks():
@@ -150,8 +151,7 @@ def _run_ok(cmd, cwd):
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["stage"] == "sft"]
+    return stage_rows(run_dir, "sft")
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import stage_rows
+
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "launch" / "slurm" / "rpt.sbatch"
 JOB_ID = "4242"
-TIMING_KEYS = {"seconds", "tokens_per_s", "step_s", "peak_memory_gb", "mfu"}  # machine-dependent, with time/*
 PRETRAIN = ["experiment=smoke", "pretrain.steps=30", "pretrain.log_every=1", "pretrain.checkpoint_every=1000"]
 
 # Slurm's srun, as far as the job script uses it: --nodes x --ntasks-per-node tasks, each in its own session (as
@@ -80,12 +81,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def rows(run_dir: Path, stage: str) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS and not k.startswith("time/")}
-            for r in map(json.loads, lines) if r["stage"] == stage]
 
 
 def latest_step(run_dir: Path, stage: str) -> int:
@@ -148,13 +143,13 @@ def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exa
     job = sbatch(cluster, "reference", job_env(cluster))
     out = finish(job, cluster)
     assert job.returncode == 0 and not requeues(cluster), out
-    assert [r["step"] for r in rows(reference, "pretrain")] == list(range(1, 31))
+    assert [r["step"] for r in stage_rows(reference, "pretrain")] == list(range(1, 31))
 
     run = new_run(cluster, "preempted")
     job = sbatch(cluster, "preempted", job_env(cluster))
     deadline = time.time() + 240
     while time.time() < deadline and job.poll() is None:  # a row for step 2 is out: the signal lands mid-stage
-        if (run / "metrics.jsonl").exists() and len(rows(run, "pretrain")) >= 2:
+        if (run / "metrics.jsonl").exists() and len(stage_rows(run, "pretrain")) >= 2:
             for pid in (cluster / "srun.pids").read_text().split():  # what slurmstepd does at USR1@120
                 os.kill(int(pid), signal.SIGUSR1)
             break
@@ -164,7 +159,7 @@ def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exa
     assert requeues(cluster) == [f"requeue {JOB_ID}"], out
     stopped = latest_step(run, "pretrain")
     assert 2 <= stopped < 30, out  # a checkpoint at the step the ranks agreed on, although checkpoint_every=1000
-    assert [r["step"] for r in rows(run, "pretrain")] == list(range(1, stopped + 1))
+    assert [r["step"] for r in stage_rows(run, "pretrain")] == list(range(1, stopped + 1))
     assert not (run / "done" / "pretrain.json").exists()
     assert not (cluster / "logs" / f"rpt-{JOB_ID}.requeue").exists()  # the marker is consumed by the requeue
 
@@ -172,7 +167,7 @@ def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exa
     out = finish(job, cluster)
     assert job.returncode == 0 and len(requeues(cluster)) == 1, out
     assert (run / "done" / "pretrain.json").exists()
-    assert rows(run, "pretrain") == rows(reference, "pretrain")
+    assert stage_rows(run, "pretrain") == stage_rows(reference, "pretrain")
 
 
 @pytest.mark.e2e
@@ -184,7 +179,7 @@ def test_term_to_the_job_script_reaches_every_rank(cluster):
     job = sbatch(cluster, "terminated", job_env(cluster))
     deadline = time.time() + 240
     while time.time() < deadline and job.poll() is None:
-        if (run / "metrics.jsonl").exists() and len(rows(run, "pretrain")) >= 1:
+        if (run / "metrics.jsonl").exists() and len(stage_rows(run, "pretrain")) >= 1:
             job.send_signal(signal.SIGTERM)
             break
         time.sleep(0.05)

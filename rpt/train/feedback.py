@@ -23,11 +23,11 @@ class FeedbackTerm(Protocol):
 
 
 class FeedbackAlgorithm(Protocol):
-    def prepare(self, batch, got, micro_batch: int, temperature: float) -> Any:
+    def prepare(self, batch, collected, micro_batch: int, temperature: float) -> Any:
         """``batch`` (an ``RLBatch``) with this algorithm's ``FeedbackTerm`` for it appended to ``batch.feedback``."""
 
     def after_update(self) -> None:
         """Runs once after each step's update (every rank)."""
 
-    def metrics(self, batch, values, got) -> dict:
+    def metrics(self, batch, values, collected) -> dict:
         """Whole-batch metrics of this step (every rank calls it: same collectives)."""

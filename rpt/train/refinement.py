@@ -126,18 +126,18 @@ class Refiner:
             texts[i], rewards[i], refined[i] = new_texts[j], new_rewards[j], True
         return rollouts, texts, rewards, refined
 
-    def prepare(self, batch, got, micro_batch: int, temperature: float):
+    def prepare(self, batch, collected, micro_batch: int, temperature: float):
         """The batch with its refinement tokens marked (they get the shaped objective in the update)."""
-        shaping = RefinementShaping(refinement_tokens(got.refined, batch.mask), self.cfg.gamma)
+        shaping = RefinementShaping(refinement_tokens(collected.refined, batch.mask), self.cfg.gamma)
         return replace(batch, feedback=(*batch.feedback, shaping))
 
     def after_update(self) -> None:
         pass
 
-    def metrics(self, batch, values, got) -> dict:
+    def metrics(self, batch, values, collected) -> dict:
         """Refinement success rate (correct / generated), share of groups refined, and the entropy of the trained
         refinement tokens (whole batch; every rank calls it). Resets the step's counts."""
-        c, refined = self.counts, got.refined
+        c, refined = self.counts, collected.refined
         groups, gated, generated, correct = dp_sum(c["groups"], c["refined"], c["generated"], c["correct"])
         self.counts = {key: 0.0 for key in c}
         tokens = refinement_tokens(refined, batch.mask)

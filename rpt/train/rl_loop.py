@@ -121,19 +121,19 @@ def collect(run: RLSetup, step: int, cursor: int, timer: PhaseTimer | None = Non
         cursor += 1
         prompts = [ids for it in items for ids in [run.task.prompt_ids(it)] * G]
         with timer.phase("generate"):
-            ro = generate(run.trainable.model.module, prompts, run.sampling,
+            drawn = generate(run.trainable.model.module, prompts, run.sampling,
                           step_seed(run.seed, step, refill, rt.dp_rank), rt.device)
         with timer.phase("reward"):
-            texts = [tok.decode(ro.response_ids(i)) for i in range(len(prompts))]
+            texts = [tok.decode(drawn.response_ids(i)) for i in range(len(prompts))]
             rewards = torch.tensor([run.task.reward(items[i // G], text) for i, text in enumerate(texts)])
         sampled.append(rewards)
-        truncated.append(ro.truncated.cpu())
+        truncated.append(drawn.truncated.cpu())
         refined = torch.zeros(len(texts), dtype=torch.bool)
         if run.refiner is not None:  # Critique-GRPO: refinements replace failed responses of gated groups
             with timer.phase("refine"):
-                ro, texts, rewards, refined = run.refiner(run.trainable.model.module, items, ro, texts, rewards,
-                                                          step_seed(run.seed, step, refill, rt.dp_rank, 1),
-                                                          rt.device)
+                drawn, texts, rewards, refined = run.refiner(run.trainable.model.module, items, drawn, texts,
+                                                             rewards, step_seed(run.seed, step, refill, rt.dp_rank, 1),
+                                                             rt.device)
         with timer.phase("reward"):
             answers = [extract_answer(text) for text in texts]  # parsed once per response
         answered += [answer is not None for answer in answers]
@@ -141,7 +141,7 @@ def collect(run: RLSetup, step: int, cursor: int, timer: PhaseTimer | None = Non
         all_equal, groups_seen = all_equal + int(equal.sum()), groups_seen + len(items)
         keep_group = ~equal if dynamic else torch.ones_like(equal)
         keep = keep_group.repeat_interleave(G)
-        kept.append(ro.select(keep.to(ro.tokens.device)))
+        kept.append(drawn.select(keep.to(drawn.tokens.device)))
         kept_rewards.append(rewards[keep])
         kept_refined.append(refined[keep])
         kept_items += [it for it, k in zip(items, keep_group.tolist(), strict=True) if k]
@@ -172,13 +172,13 @@ RL_PHASES = ("generate", "reward", "refine", "advantages", "old_policy", "refere
 def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     """One RL step; returns its metrics and the data cursor after it."""
     timer = PhaseTimer(RL_PHASES, run.rt.device)
-    got = collect(run, step, cursor, timer)
-    rollouts, G, algo, model, temp = got.rollouts, run.rollout.group_size, run.algo, run.trainable.model, \
+    collected = collect(run, step, cursor, timer)
+    rollouts, G, algo, model, temp = collected.rollouts, run.rollout.group_size, run.algo, run.trainable.model, \
         run.rollout.temperature
     micro, forward, feedback = run.loop.micro_batch_size, run.forward, run.feedback
     with timer.phase("advantages"):
         planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, run.task.tokenizer, run.grams)[:, 1:]
-        adv = compute_advantages(got.rewards, G, algo, planning)
+        adv = compute_advantages(collected.rewards, G, algo, planning)
         learns = has_signal(run, adv)
     old = ref_logp = None
     if not learns or needs_old_values(algo, run.loop.updates_per_rollout()):
@@ -193,33 +193,33 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     if feedback:
         with timer.phase("feedback"):  # refinement tokens, teacher targets
             for f in feedback:
-                batch = f.prepare(batch, got, micro, temp)
+                batch = f.prepare(batch, collected, micro, temp)
     with timer.phase("update"):
         result = update(run.trainable, batch, algo, forward, run.loop.ppo_epochs, run.loop.mini_batches,
                         run.rollout.max_new_tokens, run.rt.dp_size) if learns else NO_UPDATE
         for f in feedback:
             f.after_update()
     values = old if old is not None else result.old
-    metrics = {**got.stats, **result.stats, "lr": run.trainable.lr,
+    metrics = {**collected.stats, **result.stats, "lr": run.trainable.lr,
                "tokens_per_s": dp_sum(float(rollouts.response_mask.sum())) / timer.elapsed(),
                # the step's compute in tokens (every pass re-reads prompt + response): the scaling fit's x axis
                "rollout_tokens": dp_sum(float((rollouts.prompt_lens + rollouts.response_lens).sum()))}
     with timer.phase("policy_metrics"):
-        metrics.update(policy_metrics(batch, values, got.rewards))
+        metrics.update(policy_metrics(batch, values, collected.rewards))
         if ref_logp is not None:
             metrics.update(kl_to_reference(values, ref_logp, batch.mask))
         for f in feedback:
-            metrics.update(f.metrics(batch, values, got))
+            metrics.update(f.metrics(batch, values, collected))
     with timer.phase("planning_metrics"):
-        metrics.update(planning_metrics(run, batch.mask, planning, values, got.texts))
+        metrics.update(planning_metrics(run, batch.mask, planning, values, collected.texts))
     if run.init_model is not None and due(run.analysis.overlap_every, step):
         with timer.phase("overlap"):
             metrics.update(overlap_with_init(run, rollouts, batch.mask, values))
     if due(run.analysis.diversity_every, step):
         with timer.phase("diversity"):
-            metrics.update(diversity_metrics(run, got))
+            metrics.update(diversity_metrics(run, collected))
     with timer.phase("answers"):
-        metrics.update(answer_metrics(run, got))
+        metrics.update(answer_metrics(run, collected))
     with timer.phase("resources"):
         metrics.update(resource_metrics(run, rollouts, timer.seconds["update"] if learns else 0.0))
     if run.validator is not None and due(run.loop.eval_every, step + 1):
@@ -227,9 +227,9 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
             metrics.update(run.validator(run.trainable.model.module))
     if run.logging is not None and due(run.logging.sample_every, step + 1):
         with timer.phase("samples"):
-            metrics["samples"] = sample_rows(run, got, step + 1)
+            metrics["samples"] = sample_rows(run, collected, step + 1)
     metrics.update(timer.metrics())
-    return metrics, got.cursor
+    return metrics, collected.cursor
 
 
 NO_UPDATE = UpdateResult({"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl_to_old": 0.0,

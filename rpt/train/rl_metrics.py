@@ -15,6 +15,7 @@ from rpt.algo.token_choice import forking_mask, token_covariance
 from rpt.analysis.diversity import group_diversity
 from rpt.analysis.planning import gram_counts, shannon_entropy
 from rpt.distributed import dp_max, dp_mean_of, dp_sum
+from rpt.peak_memory import peak_memory_bytes
 from rpt.rollout.engine import Rollouts
 from rpt.train.rl_update import PolicyValues, policy_values
 
@@ -70,21 +71,21 @@ def overlap_with_init(run, rollouts: Rollouts, mask: torch.Tensor, values: Polic
     return {"forking_overlap_with_init": both / max(chosen, 1.0)}
 
 
-def answer_metrics(run, got) -> dict:
+def answer_metrics(run, collected) -> dict:
     """How much of the ground truth a correct answer covers (next-token tasks: target tokens; 1 = only the next
     token), over the kept rollouts of the whole batch."""
     G = run.rollout.group_size
-    lengths = [run.task.answer_length(got.items[i // G], answer) for i, answer in enumerate(got.answers)]
+    lengths = [run.task.answer_length(collected.items[i // G], answer) for i, answer in enumerate(collected.answers)]
     covered = torch.tensor([n for n in lengths if n is not None], dtype=torch.float32)
     value = dp_mean_of(covered, empty=None)  # the same on every rank
     return {} if value is None else {"answer_target_tokens": value}
 
 
-def diversity_metrics(run, got) -> dict:
+def diversity_metrics(run, collected) -> dict:
     """Group diversity (``rpt.analysis.diversity``) averaged over the kept groups of the whole batch."""
     G = run.rollout.group_size
-    groups = [group_diversity(got.texts[g:g + G], got.answers[g:g + G],
-                              run.analysis.trajectory_threshold) for g in range(0, len(got.texts), G)]
+    groups = [group_diversity(collected.texts[g:g + G], collected.answers[g:g + G],
+                              run.analysis.trajectory_threshold) for g in range(0, len(collected.texts), G)]
     keys = ("distinct_answers", "distinct_ngram_share", "pairwise_similarity", "distinct_trajectories")
     sums = dp_sum(*[sum(d[k] for d in groups) for k in keys], float(len(groups)))
     return {k: (sums[i] / sums[-1] if sums[-1] else None) for i, k in enumerate(keys)}
@@ -93,13 +94,7 @@ def diversity_metrics(run, got) -> dict:
 def resource_metrics(run, rollouts: Rollouts, update_s: float) -> dict:
     """Peak memory of the step (the largest rank; CUDA allocator on GPU, process RSS high-water mark on CPU) and,
     on GPU, the update's model FLOP utilisation (6·params·tokens per epoch, an estimate that ignores attention)."""
-    if run.rt.device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 1e9
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    peak = peak_memory_bytes(run.rt.device, reset=True) / 1e9
     out = {"peak_memory_gb": dp_max(peak)}
     if run.rt.device.type == "cuda" and update_s > 0:
         tensor_parallel = run.rt.world_size // run.rt.dp_size  # each rank holds 1/TP of the weights
@@ -109,18 +104,18 @@ def resource_metrics(run, rollouts: Rollouts, update_s: float) -> dict:
     return out
 
 
-def sample_rows(run, got, step: int) -> list[dict]:
+def sample_rows(run, collected, step: int) -> list[dict]:
     """Up to ``logging.samples`` of this rank's kept rollouts, half the best and half the worst by reward (rank 0's
     are the ones logged)."""
     k = run.logging.samples
-    order = sorted(range(len(got.texts)), key=lambda i: (-float(got.rewards[i]), i))
+    order = sorted(range(len(collected.texts)), key=lambda i: (-float(collected.rewards[i]), i))
     chosen = sorted(set(order[:(k + 1) // 2] + order[len(order) - k // 2:])) if order else []
     G, tok = run.rollout.group_size, run.task.tokenizer
     rows = []
     for i in chosen:
-        item = got.items[i // G]
+        item = collected.items[i // G]
         prompt = tok.decode(run.task.prompt_ids(item))
-        rows.append({"step": step, "context": prompt[-300:], "response": got.texts[i],
-                     "answer": got.answers[i], "reference": run.task.reference(item),
-                     "reward": float(got.rewards[i]), "truncated": bool(got.rollouts.truncated[i])})
+        rows.append({"step": step, "context": prompt[-300:], "response": collected.texts[i],
+                     "answer": collected.answers[i], "reference": run.task.reference(item),
+                     "reward": float(collected.rewards[i]), "truncated": bool(collected.rollouts.truncated[i])})
     return rows

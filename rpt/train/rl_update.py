@@ -166,9 +166,9 @@ def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs
         weights[sl] = aggregation_weights(batch.train_mask[sl], algo.loss_agg, counts[2 * i], counts[2 * i + 1],
                                           float(max_response_len))
     old_logp = None if batch.old is None else batch.old.logp
-    filled = None
+    first_forward = None
     if old_logp is None:  # one optimizer step: the first forward is the old policy (see ``needs_old_values``)
-        filled = PolicyValues(torch.zeros_like(weights), torch.zeros_like(weights))
+        first_forward = PolicyValues(torch.zeros_like(weights), torch.zeros_like(weights))
     policy_loss = get_policy_loss(algo.policy_loss)
     metric_names = CLIP_METRICS
     sums = dict.fromkeys(("loss", *metric_names, "kl_to_old"), 0.0)
@@ -181,9 +181,9 @@ def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs
                 sl = slice(micro.start, micro.stop)
                 logp, entropy = trainer_forward(trainable.model, batch.rollouts, micro, shared, temperature,
                                                 forward.chunk_tokens)
-                if filled is not None:
-                    filled.logp[sl], filled.entropy[sl] = logp.detach(), entropy.detach()
-                old = filled.logp[sl] if filled is not None else old_logp[sl]
+                if first_forward is not None:
+                    first_forward.logp[sl], first_forward.entropy[sl] = logp.detach(), entropy.detach()
+                old = first_forward.logp[sl] if first_forward is not None else old_logp[sl]
                 inputs = PolicyInputs(logp, old, batch.adv[sl].expand_as(logp), batch.mask[sl], entropy,
                                       None if batch.chosen is None else batch.chosen[sl], algo)
                 terms = policy_loss.fn(inputs)
@@ -206,4 +206,4 @@ def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs
     stats = {"loss": totals.pop("loss") / n_mini, **{k: v / n_tokens for k, v in totals.items()},
              "grad_norm": float(np.mean(grad_norms)), "update_applied": float(np.mean(applied)),
              "optimizer_steps": float(len(applied))}
-    return UpdateResult(stats, filled)
+    return UpdateResult(stats, first_forward)

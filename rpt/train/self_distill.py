@@ -108,9 +108,10 @@ class SelfDistiller:
                 parts.append(f"Your answer {answer if answer is not None else '(none)'} was judged incorrect.")
         return "\n".join(p for p in parts if p)
 
-    def prepare(self, batch, got, micro_batch: int, temperature: float):
+    def prepare(self, batch, collected, micro_batch: int, temperature: float):
         """The batch with the teacher's targets for every response token (computed here, before the update)."""
-        targets = self.targets(batch.rollouts, got.items, got.texts, got.rewards, micro_batch, temperature)
+        targets = self.targets(batch.rollouts, collected.items, collected.texts, collected.rewards, micro_batch,
+                               temperature)
         return replace(batch, feedback=(*batch.feedback, targets))
 
     @torch.no_grad()
@@ -166,7 +167,7 @@ class SelfDistiller:
             for t, s in zip(self.teacher.parameters(), unwrap(self.trainable.model).parameters(), strict=True):
                 t.lerp_(s.detach().to(t.dtype), self.cfg.teacher_rate)
 
-    def metrics(self, batch, values, got) -> dict:
+    def metrics(self, batch, values, collected) -> dict:
         """Dense credit: the per-token advantages a_t = log π_T(y_t) − log π_θ(y_t) of the responses with feedback
         (distribution over the whole batch) and the share of Σ|a_t| on the top-20% entropy tokens; share of
         responses with feedback."""
