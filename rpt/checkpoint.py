@@ -14,6 +14,7 @@ the optimizer kind that saved it (checked, with a clear error).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 from pathlib import Path
@@ -83,11 +84,32 @@ def _forked_results_queue() -> None:
     """megatron's checkpoint writer collects its workers' results through a ``Manager`` queue that it starts with
     the ``spawn`` method: a fresh interpreter that re-imports torch and the caller's modules, several seconds of
     CPU in every process that saves (each stage of a small run, each test's CLI call). A forked ``Manager`` serves
-    the same queue at once; megatron forks its writer processes from the trainer the same way."""
+    the same queue at once; megatron forks its writer processes from the trainer the same way. The Manager's
+    process is tied to the trainer's life (``_exit_with_parent``): a trainer killed by SIGKILL would otherwise
+    leave it sleeping forever."""
+    from multiprocessing.managers import SyncManager
+
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
     if getattr(filesystem_async, "_results_queue", False) is None:
-        filesystem_async._results_queue = torch.multiprocessing.get_context("fork").Manager().Queue()
+        manager = SyncManager(ctx=torch.multiprocessing.get_context("fork"))
+        manager.start(initializer=_exit_with_parent, initargs=(os.getpid(),))
+        filesystem_async._results_queue = manager.Queue()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a helper process: be killed when ``parent`` dies, however it dies (Linux ``PR_SET_PDEATHSIG``; elsewhere
+    nothing), and exit at once if it is already gone. SIGKILL, because a forked helper inherits the trainer's
+    SIGTERM handler (checkpoint at the next step), which would keep it alive."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 @megatron_cuda_calls

@@ -132,6 +132,11 @@ def test_killed_pipeline_resumes_and_matches_uninterrupted_run(reference_run, tm
         time.sleep(0.02)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    marker = f"run.root={tmp_path} run.name=killed"  # helpers it forked (the checkpoint writer's queue) die with it
+    deadline = time.time() + 10
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _processes_with(marker), "a process of the killed run outlived it"
     rd = tmp_path / "killed"
     assert not (rd / "done" / "rpt.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in (rd / "done").iterdir()}
@@ -142,6 +147,19 @@ def test_killed_pipeline_resumes_and_matches_uninterrupted_run(reference_run, tm
     # every metric of every later step equals the uninterrupted run's (timings aside)
     assert stage_rows(rd, "rpt") == stage_rows(reference_run, "rpt")
     assert stage_rows(rd, "rl_rpt") == stage_rows(reference_run, "rl_rpt")
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes (Linux /proc; zombies have no command line) whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and marker in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 def test_misspelled_override_fails_naming_the_key(tmp_path):
