@@ -13,9 +13,8 @@ exactly as before; nothing else sees the wrapper, and nothing is imported until 
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.machinery
-import sys
+
+from rpt.import_hook import WrappingLoader, hook_import
 
 JIT_MODULE = "megatron.core.jit"
 
@@ -36,14 +35,8 @@ def _compile_on_first_call(real_compile):
     return compile
 
 
-class _LazyCompileLoader(importlib.abc.Loader):
+class _LazyCompileLoader(WrappingLoader):
     """Runs ``megatron.core.jit`` with the lazy ``torch.compile`` in place."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def create_module(self, spec):
-        return self.inner.create_module(spec)
 
     def exec_module(self, module):
         import torch
@@ -56,17 +49,6 @@ class _LazyCompileLoader(importlib.abc.Loader):
             torch.compile = real
 
 
-class _JitModuleFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != JIT_MODULE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _LazyCompileLoader(spec.loader)
-        return spec
-
-
 def install() -> None:
     """Hook the import of ``megatron.core.jit`` (a no-op once it is imported, or when already hooked)."""
-    if JIT_MODULE not in sys.modules and not any(isinstance(f, _JitModuleFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _JitModuleFinder())
+    hook_import(JIT_MODULE, _LazyCompileLoader)

@@ -1,31 +1,25 @@
 """``import wandb`` costs its body only when wandb is first used.
 
 megatron-core imports wandb at module level (``try: import wandb`` in its timers and its dynamic inference
-context) for features rpt never turns on; that is ~0.7 s of every process that imports megatron-core on a 2-core
-CPU (each stage run, each rank, each benchmark probe). ``install`` (run by ``import rpt``) puts a finder first on
-``sys.meta_path`` whose loader makes ``wandb`` a module with its import attributes (``__file__``, ``__path__``,
-``__spec__``) and a module-level ``__getattr__`` (PEP 562) that runs the package body the first time any other
-name is asked for, e.g. rpt's ``wandb.init`` when W&B logging is on. Why not ``importlib.util.LazyLoader``: it
-loads on *any* attribute, and torch's op registration walks ``sys.modules`` through ``inspect.getmodule`` reading
-every module's ``__file__``, which would load wandb during megatron-core's import anyway.
+context) for features rpt never turns on; that is ~0.5 s of every process that imports megatron-core on a 2-core
+CPU (each stage run, each rank, each benchmark probe). ``install`` (run by ``import rpt``) hooks its import
+(``rpt.import_hook``) with a loader that makes ``wandb`` a module with its import attributes (``__file__``,
+``__path__``, ``__spec__``) and a module-level ``__getattr__`` (PEP 562) that runs the package body the first
+time any other name is asked for, e.g. rpt's ``wandb.init`` when W&B logging is on.
+
+Why not ``importlib.util.LazyLoader``: it loads on *any* attribute, and torch's op registration walks
+``sys.modules`` through ``inspect.getmodule`` reading every module's ``__file__``, which would load wandb during
+megatron-core's import anyway.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
+from rpt.import_hook import WrappingLoader, hook_import
 
 PACKAGE = "wandb"
 
 
-class _RunOnFirstUse(importlib.abc.Loader):
-    def __init__(self, inner):
-        self.inner = inner
-
-    def create_module(self, spec):
-        return self.inner.create_module(spec)
-
+class _RunOnFirstUse(WrappingLoader):
     def exec_module(self, module):
         inner = self.inner
 
@@ -38,17 +32,6 @@ class _RunOnFirstUse(importlib.abc.Loader):
         module.__getattr__ = __getattr__
 
 
-class _LazyWandbFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != PACKAGE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _RunOnFirstUse(spec.loader)
-        return spec
-
-
 def install() -> None:
     """Make the next ``import wandb`` lazy (a no-op once wandb is imported, or when already installed)."""
-    if PACKAGE not in sys.modules and not any(isinstance(f, _LazyWandbFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _LazyWandbFinder())
+    hook_import(PACKAGE, _RunOnFirstUse)
