@@ -173,8 +173,8 @@ def rl_step(run: RLSetup, step: int, cursor: int) -> tuple[dict, int]:
     """One RL step; returns its metrics and the data cursor after it."""
     timer = PhaseTimer(RL_PHASES, run.rt.device)
     collected = collect(run, step, cursor, timer)
-    rollouts, G, algo, model, temp = collected.rollouts, run.rollout.group_size, run.algo, run.trainable.model, \
-        run.rollout.temperature
+    rollouts, G, algo, model = collected.rollouts, run.rollout.group_size, run.algo, run.trainable.model
+    temp = run.rollout.temperature
     micro, forward, feedback = run.loop.micro_batch_size, run.forward, run.feedback
     with timer.phase("advantages"):
         planning = planning_token_mask(rollouts.tokens, rollouts.response_mask, run.task.tokenizer, run.grams)[:, 1:]

@@ -170,8 +170,7 @@ def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs
     if old_logp is None:  # one optimizer step: the first forward is the old policy (see ``needs_old_values``)
         first_forward = PolicyValues(torch.zeros_like(weights), torch.zeros_like(weights))
     policy_loss = get_policy_loss(algo.policy_loss)
-    metric_names = CLIP_METRICS
-    sums = dict.fromkeys(("loss", *metric_names, "kl_to_old"), 0.0)
+    sums = dict.fromkeys(("loss", *CLIP_METRICS, "kl_to_old"), 0.0)
     grad_norms, applied = [], []
     for epoch in range(ppo_epochs):
         for rows in minis:
@@ -195,7 +194,7 @@ def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs
                 if epoch == 0:
                     m = batch.mask[sl]
                     sums["loss"] += float(loss.detach())
-                    for name in metric_names:
+                    for name in CLIP_METRICS:
                         sums[name] += float((terms.metrics[name] * m).sum())
                     sums["kl_to_old"] += float(((old - logp.detach()) * m).sum())
             ok, norm = trainable.step()
