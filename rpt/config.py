@@ -24,11 +24,13 @@ from rpt.config_rl import (  # noqa: F401
     ENGINES,
     OPTIMIZERS,
     V0_PROMPT,
+    VLLM_CPU_HEAD_DIMS,
     AlgoConfig,
     CritiqueConfig,
     RolloutConfig,
     SelfDistillConfig,
     TrainLoopConfig,
+    VLLMConfig,
     _one_of,
 )
 
@@ -387,6 +389,7 @@ class RootConfig:
         self.select.overlap(self.data.seq_length)  # the scoring windows' overlap fits in a window
         for section in ("rpt", "rl"):
             getattr(self, section).check(section)
+        self._check_vllm_shape()
         for section in ("pretrain", "rpt", "rl", "sft"):
             if self.model.distributed_optimizer and getattr(self, section).optimizer != "adam":
                 raise ValueError(f"{section}.optimizer={getattr(self, section).optimizer} cannot run with "
@@ -400,6 +403,19 @@ class RootConfig:
                     f"ratio is exactly 1, so it would train exactly like plain GRPO. Take several optimizer steps "
                     f"per rollout: {section}.ppo_mini_batch_size=<a divisor of {section}.prompts_per_step="
                     f"{loop.prompts_per_step} below it> or {section}.ppo_epochs=2 or more.")
+
+    def _check_vllm_shape(self) -> None:
+        if self.rollout.engine != "vllm":
+            return
+        import torch
+
+        head_dim = self.model.hidden_size // self.model.num_attention_heads
+        on_cpu = self.run.device == "cpu" or not torch.cuda.is_available()
+        if on_cpu and head_dim not in VLLM_CPU_HEAD_DIMS:
+            raise ValueError(f"rollout.engine=vllm on CPU: vLLM's CPU attention takes head sizes "
+                             f"{list(VLLM_CPU_HEAD_DIMS)}, and model.hidden_size / model.num_attention_heads is "
+                             f"{head_dim}: change model.num_attention_heads (and num_query_groups) or use "
+                             f"rollout.engine=lean")
 
     def rl_sections(self) -> list[str]:
         """The RL loop sections (``rpt``, ``rl``) this invocation will train."""

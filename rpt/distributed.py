@@ -115,3 +115,44 @@ def world_any(flag: bool) -> bool:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def _tp_group():
+    from megatron.core import parallel_state
+
+    return parallel_state.get_tensor_model_parallel_group() if parallel_state.model_parallel_is_initialized() else None
+
+
+def tp_rank() -> int:
+    """This rank's place in its tensor-parallel group (0 without one)."""
+    group = _tp_group()
+    return dist.get_rank(group) if _size(group) > 1 else 0
+
+
+def tp_any(flag: bool) -> bool:
+    """True on every rank of the tensor-parallel group when any of its ranks passes True."""
+    return bool(_all_reduce([1.0 if flag else 0.0], dist.ReduceOp.MAX, _tp_group())[0])
+
+
+def tp_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor-parallel rank's ``tensor`` (same shape on each), in rank order, on the caller's device."""
+    group = _tp_group()
+    n = _size(group)
+    if n == 1:
+        return [tensor]
+    local = tensor.detach().to(reduce_device()).contiguous()
+    parts = [torch.empty_like(local) for _ in range(n)]
+    dist.all_gather(parts, local, group=group)
+    return [p.to(tensor.device) for p in parts]
+
+
+def tp_broadcast_object(obj):
+    """The tensor-parallel group's first rank's picklable ``obj`` on every rank of the group."""
+    from megatron.core import parallel_state
+
+    group = _tp_group()
+    if _size(group) == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=parallel_state.get_tensor_model_parallel_src_rank(), group=group)
+    return box[0]

@@ -133,11 +133,23 @@ def init(run_cfg) -> Runtime:
     return rt
 
 
+_shutdown_hooks: list = []
+
+
+def at_shutdown(hook) -> None:
+    """Call ``hook()`` in ``shutdown``, after megatron's groups are gone and before the process group is (vLLM's
+    colocated engine shuts down there: its own teardown destroys the process group it joined)."""
+    if hook not in _shutdown_hooks:
+        _shutdown_hooks.append(hook)
+
+
 def shutdown() -> None:
     """Tear down megatron parallel state and the process group (lets one process run several stages)."""
     from megatron.core import parallel_state
 
     with contextlib.suppress(Exception):
         parallel_state.destroy_model_parallel()
+    while _shutdown_hooks:
+        _shutdown_hooks.pop()()
     if dist.is_initialized():
         dist.destroy_process_group()

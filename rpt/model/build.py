@@ -6,6 +6,7 @@ so the same model runs on CPU (gloo, float32) and GPU (nccl, bf16) and shards un
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -73,6 +74,10 @@ def layer_spec():
     return spec
 
 
+def _as_dict(model_cfg) -> dict:
+    return dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
+
+
 def build_model(model_cfg, vocab_size: int, dtype: torch.dtype = torch.float32) -> GPTModel:
     """Instantiate the GPT model on the current device (CPU or the current CUDA device)."""
     config = transformer_config(model_cfg, dtype)
@@ -88,6 +93,8 @@ def build_model(model_cfg, vocab_size: int, dtype: torch.dtype = torch.float32) 
         rotary_base=model_cfg.rotary_base,
         parallel_output=True,
     )
+    model.rpt_shape = {**_as_dict(model_cfg), "vocab_size": vocab_size}  # what the model was built as (vLLM's
+    # colocated engine writes its HF config from it: rpt.rollout.vllm_engine)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     n_params = sum(p.numel() for p in model.parameters())

