@@ -1,10 +1,13 @@
-"""Helpers several test files share, once: the Hydra compose of the project's config, a run's metrics rows without
+"""Helpers several test files share, once: the command line of the real CLI (one process or torchrun) and a runner
+that shows the stderr tail when it fails, the Hydra compose of the project's config, a run's metrics rows without
 machine-dependent values, the RL step set-up on a tiny model, a snapshot of its weights, and two verifiable toy
 tasks."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +20,42 @@ from rpt.tasks.base import Task
 from rpt.train.optim import build_trainable
 
 schema.register()
+
+
+def rpt_command(*args: str, nproc: int = 1) -> list[str]:
+    """The command line of ``rpt <args>`` on this interpreter: one process, or ``nproc`` gloo processes under
+    torchrun."""
+    if nproc == 1:
+        return [sys.executable, "-m", "rpt.cli", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node",
+            str(nproc), "-m", "rpt.cli", *args]
+
+
+def run_command(cmd: list[str], cwd: Path, *, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd``, output captured; with ``check`` it must exit 0 (the failure shows the stderr tail)."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def kill_at_checkpoint(cmd: list[str], cwd: Path, latest: Path, step: int, timeout: float = 300) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as the checkpoint pointer ``latest`` names step ``step`` or later; fails
+    if the run ended first."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text().strip() >= f"step_{step:06d}":
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
 TIMING_KEYS = {"seconds", "tokens_per_s", "step_s", "peak_memory_gb", "mfu", "mfu_update"}  # machine-dependent

@@ -5,8 +5,6 @@ and config; settings the converter cannot express are refused; a run's imported 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from rpt.model.forward import full_logits  # noqa: E402
 from rpt.model.hf import export_hf, hf_to_megatron, import_hf, model_config_from_hf, shard_bytes  # noqa: E402
 from rpt.model.hf_config import check_imported_shape, export_architecture, write_shape_record  # noqa: E402
 from rpt.rundir import RunDir  # noqa: E402
+from tests.helpers import rpt_command, run_command  # noqa: E402
 
 ARCHS = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 
@@ -190,11 +189,9 @@ def test_hf_import_refuses_a_model_config_that_differs_from_config_json(tmp_path
         check_model_config(matching, {**hf_cfg, "vocab_size": 100}, ckpt.tokenizer_vocab, ckpt.path)
 
 
-def _cli(args: list[str], tmp_path, launcher=None):
-    proc = subprocess.run([*(launcher or [sys.executable]), "-m", "rpt.cli", *args, f"run.root={tmp_path}",
-                           "run.name=imp", "logging=disabled"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
-    return proc
+def _cli(args: list[str], tmp_path, nproc: int = 1):
+    return run_command(rpt_command(*args, f"run.root={tmp_path}", "run.name=imp", "logging=disabled", nproc=nproc),
+                       tmp_path, check=False, timeout=300)
 
 
 @pytest.mark.e2e
@@ -206,9 +203,8 @@ def test_cli_import_then_export_round_trip(tmp_path, import_tp):
     transformers loads with the original logits."""
     ckpt = make_hf_checkpoint(tmp_path / "src", "qwen2", "qwen_instruct")
     overrides = model_overrides(ckpt.path)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = _cli(["hf_import", f"hf.path={ckpt.path}", f"run.tensor_parallel={import_tp}", *overrides], tmp_path,
-                torchrun if import_tp == 2 else None)
+                nproc=import_tp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "imp/checkpoints/hf/model.json").read_text())["model"]["vocab_size"] == 448
     proc = _cli(["hf_export", "hf.source=hf", f"hf.export_dir={tmp_path / 'out'}", *overrides], tmp_path)

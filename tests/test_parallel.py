@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import rpt_command, run_command
 
 pytestmark = pytest.mark.multiprocess
 
@@ -26,14 +26,7 @@ BASE = ["experiment=smoke", "select.shard_docs=16", "pretrain.steps=4", "pretrai
 
 def _cli(root: Path, nproc: int, *args: str) -> None:
     """Run ``rpt <args>`` in one process, or under torchrun with ``nproc`` gloo processes."""
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "rpt.cli"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-               "--nproc-per-node", str(nproc), "-m", "rpt.cli"]
-    proc = subprocess.run([*cmd, *args, f"run.root={root}", *BASE], cwd=root, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_command(rpt_command(*args, f"run.root={root}", *BASE, nproc=nproc), cwd=root)
 
 
 def _run(root: Path, name: str, nproc: int, *overrides: str) -> Path:

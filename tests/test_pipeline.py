@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import stage_rows
+from tests.helpers import kill_at_checkpoint, rpt_command, run_command, stage_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -26,20 +24,13 @@ README_LINES = ("rpt cnt",)  # run by test_cnt_baseline_... with the run's name 
 
 
 def rpt_cmd(root: Path, name: str, stage: str = "pipeline", *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "rpt.cli", stage, "experiment=smoke", f"run.root={root}", f"run.name={name}",
-            *RPT_OVERRIDES, *overrides]
-
-
-def run_ok(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    return rpt_command(stage, "experiment=smoke", f"run.root={root}", f"run.name={name}", *RPT_OVERRIDES, *overrides)
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    proc = run_ok(rpt_cmd(root, "ref"), cwd=root)
+    proc = run_command(rpt_cmd(root, "ref"), cwd=root)
     (root / "ref.log").write_text(proc.stderr)
     return root / "ref"
 
@@ -114,24 +105,13 @@ def test_pipeline_writes_every_artifact(reference_run):
 
 def test_rerun_skips_finished_stages(reference_run):
     markers = {p.name: p.stat().st_mtime_ns for p in (reference_run / "done").iterdir()}
-    proc = run_ok(rpt_cmd(reference_run.parent, "ref"), cwd=reference_run.parent)
+    proc = run_command(rpt_cmd(reference_run.parent, "ref"), cwd=reference_run.parent)
     assert proc.stderr.count("already finished") + proc.stdout.count("already finished") == 7
     assert markers == {p.name: p.stat().st_mtime_ns for p in (reference_run / "done").iterdir()}
 
 
 def test_killed_pipeline_resumes_and_matches_uninterrupted_run(reference_run, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(rpt_cmd(tmp_path, "killed"), cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "rpt" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and latest.read_text().strip() >= "step_000002":
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_at_checkpoint(rpt_cmd(tmp_path, "killed"), tmp_path, tmp_path / "killed" / "checkpoints" / "rpt" / "latest", 2)
     marker = f"run.root={tmp_path} run.name=killed"  # helpers it forked (the checkpoint writer's queue) die with it
     deadline = time.time() + 10
     while _processes_with(marker) and time.time() < deadline:
@@ -141,7 +121,7 @@ def test_killed_pipeline_resumes_and_matches_uninterrupted_run(reference_run, tm
     assert not (rd / "done" / "rpt.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in (rd / "done").iterdir()}
     assert set(finished) == {"prep.json", "pretrain.json", "select.json"}
-    run_ok(rpt_cmd(tmp_path, "killed"), cwd=tmp_path)
+    run_command(rpt_cmd(tmp_path, "killed"), cwd=tmp_path)
     for name, mtime in finished.items():
         assert (rd / "done" / name).stat().st_mtime_ns == mtime, f"{name} was redone"
     # every metric of every later step equals the uninterrupted run's (timings aside)
@@ -183,12 +163,12 @@ def test_cnt_baseline_trains_on_the_selected_positions_and_is_evaluated(referenc
     run = tmp_path / "cnt"
     shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("wandb"))
     # cnt takes rpt's budget (same positions, same steps); the run remembers rpt.steps=8 from its rpt stage
-    run_ok(rpt_cmd(tmp_path, "cnt", "cnt"), cwd=tmp_path)
+    run_command(rpt_cmd(tmp_path, "cnt", "cnt"), cwd=tmp_path)
     rows = stage_rows(run, "cnt")
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
     assert (run / "checkpoints" / "cnt" / "latest").exists()
-    run_ok(rpt_cmd(tmp_path, "cnt", "eval", "force=true"), cwd=tmp_path)
+    run_command(rpt_cmd(tmp_path, "cnt", "eval", "force=true"), cwd=tmp_path)
     assert "cnt" in json.loads((run / "eval" / "next_token.json").read_text())["results"]
     assert "cnt" in json.loads((run / "eval" / "downstream.json").read_text())["results"]
 
@@ -197,13 +177,13 @@ def test_resumed_pretrain_keeps_every_metrics_row(tmp_path):
     """A pretrain resumed from the step-3 checkpoint logs steps 4-6 again and keeps rows 1-3: the same rows, with
     the same values, as the uninterrupted run (the step-3 row used to be dropped)."""
     overrides = ["stages=[prep,pretrain]", "pretrain.log_every=1", "pretrain.checkpoint_every=3"]
-    run_ok(rpt_cmd(tmp_path, "pre", "pipeline", *overrides), cwd=tmp_path)
+    run_command(rpt_cmd(tmp_path, "pre", "pipeline", *overrides), cwd=tmp_path)
     rd = tmp_path / "pre"
     full = stage_rows(rd, "pretrain")
     assert [r["step"] for r in full] == [1, 2, 3, 4, 5, 6]
     (rd / "checkpoints" / "pretrain" / "latest").write_text("step_000003")  # as if killed after step 3
     (rd / "done" / "pretrain.json").unlink()
-    run_ok(rpt_cmd(tmp_path, "pre", "pretrain", *overrides[1:]), cwd=tmp_path)
+    run_command(rpt_cmd(tmp_path, "pre", "pretrain", *overrides[1:]), cwd=tmp_path)
     assert stage_rows(rd, "pretrain") == full
 
 
@@ -212,5 +192,5 @@ def test_multirun_flag_may_come_first_and_each_point_gets_its_run(tmp_path):
     overrides, and a run name that interpolates the swept value gives every point its own run directory."""
     cmd = [sys.executable, "-m", "rpt.cli", "prep", "--multirun", "experiment=smoke", f"run.root={tmp_path}",
            "run.name=p${run.seed}", "run.seed=1,2"]
-    run_ok(cmd, cwd=tmp_path)
+    run_command(cmd, cwd=tmp_path)
     assert (tmp_path / "p1" / "done" / "prep.json").exists() and (tmp_path / "p2" / "done" / "prep.json").exists()

@@ -16,6 +16,7 @@ from rpt import force, run_memory
 from rpt.cli import CONF_DIR, EXTRA_STAGES, STAGES
 from rpt.rundir import RunDir, write_json, write_text
 from rpt.sweep import SharedRunDir, check_distinct, job_run_dirs
+from tests.helpers import rpt_command, run_command
 
 schema.register()
 
@@ -203,8 +204,7 @@ def test_a_sweep_whose_jobs_would_share_a_run_is_refused_with_the_fix():
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rpt.cli", *args, f"run.root={root}"], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    return run_command(rpt_command(*args, f"run.root={root}"), root, check=False, timeout=300)
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -280,7 +280,6 @@ def test_a_sweep_gives_each_job_its_own_remembering_run(tmp_path):
 
 def test_cfg_job_and_help_show_the_config_with_the_runs_remembered_overrides(tmp_path, capsys, monkeypatch):
     """`rpt <stage> --cfg job run.name=X` prints what the run will use: its remembered overrides under this call's."""
-    import sys
 
     import yaml
 

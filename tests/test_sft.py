@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from rpt.tasks.demonstrations import (
     worked_solution,
     worked_solutions,
 )
-from tests.helpers import stage_rows
+from tests.helpers import rpt_command, run_command, stage_rows
 
 
 def test_config_defaults_and_checks():
@@ -140,14 +138,12 @@ SFT_OVERRIDES = ["stages=[prep,pretrain,sft]", "rl.steps=6", "sft.checkpoint_eve
                  "sft.lr=3e-3", "sft.min_lr=3e-3", "sft.warmup_steps=0"]
 
 
+def _args(root: Path, name: str, *overrides: str) -> list[str]:
+    return ["experiment=smoke", f"run.root={root}", f"run.name={name}", *SFT_OVERRIDES, *overrides]
+
+
 def _cmd(root: Path, name: str, stage: str, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "rpt.cli", stage, "experiment=smoke", f"run.root={root}", f"run.name={name}",
-            *SFT_OVERRIDES, *overrides]
-
-
-def _run_ok(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    return rpt_command(stage, *_args(root, name, *overrides))
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -157,7 +153,7 @@ def _rows(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft_runs")
-    _run_ok(_cmd(root, "ref", "pipeline"), cwd=root)
+    run_command(_cmd(root, "ref", "pipeline"), cwd=root)
     return root / "ref"
 
 
@@ -182,7 +178,7 @@ def test_resumed_sft_keeps_every_metrics_row(sft_run, tmp_path):
     shutil.copytree(sft_run, run)
     (run / "checkpoints" / "sft" / "latest").write_text("step_000003")  # as if killed after step 3
     (run / "done" / "sft.json").unlink()
-    _run_ok(_cmd(tmp_path, "ref", "sft"), cwd=tmp_path)
+    run_command(_cmd(tmp_path, "ref", "sft"), cwd=tmp_path)
     assert (run / "checkpoints" / "sft" / "latest").read_text().strip() == "step_000006"
     assert _rows(run) == _rows(sft_run)
 
@@ -191,7 +187,7 @@ def test_resumed_sft_keeps_every_metrics_row(sft_run, tmp_path):
 def test_eval_scores_the_sft_checkpoint_and_where_its_change_lands(sft_run, tmp_path):
     run = tmp_path / "ref"
     shutil.copytree(sft_run, run)
-    _run_ok(_cmd(tmp_path, "ref", "pipeline", "stages=[select,eval]", "rl_task.train_on=[]"), cwd=tmp_path)
+    run_command(_cmd(tmp_path, "ref", "pipeline", "stages=[select,eval]", "rl_task.train_on=[]"), cwd=tmp_path)
     ds = json.loads((run / "eval" / "downstream.json").read_text())
     downstream = ds["results"]
     assert {"base", "sft"} <= set(downstream) and "pass@1" in downstream["sft"]
@@ -223,9 +219,7 @@ def test_dp2_sft_matches_one_process(sft_run, tmp_path):
     5 + 5 + 5 + 1), log the same loss and token counts and train the same weights as one process."""
     run = tmp_path / "ref"
     shutil.copytree(sft_run, run, ignore=shutil.ignore_patterns("sft", "sft.json", "metrics.jsonl", "weights.pt"))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node",
-                "2", "-m", "rpt.cli", "sft", *_cmd(tmp_path, "ref", "sft")[4:]]
-    _run_ok(torchrun, cwd=tmp_path)
+    run_command(rpt_command("sft", *_args(tmp_path, "ref"), nproc=2), cwd=tmp_path)
     one, two = _rows(sft_run), _rows(run)
     assert [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(one, two, strict=True):

@@ -18,7 +18,15 @@ from rpt.config_rl import VLLM_CPU_HEAD_DIMS  # noqa: E402
 from rpt.model.forward import full_logits, sequence_logprobs  # noqa: E402
 from rpt.rollout.engine import SamplingParams, generate, resolve_engine  # noqa: E402
 from rpt.rollout.vllm_engine import rollouts_from  # noqa: E402
-from tests.helpers import compose_config, rl_cfg, rl_setup  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    compose_config,
+    kill_at_checkpoint,
+    rl_cfg,
+    rl_setup,
+    rpt_command,
+    run_command,
+    stage_rows,
+)
 
 VLLM_SHAPE = ["model.num_attention_heads=1", "model.num_query_groups=1"]  # the smoke model at head size 32
 PROMPTS = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [40]]
@@ -150,3 +158,27 @@ def test_engine_choice_and_refusals(monkeypatch):
     assert cfg.rollout.engine == "vllm" and math.isclose(cfg.rollout.vllm.memory_share, 0.4)
     with pytest.raises(ValueError, match="memory_share"):
         schema.load(compose_config("experiment=smoke", "rollout.vllm.memory_share=0"))
+
+
+@pytest.mark.e2e
+def test_the_smoke_pipeline_on_vllm_reaches_its_report_and_a_killed_run_resumes_exactly(tmp_path):
+    """`rpt pipeline experiment=smoke rollout.engine=vllm` (head size 32) writes its report; a run killed after the
+    second RPT checkpoint resumes and logs every later metric of both RL stages exactly as the uninterrupted run
+    (timings aside): each row's seed and the weights fix its rollouts, and a fresh engine holds the same state as
+    a warm one, since the prefix cache is emptied at every weight sync."""
+
+    def cmd(name: str) -> list[str]:
+        return rpt_command("pipeline", "experiment=smoke", f"run.root={tmp_path}", f"run.name={name}",
+                           "rollout.engine=vllm", *VLLM_SHAPE, "rpt.steps=6", "rpt.checkpoint_every=1",
+                           "rpt.eval_every=3", "rpt.eval_size=12", "algo.entropy_coef=0.01")
+
+    run_command(cmd("ref"), tmp_path)
+    reference = tmp_path / "ref"
+    assert (reference / "report" / "report.md").exists() and (reference / "done" / "report.json").exists()
+    rows = stage_rows(reference, "rpt")
+    assert len(rows) == 6 and all(r["train_rollout_gap"] < 1e-4 for r in rows)
+    kill_at_checkpoint(cmd("killed"), tmp_path, tmp_path / "killed" / "checkpoints" / "rpt" / "latest", 2)
+    assert not (tmp_path / "killed" / "done" / "rpt.json").exists()
+    run_command(cmd("killed"), tmp_path)
+    for stage in ("rpt", "rl_pretrain", "rl_rpt"):
+        assert stage_rows(tmp_path / "killed", stage) == stage_rows(reference, stage), stage
