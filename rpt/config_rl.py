@@ -160,6 +160,8 @@ class AlgoConfig:
     adv_eps: float = 1e-6  # std floor in advantage normalisation
     kl_coef: float = 0.0  # KL(policy || reference) penalty (paper: 0)
     entropy_coef: float = 0.0  # entropy bonus (paper: 0)
+    tis_cap: float = 0.0  # >0: truncated importance sampling, policy term x min(pi_old / pi_sampler, tis_cap) per
+    # token (verl's rollout correction, typically 2): corrects the sampler-trainer gap (train_rollout_gap); 0: off
     forking_rho: float = 0.0  # >0: train only on the top-rho entropy tokens of the global batch (0.2 in 80/20)
     policy_loss: str = "ppo"  # a name in the rpt.algo.losses registry (ppo, gppo, clip_cov, kl_cov, gspo, ...)
     gppo_beta_low: float = 1.0  # GPPO gradient scale on the low-clipped branch
@@ -187,6 +189,12 @@ class AlgoConfig:
 
         if self.critique.enabled and self.sdpo.enabled:
             raise ValueError("algo.critique and algo.sdpo are separate algorithms: enable one")
+        if self.tis_cap and self.critique.enabled:
+            raise ValueError("algo.tis_cap cannot run with algo.critique: refinements are sampled under the critique "
+                             "prompt, so their sampler log-probs do not measure the sampler-trainer gap; set one off")
+        if self.tis_cap and self.tis_cap < 1.0:
+            raise ValueError(f"algo.tis_cap must be 0 (off) or >= 1 (a cap below 1 shrinks every on-policy token), "
+                             f"got {self.tis_cap}")
         _one_of("algo", "loss_agg", self.loss_agg, AGG_MODES)
         _one_of("algo", "policy_loss", self.policy_loss, tuple(POLICY_LOSSES))
         _one_of("algo", "advantage", self.advantage, tuple(ADVANTAGES))

@@ -1,6 +1,7 @@
 """GRPO advantages, every loss variant, aggregation modes and token masks against hand-computed values."""
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from rpt.algo.token_choice import clip_cov_mask, forking_mask, kl_cov_mask, toke
 
 def algo(**kw):
     base = dict(clip_low=0.2, clip_high=0.28, policy_loss="ppo", gppo_beta_low=1.0, gppo_beta_high=1.0,
-                kl_cov_coef=1.0, entropy_coef=0.0, kl_coef=0.0)
+                kl_cov_coef=1.0, entropy_coef=0.0, kl_coef=0.0, tis_cap=0.0)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -226,3 +227,31 @@ def test_k3_kl_is_finite_at_padding_and_prompt_positions():
     loss = (per_token * weights).sum()
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[0, 1] == 0
+
+
+def test_truncated_importance_sampling_hand_values():
+    """TIS multiplies each token's policy term by min(pi_old / pi_sampler, C) and passes no gradient through the
+    weight: ratios 5 (capped at 2), 0.5 and 1; padding (any sampler value) gets weight 1 and no overflow."""
+    logp = torch.log(torch.tensor([[0.5, 0.2, 0.3, 0.9]])).requires_grad_()
+    sampler = torch.log(torch.tensor([[0.1, 0.4, 0.3, 1e-30]]))
+    mask = torch.tensor([[True, True, True, False]])
+    terms = SimpleNamespace(loss=-logp * torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    inputs = PolicyInputs(logp, logp.detach(), torch.zeros(1, 4), mask, torch.zeros(1, 4), None, algo(tis_cap=2.0),
+                          sampler)
+    weight = torch.tensor([[2.0, 0.5, 1.0, 1.0]])
+    per_token = token_losses(terms, inputs, None)
+    torch.testing.assert_close(per_token, terms.loss * weight)
+    per_token.sum().backward()
+    torch.testing.assert_close(logp.grad, -torch.tensor([[1.0, 2.0, 3.0, 4.0]]) * weight)
+    off = token_losses(terms, replace(inputs, algo=algo(tis_cap=0.0)), None)
+    assert torch.equal(off, terms.loss)
+
+
+def test_truncated_importance_sampling_settings_that_cannot_work_are_refused():
+    from rpt.config import AlgoConfig, CritiqueConfig
+
+    with pytest.raises(ValueError, match="tis_cap must be 0 .* or >= 1"):
+        AlgoConfig(tis_cap=0.5)
+    with pytest.raises(ValueError, match="tis_cap cannot run with algo.critique"):
+        AlgoConfig(tis_cap=2.0, critique=CritiqueConfig(enabled=True))
+    assert AlgoConfig(tis_cap=2.0).tis_cap == 2.0

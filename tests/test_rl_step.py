@@ -123,6 +123,26 @@ def test_every_remedy_changes_training(name, grpo_under_mini_batches, runtime, t
     assert diff > 1e-6, f"{name} trained the same weights as grpo"
 
 
+def test_truncated_importance_sampling_acts_only_where_sampler_and_trainer_differ(runtime, tokenizer):
+    """With top-p sampling the sampler's log-probs (renormalised over the nucleus) exceed the trainer's, so
+    ``algo.tis_cap`` reweights the policy term and the gradient changes; with plain sampling they agree to float
+    rounding and the gradient is GRPO's to the same tolerance."""
+
+    def first_gradient(*overrides):
+        run = rl_setup(rl_cfg(["algo.entropy_coef=0.0", *overrides]), runtime, tokenizer)
+        steps = _record_gradients(run)
+        metrics, _ = rl_step(run, step=0, cursor=0)
+        return metrics, torch.cat([g.flatten() for g in steps[0]])
+
+    for top_p, acts in ((0.7, True), (1.0, False)):
+        m_off, off = first_gradient(f"rollout.top_p={top_p}")
+        m_on, on = first_gradient(f"rollout.top_p={top_p}", "algo.tis_cap=2")
+        assert m_on["response_length"] == m_off["response_length"]  # the same rollouts
+        assert off.abs().max() > 0
+        gap = float((on - off).abs().max() / off.abs().max())
+        assert (gap > 1e-3) if acts else (gap < 1e-4), (top_p, gap, m_off["train_rollout_gap"])
+
+
 @pytest.mark.parametrize("overrides", [["algo=gppo"], ["algo=kl_cov"], ["algo=clip_higher"], ["algo=gspo"],
                                        ["algo.clip_high=0.28"]])
 def test_a_remedy_that_cannot_act_is_refused(overrides):

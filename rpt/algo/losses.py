@@ -65,6 +65,7 @@ class PolicyInputs:
     entropy: torch.Tensor  # entropy of the whole next-token distribution
     chosen: torch.Tensor | None  # bool: the variant's global token choice (``choose``), else None
     algo: Any  # the AlgoConfig section (clip ranges, coefficients)
+    sample_logp: torch.Tensor | None = None  # log-probs under the sampler's own distribution (``Rollouts``)
 
 
 CLIP_METRICS = ("clip_frac_low", "clip_frac_high")  # A<0 and ratio below 1-eps_low; A>0 and ratio above 1+eps_high
@@ -201,9 +202,21 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.exp(d) - d - 1.0
 
 
+def truncated_is_weight(x: PolicyInputs) -> torch.Tensor:
+    """Truncated importance sampling (TIS, as verl and slime apply it): the per-token weight
+    min(π_old / π_sampler, C), without gradient. It corrects the policy term for the gap between the sampler's
+    probabilities (vLLM's kernels, another precision) and the trainer's, and the cap C keeps a token the sampler
+    found unlikely from dominating the batch. The log-ratio is masked before ``exp`` (padding holds any value)."""
+    log_ratio = (x.old_logp - x.sample_logp).masked_fill(~x.mask, 0.0)
+    return log_ratio.exp().clamp(max=x.algo.tis_cap).detach()
+
+
 def token_losses(terms: PolicyTerms, x: PolicyInputs, ref_logp: torch.Tensor | None) -> torch.Tensor:
-    """The per-token objective of one micro-batch: policy term, minus the entropy bonus, plus the k3 KL penalty."""
+    """The per-token objective of one micro-batch: policy term (times the TIS weight when ``algo.tis_cap`` is
+    set), minus the entropy bonus, plus the k3 KL penalty."""
     per_token = terms.loss
+    if x.algo.tis_cap:
+        per_token = per_token * truncated_is_weight(x)
     if x.algo.entropy_coef:
         per_token = per_token - x.algo.entropy_coef * x.entropy
     if x.algo.kl_coef:

@@ -184,7 +184,8 @@ def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs
                     first_forward.logp[sl], first_forward.entropy[sl] = logp.detach(), entropy.detach()
                 old = first_forward.logp[sl] if first_forward is not None else old_logp[sl]
                 inputs = PolicyInputs(logp, old, batch.adv[sl].expand_as(logp), batch.mask[sl], entropy,
-                                      None if batch.chosen is None else batch.chosen[sl], algo)
+                                      None if batch.chosen is None else batch.chosen[sl], algo,
+                                      batch.rollouts.sample_logprobs[sl, 1:])
                 terms = policy_loss.fn(inputs)
                 for term in batch.feedback:  # Critique-GRPO's shaped refinements, SDPO's distillation, ...
                     terms = term.loss_terms(terms, inputs, trainable.model, batch.rollouts, micro, temperature)
