@@ -7,6 +7,7 @@ CPU attention takes."""
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -182,3 +183,24 @@ def test_the_smoke_pipeline_on_vllm_reaches_its_report_and_a_killed_run_resumes_
     run_command(cmd("killed"), tmp_path)
     for stage in ("rpt", "rl_pretrain", "rl_rpt"):
         assert stage_rows(tmp_path / "killed", stage) == stage_rows(reference, stage), stage
+
+
+@pytest.mark.e2e
+@pytest.mark.multiprocess
+def test_tensor_parallel_rpt_steps_on_vllm_match_one_process(tmp_path):
+    """Two tensor-parallel ranks gather the sharded weights for their engine (the first rank generates and
+    broadcasts): they sample what one process samples (same response lengths, a train/rollout gap of float
+    rounding) and log the same losses and entropies."""
+    shape = ["model.hidden_size=64", "model.num_attention_heads=2", "model.num_query_groups=2"]
+    base = ["experiment=smoke", f"run.root={tmp_path}", *shape]
+    run_command(rpt_command("pipeline", "stages=[prep,pretrain,select]", "run.name=one", *base), tmp_path)
+    shutil.copytree(tmp_path / "one", tmp_path / "tp2")
+    rpt = ["rollout.engine=vllm", "algo.entropy_coef=0.01"]
+    run_command(rpt_command("rpt", "run.name=one", *base, *rpt), tmp_path)
+    run_command(rpt_command("rpt", "run.name=tp2", *base, *rpt, "run.tensor_parallel=2", nproc=2), tmp_path)
+    one, two = stage_rows(tmp_path / "one", "rpt"), stage_rows(tmp_path / "tp2", "rpt")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two, strict=True):
+        assert a["response_length"] == b["response_length"] and b["train_rollout_gap"] < 1e-4
+        for key in ("loss", "entropy", "reward_mean"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (key, a[key], b[key])

@@ -25,7 +25,8 @@ How it is joined to the trainer, and why:
   that closes its answer box, which gives the rollout the rule would have produced (its later tokens cost decode
   time, not correctness).
 - **Tensor parallelism**: every rank of a tensor-parallel group takes part in the weight gather; its first rank
-  runs the engine and broadcasts the rollouts to the others, which therefore hold no engine.
+  generates and broadcasts the rollouts to the others. Every rank builds an engine all the same (vLLM builds its
+  process groups over the whole torch process group, a collective), and the others' stay asleep on CUDA.
 - **Sleep mode (CUDA)**: with ``rollout.vllm.sleep`` the engine frees its KV cache and weights after each
   ``generate`` (``LLM.sleep(level=2)``), so the update has the memory, and wakes before the next one (the weights
   are then re-sent whatever their version).
@@ -108,7 +109,7 @@ class VLLMEngine:
             self.asleep, self.fresh = False, True  # level-2 sleep dropped the weights
 
     def rest(self) -> None:
-        if self.cuda and self.settings.sleep:
+        if self.cuda and self.settings.sleep and not self.asleep:
             self.llm.sleep(level=2)
             self.asleep = True
 
@@ -211,21 +212,20 @@ def sync(model, engine: VLLMEngine | None) -> bool:
 
 def generate(model, prompts: list[list[int]], sampling, seed: int, device) -> Rollouts:
     """``rpt.rollout.engine.generate`` on vLLM: the weights synced if they changed, then one request per row;
-    under tensor parallelism the group's first rank generates and broadcasts."""
+    under tensor parallelism the group's first rank generates and broadcasts. Every rank holds an engine: vLLM
+    builds its groups over the whole process group, so every rank must take part in the build."""
     from rpt.distributed import tp_broadcast_object, tp_rank
 
     dtype = next(model.parameters()).dtype
-    settings = sampling.vllm or VLLMConfig()
-    engine = engine_for(model, dtype, settings) if tp_rank() == 0 else None
-    if engine is not None:
+    engine = engine_for(model, dtype, sampling.vllm or VLLMConfig())
+    first = tp_rank() == 0
+    if first:
         engine.wake()
-    sync(model, engine)
+    sync(model, engine if first else None)
     rollouts = None
-    if engine is not None:
+    if first:
         rollouts = rollouts_from(engine.generate(prompts, sampling, seed), prompts, sampling)
-        engine.rest()
+    engine.rest()
     rollouts = tp_broadcast_object(rollouts)
     return Rollouts(*(getattr(rollouts, name).to(device) for name in
                       ("tokens", "prompt_lens", "response_mask", "sample_logprobs", "truncated")))
-
-
