@@ -30,6 +30,8 @@ from tests.helpers import (  # noqa: E402
 )
 
 VLLM_SHAPE = ["model.num_attention_heads=1", "model.num_query_groups=1"]  # the smoke model at head size 32
+README_LINES = ("rpt pipeline experiment=smoke run.name=smoke_vllm rollout.engine=vllm model.num_attention_heads=1 "
+                "model.num_query_groups=1",)  # run by the pipeline test below (tests/test_readme_coverage.py)
 PROMPTS = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [40]]
 
 
@@ -168,10 +170,9 @@ def test_the_smoke_pipeline_on_vllm_reaches_its_report_and_a_killed_run_resumes_
     (timings aside): each row's seed and the weights fix its rollouts, and a fresh engine holds the same state as
     a warm one, since the prefix cache is emptied at every weight sync."""
 
-    def cmd(name: str) -> list[str]:
-        return rpt_command("pipeline", "experiment=smoke", f"run.root={tmp_path}", f"run.name={name}",
-                           "rollout.engine=vllm", *VLLM_SHAPE, "rpt.steps=6", "rpt.checkpoint_every=1",
-                           "rpt.eval_every=3", "rpt.eval_size=12", "algo.entropy_coef=0.01")
+    def cmd(name: str) -> list[str]:  # the README's line, then this test's root, name and step counts
+        return rpt_command(*README_LINES[0].split()[1:], f"run.root={tmp_path}", f"run.name={name}", "rpt.steps=6",
+                           "rpt.checkpoint_every=1", "rpt.eval_every=3", "rpt.eval_size=12", "algo.entropy_coef=0.01")
 
     run_command(cmd("ref"), tmp_path)
     reference = tmp_path / "ref"

@@ -74,7 +74,9 @@ class VLLMEngine:
 
     def __init__(self, shape: dict, dtype: torch.dtype, settings: VLLMConfig):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights by reference
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO lines would drown rpt's log
+        if "VLLM_LOGGING_LEVEL" not in os.environ:  # its INFO lines (and CPU-only warnings) would drown rpt's log
+            os.environ["VLLM_LOGGING_LEVEL"] = "ERROR"
+            logging.getLogger("vllm").setLevel(logging.ERROR)
         from vllm import LLM
 
         from rpt.model.hf_config import hf_config_from_model
