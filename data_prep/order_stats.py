@@ -4,17 +4,18 @@ entropies of a corpus, read back shard by shard): ``np.quantile`` (linear method
 The quantile is a radix selection in two passes over the chunks. Each float32 maps to a 32-bit key that sorts like
 the value; pass 1 counts keys by their high 16 bits, which places the one or two order statistics the quantile
 interpolates between in a high-bits bucket each; pass 2 counts the low 16 bits inside those buckets, which gives
-the values exactly, whatever their distribution (ties included). Memory: two 65,536-bin tables. The interpolation
-then repeats numpy's own arithmetic (``numpy/lib/_function_base_impl.py``: the linear method's virtual index,
-``_get_indexes``, ``_lerp``), so the result equals ``np.quantile`` on the concatenated values; a test holds it to
-that.
+the values exactly, whatever their distribution (ties included). Memory: two 65,536-bin tables. The virtual
+index, the weight and the interpolation are numpy's own helpers (``numpy/lib/_function_base_impl.py``: the linear
+method's ``get_virtual_index``, ``_get_gamma``, ``_lerp``; private, so a numpy upgrade that changes them fails the
+test that holds the result to ``np.quantile`` on the concatenated values, instead of drifting silently).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from numpy.lib import _function_base_impl as _np_quantile  # np.quantile's own arithmetic (private helpers)
+
+_LINEAR = _np_quantile._QuantileMethods["linear"]
 
 _BINS = 1 << 16
 
@@ -50,20 +51,19 @@ class ExactQuantile:
         self._high += np.bincount(keys >> 16, minlength=_BINS)
         self.n += len(keys)
 
-    def _ranks(self) -> tuple[int, int, float]:
-        """numpy's linear method: the two order statistics to interpolate between and the weight."""
+    def _ranks(self) -> tuple[int, int, np.ndarray]:
+        """numpy's linear method, through numpy's own helpers: the two order statistics to interpolate between and
+        the weight. ``np.quantile`` gives a Python-float ``q`` the values' dtype (float32) before it computes the
+        virtual index, so the index and the weight are float32 arithmetic."""
         n = self.n
-        virtual = (n - 1) * np.float64(self.q)
-        below, above = math.floor(virtual), math.floor(virtual) + 1
+        virtual = _LINEAR["get_virtual_index"](n, np.asanyarray(self.q, dtype=np.float32))
+        below, above = np.floor(virtual), np.floor(virtual) + 1
+        gamma = _np_quantile._get_gamma(virtual, below, _LINEAR)
         if virtual >= n - 1:
             below = above = n - 1
-            gamma = virtual - (-1)  # numpy computes gamma from its index -1 here; equal ends make it irrelevant
         elif virtual < 0:
             below = above = 0
-            gamma = virtual
-        else:
-            gamma = virtual - below
-        return below, above, float(gamma)
+        return int(below), int(above), gamma
 
     def _start_refine(self) -> None:
         if self.n == 0:
@@ -93,13 +93,7 @@ class ExactQuantile:
             inner = int(np.searchsorted(np.cumsum(low), rank - cum_high[bucket], side="right"))
             picked.append(_value((bucket << 16) | inner))
         a, b = picked
-        return np.float32(_lerp(a, b, self._gamma))
-
-
-def _lerp(a: np.float32, b: np.float32, t: float) -> np.float32:
-    """numpy's ``_lerp`` on scalars (its float32 arithmetic, with a weakly typed weight)."""
-    diff = b - a
-    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+        return np.float32(_np_quantile._lerp(np.float32(a), np.float32(b), self._gamma))
 
 
 class StreamingHistogram:

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from rpt.model.hf_config import SUPPORTED, hf_config_from_model, model_config_from_hf
+from rpt.model.hf_tokenizer import write_hf_tokenizer
 
 __all__ = ["HF_TOKENIZER_FILES", "SUPPORTED", "export_hf", "hf_to_megatron", "import_hf", "megatron_to_hf",
            "model_config_from_hf", "shard_bytes"]
@@ -171,27 +172,6 @@ def import_hf(model, hf_dir: str | Path, tp_rank: int = 0, tp_size: int = 1) -> 
     if missing:
         raise KeyError(f"HF import: no HF weight for {missing[:5]}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in shards.items()}, strict=True)
-
-
-def write_hf_tokenizer(sentencepiece_model: Path, out_dir: Path) -> None:
-    """A sentencepiece tokenizer trained here as the files ``AutoTokenizer`` loads as the same tokenizer:
-    ``tokenizer.json`` from transformers' own converter, which follows the model's settings (identity normalisation,
-    no dummy prefix, user-defined digit groups and think markers kept whole, byte fallback; BPE merges ranked by
-    piece score), and a ``tokenizer_config.json`` naming the fast tokenizer class and the special pieces. Without it,
-    ``AutoTokenizer`` falls back to the architecture's tokenizer class, which reads ``tokenizer.model`` otherwise
-    (a Qwen2Tokenizer dropped every space and appended an id beyond the embedding)."""
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
-
-    proto = import_protobuf().ModelProto()
-    proto.ParseFromString(sentencepiece_model.read_bytes())
-    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
-    spec = proto.trainer_spec
-    specials = {role: proto.pieces[i].piece for role, i in
-                (("bos_token", spec.bos_id), ("eos_token", spec.eos_id), ("unk_token", spec.unk_id),
-                 ("pad_token", spec.pad_id)) if 0 <= i < len(proto.pieces)}
-    converted = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=False)
-    PreTrainedTokenizerFast(tokenizer_object=converted, **specials).save_pretrained(out_dir)
 
 
 def export_hf(model, mc: dict, out_dir: str | Path, architecture: str = "Qwen2ForCausalLM",

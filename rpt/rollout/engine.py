@@ -27,7 +27,7 @@ float rounding of the logits at another batch size).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from megatron.core.inference.contexts import StaticInferenceContext
@@ -36,6 +36,7 @@ from rpt.config_rl import ENGINES, VLLMConfig, vllm_installed
 from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.reward.answer import BoxedAnswerStop
 from rpt.rollout import lean_decoder
+from rpt.rollout.rollouts import DecodeStats, Rollouts  # noqa: F401  (re-exported: callers import them here)
 
 log = logging.getLogger(__name__)
 
@@ -65,58 +66,6 @@ class SamplingParams:
                      engine=rollout_cfg.engine, stop=stop, max_batch_rows=rollout_cfg.max_batch_rows,
                      max_kv_tokens=rollout_cfg.max_kv_tokens, vllm=rollout_cfg.vllm)
         return replace(params, **overrides)
-
-
-@dataclass
-class DecodeStats:
-    """How a ``generate`` call spent its work (logged at debug level; tests read it)."""
-
-    chunks: int = 0  # decoder batches run one after another
-    peak_rows: int = 0  # most rows in one decoder batch
-    peak_kv_tokens: int = 0  # largest KV cache allocated: rows x columns
-    prefill_rows: int = 0  # prompt rows the decoders computed (a run of identical prompts counts once: lean)
-    row_steps: int = 0  # sum over decode steps of the rows in the batch (prefill excluded)
-
-
-@dataclass
-class Rollouts:
-    tokens: torch.Tensor  # [N, T] prompt + response, right-padded with pad_id
-    prompt_lens: torch.Tensor  # [N]
-    response_mask: torch.Tensor  # [N, T] True where the token was generated
-    sample_logprobs: torch.Tensor  # [N, T] log-prob of generated tokens under the sampler (0 elsewhere)
-    truncated: torch.Tensor  # [N] bool: ended by the max_new_tokens cap (no end-of-sequence, no closed answer)
-    stats: DecodeStats = field(default_factory=DecodeStats, compare=False)  # work done by the producing call
-
-    @property
-    def response_lens(self) -> torch.Tensor:
-        return self.response_mask.sum(1)
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def response_ids(self, i: int) -> list[int]:
-        return self.tokens[i][self.response_mask[i]].tolist()
-
-    def select(self, rows: torch.Tensor | slice) -> Rollouts:
-        """The rollouts of ``rows`` (indices, a bool mask or a slice)."""
-        return Rollouts(self.tokens[rows], self.prompt_lens[rows], self.response_mask[rows],
-                        self.sample_logprobs[rows], self.truncated[rows])
-
-    @staticmethod
-    def concat(parts: list[Rollouts], pad_id: int) -> Rollouts:
-        """Rows of every part, right-padded to the widest (no parts: an empty batch)."""
-        if not parts:
-            return Rollouts(torch.full((0, 1), pad_id, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                            torch.zeros(0, 1, dtype=torch.bool), torch.zeros(0, 1), torch.zeros(0, dtype=torch.bool))
-        width = max(p.tokens.shape[1] for p in parts)
-
-        def cat(name, value):
-            return torch.cat([torch.nn.functional.pad(getattr(p, name), (0, width - p.tokens.shape[1]), value=value)
-                              for p in parts])
-
-        return Rollouts(cat("tokens", pad_id), torch.cat([p.prompt_lens for p in parts]),
-                        cat("response_mask", False), cat("sample_logprobs", 0.0),
-                        torch.cat([p.truncated for p in parts]))
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor

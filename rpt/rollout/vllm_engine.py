@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from rpt.config_rl import VLLMConfig
-from rpt.rollout.engine import Rollouts
+from rpt.rollout.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
 
