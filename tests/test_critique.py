@@ -13,6 +13,7 @@ import torch
 from rpt.algo.critique import choose_refinements, refine_gate, refinement_count, shape_refinements, shaped_probability
 from rpt.algo.losses import PolicyTerms
 from rpt.tasks.next_token import NextTokenTask
+from rpt.train.refinement import Refiner
 from rpt.train.rl_loop import collect, rl_step
 from tests.helpers import DigitTask, policy_weights, rl_cfg, rl_setup
 
@@ -66,7 +67,7 @@ def _pair(runtime, tokenizer, extra=()):
 def test_refinements_replace_failed_responses_of_gated_groups(gate, runtime, tokenizer):
     grpo, crit = _pair(runtime, tokenizer, [f"algo.critique.gate={gate}", "algo.critique.candidates=3"])
     plain, refined = collect(grpo, 0, 0), collect(crit, 0, 0)
-    G, k = 4, crit.refiner.k
+    G, k = 4, crit.feedback_of(Refiner).k
     groups = plain.rewards.view(-1, G)
     gated = refine_gate(plain.rewards, G, gate)
     assert 0 < int(gated.sum()), "the toy task must give gated groups"
@@ -83,7 +84,7 @@ def test_refinements_replace_failed_responses_of_gated_groups(gate, runtime, tok
             assert tokenizer.decode(refined.rollouts.response_ids(i)) == refined.texts[i]
         else:  # everything else is the GRPO rollout
             assert refined.texts[i] == plain.texts[i] and refined.rewards[i] == plain.rewards[i]
-    stats = crit.refiner.counts
+    stats = crit.feedback_of(Refiner).counts
     assert stats["refined"] == int(gated.sum()) and stats["generated"] >= int(gated.sum())
 
 
@@ -111,7 +112,7 @@ def test_ground_truth_and_self_critiques(tmp_path, runtime, tokenizer):
                            "algo.critique.reference_tokens=2", "algo.entropy_coef=0.01"]), runtime, tokenizer, task)
         if kind == "ground_truth":
             first_two = b"".join(task.target_bytes(items[0])[:2]).decode()
-            assert run.refiner.critique_text(items[0], "x").endswith(first_two)
+            assert run.feedback_of(Refiner).critique_text(items[0], "x").endswith(first_two)
         m, _ = rl_step(run, 0, 0)
         assert m["refined_group_share"] == 1.0 and m["refinement_row_share"] > 0 and m["update_applied"] == 1.0
 

@@ -13,7 +13,7 @@ from rpt.algo.sdpo import full_divergence, topk_tail_divergence
 from rpt.model.forward import full_logits
 from rpt.train.rl_loop import collect, rl_step
 from rpt.train.rl_update import build_batch
-from rpt.train.self_distill import TeacherTargets
+from rpt.train.self_distill import SelfDistiller, TeacherTargets
 from tests.helpers import DigitTask, policy_weights, rl_cfg, rl_setup
 
 
@@ -44,7 +44,7 @@ def _batch(run):
     got = collect(run, 0, 0)
     batch = build_batch(got.rollouts, torch.zeros(len(got.rewards)), None, run.algo, run.rollout.group_size,
                         torch.Generator().manual_seed(0))
-    return got, run.self_distill.prepare(batch, got, 64, run.rollout.temperature)
+    return got, run.feedback_of(SelfDistiller).prepare(batch, got, 64, run.rollout.temperature)
 
 
 def _distill_loss(run, batch):
@@ -89,7 +89,7 @@ def test_rows_without_feedback_are_not_pulled_toward_a_drifted_teacher(runtime, 
     run.task.reward = lambda item, text: 0.0  # nobody succeeds: no sibling to show
     torch.manual_seed(0)
     with torch.no_grad():  # the drift of a few EMA steps
-        for p in run.self_distill.teacher.parameters():
+        for p in run.feedback_of(SelfDistiller).teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
     got, batch = _batch(run)
     assert not batch.feedback_of(TeacherTargets).has_feedback.any()
@@ -157,7 +157,7 @@ def test_ema_teacher_resumes_exactly(tmp_path, runtime, tokenizer):
     step_dir = checkpoint.save(tmp_path, 1, first.trainable, {"loop_state": {"cursor": cursor}})
     resumed = rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
     torch.manual_seed(99)  # scramble the fresh teacher: only the checkpoint may restore it
-    for p in resumed.self_distill.teacher.parameters():
+    for p in resumed.feedback_of(SelfDistiller).teacher.parameters():
         p.data.normal_()
     state = checkpoint.load(step_dir, resumed.trainable)
     m, _ = rl_step(resumed, 1, state["extra"]["loop_state"]["cursor"])
@@ -165,7 +165,8 @@ def test_ema_teacher_resumes_exactly(tmp_path, runtime, tokenizer):
         assert m[key] == rows[1][key], key
     for a, b in zip(policy_weights(resumed), policy_weights(whole), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(resumed.self_distill.teacher.parameters(), whole.self_distill.teacher.parameters(), strict=True):
+    teachers = (run.feedback_of(SelfDistiller).teacher for run in (resumed, whole))
+    for a, b in zip(*(t.parameters() for t in teachers), strict=True):
         assert torch.equal(a, b)
 
 

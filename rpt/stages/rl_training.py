@@ -80,12 +80,14 @@ def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, 
     """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo, analysis and logging sections) for one RL loop;
     ``teacher_init``: the initial weights of SDPO's EMA / mixed teacher (None: a copy of the trainable's)."""
     sampling, algo, G = SamplingParams.from_rollout(cfg.rollout, task.tokenizer), cfg.algo, cfg.rollout.group_size
-    refiner = Refiner(algo.critique, task, sampling, G) if algo.critique.enabled else None
-    distill = None
+    feedback = []
+    if algo.critique.enabled:
+        feedback.append(Refiner(algo.critique, task, sampling, G))
     if algo.sdpo.enabled:
-        distill = SelfDistiller(algo.sdpo, task, trainable, G, teacher_init, cfg.model, rt.dtype, algo.share_prompt)
+        feedback.append(SelfDistiller(algo.sdpo, task, trainable, G, teacher_init, cfg.model, rt.dtype,
+                                      algo.share_prompt))
     return RLSetup(trainable, task, cfg.rollout, algo, loop_cfg, cfg.analysis, sampling, rt, cfg.run.seed, ref_model,
-                   init_model, cfg.logging, validator, refiner=refiner, self_distill=distill)
+                   init_model, cfg.logging, validator, feedback=tuple(feedback))
 
 
 def check_layout(loop_cfg: TrainLoopConfig, dp_size: int, section: str) -> None:

@@ -5,13 +5,17 @@ A ``FeedbackAlgorithm`` lives on the ``RLSetup`` for a whole stage. Each step, a
 ``prepare`` returns the batch with one ``FeedbackTerm`` added to ``batch.feedback`` (what it computed for this
 batch: refinement tokens, a teacher's targets); the update hands every micro-batch's policy terms through each
 term's ``loss_terms``; after the update ``after_update`` runs (an EMA teacher moves), and ``metrics`` adds the
-algorithm's own whole-batch figures. Critique-GRPO's refinements are also generated inside ``collect`` (they
-replace failed responses before rewards and advantages); that call is the refiner's own.
+algorithm's own whole-batch figures. An algorithm that changes what was drawn (Critique-GRPO's refinements replace
+failed responses before advantages) does it in ``refine``, which ``collect`` calls after each reward; the others
+keep its default, which changes nothing. Algorithms written against this Protocol subclass it to inherit those
+defaults.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
+
+import torch
 
 from rpt.algo.losses import PolicyInputs, PolicyTerms
 
@@ -23,6 +27,15 @@ class FeedbackTerm(Protocol):
 
 
 class FeedbackAlgorithm(Protocol):
+    trains_without_advantage: bool = False  # the step updates even when every advantage is zero (SDPO's teacher)
+
+    def refine(self, model, items: list, rollouts, texts: list[str], rewards: torch.Tensor, seed: int,
+               device) -> tuple[Any, list[str], torch.Tensor, torch.Tensor]:
+        """One rollout draw (``items``: its prompts' task items, G rows each) changed before its advantages: the
+        rollouts, texts and rewards, and the bool ``[rows]`` mask of the rows this algorithm replaced. The default
+        changes nothing."""
+        return rollouts, texts, rewards, torch.zeros(len(texts), dtype=torch.bool)
+
     def prepare(self, batch, collected, micro_batch: int, temperature: float) -> Any:
         """``batch`` (an ``RLBatch``) with this algorithm's ``FeedbackTerm`` for it appended to ``batch.feedback``."""
 

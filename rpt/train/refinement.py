@@ -26,6 +26,7 @@ from rpt.algo.critique import choose_refinements, refine_gate, refinement_count,
 from rpt.distributed import dp_mean_of, dp_sum
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
+from rpt.train.feedback import FeedbackAlgorithm
 
 
 def splice_rows(prompts: list[list[int]], source: Rollouts, pad_id: int) -> Rollouts:
@@ -55,7 +56,7 @@ def replace_rows(rollouts: Rollouts, rows: list[int], new: Rollouts, pad_id: int
 
 
 @dataclass
-class Refiner:
+class Refiner(FeedbackAlgorithm):
     """Critique + refinement generation for one RL stage (``algo.critique``)."""
 
     cfg: object  # rpt.config.CritiqueConfig
@@ -84,8 +85,8 @@ class Refiner:
         ro = generate(model, asks, params, seed, device)
         return [tok.decode(ro.response_ids(i)).strip() for i in range(len(asks))]
 
-    def __call__(self, model, items: list, rollouts: Rollouts, texts: list[str], rewards: torch.Tensor, seed: int,
-                 device) -> tuple[Rollouts, list[str], torch.Tensor, torch.Tensor]:
+    def refine(self, model, items: list, rollouts: Rollouts, texts: list[str], rewards: torch.Tensor, seed: int,
+               device) -> tuple[Rollouts, list[str], torch.Tensor, torch.Tensor]:
         """Refine the gated groups of one rollout draw; returns the rollouts, texts and rewards with the chosen
         refinements in place, and the bool ``[rows]`` mask of refinement rows."""
         G, tok = self.group_size, self.task.tokenizer
@@ -130,9 +131,6 @@ class Refiner:
         """The batch with its refinement tokens marked (they get the shaped objective in the update)."""
         shaping = RefinementShaping(refinement_tokens(collected.refined, batch.mask), self.cfg.gamma)
         return replace(batch, feedback=(*batch.feedback, shaping))
-
-    def after_update(self) -> None:
-        pass
 
     def metrics(self, batch, values, collected) -> dict:
         """Refinement success rate (correct / generated), share of groups refined, and the entropy of the trained

@@ -26,6 +26,7 @@ from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, TrainLoopConfi
 from rpt.distributed import dp_max, dp_mean_of, dp_sum
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
+from rpt.train.feedback import FeedbackAlgorithm
 from rpt.train.phase_timer import PhaseTimer
 from rpt.train.rl_metrics import (
     answer_metrics,
@@ -71,17 +72,15 @@ class RLSetup:
     logging: Any = None  # LoggingConfig: sample rollouts, peak FLOP/s for the MFU
     validator: Callable[[Any], dict] | None = None  # held-out accuracy every ``loop.eval_every`` steps
     grams: list[str] | None = None  # strategic grams (planning tokens); None: ``analysis.strategic_grams``
-    refiner: Any = None  # Critique-GRPO refinements (rpt.train.refinement.Refiner), algo.critique
-    self_distill: Any = None  # SDPO teacher (rpt.train.self_distill.SelfDistiller), algo.sdpo
+    feedback: tuple[FeedbackAlgorithm, ...] = ()  # algorithms that add work to a step (Critique-GRPO, SDPO)
 
     def __post_init__(self):
         if self.grams is None:
             self.grams = list(self.analysis.strategic_grams)
 
-    @property
-    def feedback(self) -> list:
-        """The feedback algorithms of this run (Critique-GRPO's refiner, SDPO's teacher) that add work to a step."""
-        return [f for f in (self.refiner, self.self_distill) if f is not None]
+    def feedback_of(self, kind: type) -> Any:
+        """This run's feedback algorithm of class ``kind`` (None: not on)."""
+        return next((f for f in self.feedback if isinstance(f, kind)), None)
 
     @property
     def forward(self) -> ForwardSettings:
@@ -129,11 +128,12 @@ def collect(run: RLSetup, step: int, cursor: int, timer: PhaseTimer | None = Non
         sampled.append(rewards)
         truncated.append(drawn.truncated.cpu())
         refined = torch.zeros(len(texts), dtype=torch.bool)
-        if run.refiner is not None:  # Critique-GRPO: refinements replace failed responses of gated groups
+        for index, algorithm in enumerate(run.feedback):  # e.g. Critique-GRPO's refinements of failed responses
             with timer.phase("refine"):
-                drawn, texts, rewards, refined = run.refiner(run.trainable.model.module, items, drawn, texts,
-                                                             rewards, step_seed(run.seed, step, refill, rt.dp_rank, 1),
-                                                             rt.device)
+                drawn, texts, rewards, replaced = algorithm.refine(
+                    run.trainable.model.module, items, drawn, texts, rewards,
+                    step_seed(run.seed, step, refill, rt.dp_rank, 1 + index), rt.device)
+                refined |= replaced
         with timer.phase("reward"):
             answers = [extract_answer(text) for text in texts]  # parsed once per response
         answered += [answer is not None for answer in answers]
@@ -241,7 +241,8 @@ def has_signal(run: RLSetup, adv: torch.Tensor) -> bool:
     """Whether the step trains: some advantage is non-zero on some rank, or a term that needs none is on (an
     entropy bonus, a KL penalty, SDPO's teacher)."""
     nonzero = dp_max(float(adv.abs().max()) if adv.numel() else 0.0) > 0
-    return nonzero or bool(run.algo.entropy_coef or run.algo.kl_coef) or run.self_distill is not None
+    without_advantage = any(f.trains_without_advantage for f in run.feedback)
+    return nonzero or bool(run.algo.entropy_coef or run.algo.kl_coef) or without_advantage
 
 
 def due(every: int, count: int) -> bool:

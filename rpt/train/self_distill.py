@@ -39,6 +39,7 @@ from rpt.model.forward import unwrap
 from rpt.model.response_logits import chunked_reduce, response_hidden
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts
+from rpt.train.feedback import FeedbackAlgorithm
 from rpt.train.refinement import splice_rows
 
 
@@ -76,8 +77,10 @@ class TeacherTargets:
         return replace(terms, loss=self.grpo_weight * terms.loss + dense)
 
 
-class SelfDistiller:
+class SelfDistiller(FeedbackAlgorithm):
     """Feedback, teacher weights and teacher targets for one RL stage (``algo.sdpo``)."""
+
+    trains_without_advantage = True  # the distillation term needs no advantage
 
     def __init__(self, cfg, task, trainable, group_size: int, teacher_init=None, model_cfg=None, dtype=None,
                  share_prompt: bool = True):
