@@ -9,6 +9,7 @@ import torch
 from rpt.model.forward import full_logits, logprobs_and_entropy
 from rpt.rollout.engine import SamplingParams, generate, make_decoder
 from rpt.rollout.lean_decoder import LeanDecoder, supports
+from rpt.rollout.shared_prompt_kv import RowGroups
 
 ENGINES = ["lean", "megatron"]
 
@@ -76,13 +77,15 @@ def test_lean_decoder_ragged_prefill_equals_each_rows_own_forward(tiny_model):
                 torch.testing.assert_close(logits[i], reference[len(r) - 1 + t], atol=1e-4, rtol=1e-4)
 
 
-def test_shared_prompts_are_kept_once_and_survive_finished_rows(tiny_model):
-    """Two groups of three rows share a prompt each (lengths 6 and 4: left-padded) and one row has its own. The
-    shared prompts' keys and values are stored once per group and the rows' caches hold only generated tokens;
-    as rows finish (a whole group among them), every remaining row's logits still equal a plain forward over it."""
+@pytest.mark.parametrize("own_row", [True, False])
+def test_shared_prompts_are_kept_once_and_survive_finished_rows(tiny_model, own_row):
+    """Two groups of three rows share a prompt each (lengths 6 and 4: left-padded) and (``own_row``) one row has
+    its own; without it every group starts full (the reshape path of ``RowGroups``). The shared prompts' keys and
+    values are stored once per group and the rows' caches hold only generated tokens; as rows finish (a whole
+    group among them), every remaining row's logits still equal a plain forward over it."""
     g = torch.Generator().manual_seed(7)
     a, b, c = (torch.randint(3, 300, (n,), generator=g) for n in (6, 4, 5))
-    rows, new = [a, a, a, b, b, b, c], 4
+    rows, new = [a, a, a, b, b, b, c][:7 if own_row else 6], 4
     follow = torch.randint(3, 300, (len(rows), new), generator=g)
     lens = torch.tensor([len(r) for r in rows])
     prompts = torch.zeros(len(rows), 6, dtype=torch.long)
@@ -90,9 +93,11 @@ def test_shared_prompts_are_kept_once_and_survive_finished_rows(tiny_model):
         prompts[i, :len(r)] = r
     decoder = LeanDecoder(tiny_model, batch=len(rows), max_len=6 + new)
     seen = {i: [logits] for i, logits in enumerate(decoder.prefill(prompts, lens)[0])}
-    assert decoder.prompt_len == 6 and decoder.prompt_k[0].shape[0] == 3 and decoder.k_cache[0].shape[2] == new
+    assert decoder.prompt_len == 6 and decoder.prompt_k[0].shape[0] == 2 + own_row
+    assert decoder.k_cache[0].shape[2] == new and decoder.row_groups.full is not own_row
     alive = list(range(len(rows)))
-    for t, keep in enumerate([None, [0, 2, 3, 6], [0, 1, 3]]):  # then group b has no row left
+    keeps = [None, [0, 2, 3, 6], [0, 1, 3]] if own_row else [None, [0, 2, 3], [0, 1]]  # then group b has no row
+    for t, keep in enumerate(keeps):
         if keep is not None:
             decoder.keep(torch.tensor(keep))
             alive = [alive[k] for k in keep]
@@ -103,7 +108,19 @@ def test_shared_prompts_are_kept_once_and_survive_finished_rows(tiny_model):
             reference = full_logits(tiny_model, torch.cat([rows[i], follow[i, :len(got) - 1]]).unsqueeze(0))[0]
             for t, logits in enumerate(got):
                 torch.testing.assert_close(logits, reference[len(rows[i]) - 1 + t], atol=1e-4, rtol=1e-4)
-    assert [len(seen[i]) for i in range(len(rows))] == [4, 2, 4, 3, 2, 2, 4]
+    assert [len(seen[i]) for i in range(len(rows))] == [4, 2, 4, 3, 2, 2, 4][:len(rows)]
+
+
+def test_full_row_groups_gather_and_scatter_like_the_general_path():
+    """When every group has all its rows, gather and scatter are reshapes: the same tensors as the indexed path."""
+    groups = RowGroups.of(torch.arange(3).repeat_interleave(4), 3)
+    assert groups.full and not RowGroups.of(torch.tensor([0, 0, 1]), 2).full
+    general = replace(groups, full=False)
+    x = torch.randn(12, 2, 3, 5)
+    assert torch.equal(groups.gather(x), general.gather(x))
+    y = torch.randn(3, 2, 4 * 3, 5)
+    assert torch.equal(groups.scatter(y, 3), general.scatter(y, 3))
+    assert torch.equal(groups.scatter(groups.gather(x), 3), x)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

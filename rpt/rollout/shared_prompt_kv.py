@@ -27,13 +27,15 @@ class RowGroups:
     slot: torch.Tensor  # [rows] position of the row among its group's remaining rows
     groups: int  # prompt groups (a group whose rows all finished stays, with no rows)
     width: int  # most rows any group still has
+    full: bool = False  # every group has ``width`` rows: row r is slot r % width of group r // width
 
     @classmethod
     def of(cls, group: torch.Tensor, groups: int) -> RowGroups:
         counts = torch.bincount(group, minlength=groups)
         first = torch.cumsum(counts, 0) - counts
         slot = torch.arange(len(group), device=group.device) - first[group]
-        return cls(group, slot, groups, int(counts.max()) if len(group) else 0)
+        width = int(counts.max()) if len(group) else 0
+        return cls(group, slot, groups, width, bool(len(group)) and bool((counts == width).all()))
 
     def keep(self, rows: torch.Tensor) -> RowGroups:
         """The groups of the rows ``rows`` (ascending indices into the current rows), renumbered from 0."""
@@ -43,14 +45,20 @@ class RowGroups:
         """``[rows, kv_heads, n, k]`` -> ``[groups, kv_heads, width * n, k]`` (a group's rows side by side, zeros
         in the slots of rows it no longer has)."""
         rows, heads, n, k = x.shape
-        out = x.new_zeros(self.groups, self.width, heads, n, k)
-        out[self.group, self.slot] = x
+        if self.full:  # no empty slot: a reshape (no scatter into zeros)
+            out = x.view(self.groups, self.width, heads, n, k)
+        else:
+            out = x.new_zeros(self.groups, self.width, heads, n, k)
+            out[self.group, self.slot] = x
         return out.transpose(1, 2).reshape(self.groups, heads, self.width * n, k)
 
     def scatter(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The inverse of ``gather``: ``[groups, kv_heads, width * n, k]`` -> ``[rows, kv_heads, n, k]``."""
         heads, k = x.shape[1], x.shape[-1]
-        return x.view(self.groups, heads, self.width, n, k)[self.group, :, self.slot]
+        per_slot = x.view(self.groups, heads, self.width, n, k)
+        if self.full:
+            return per_slot.transpose(1, 2).reshape(self.groups * self.width, heads, n, k)
+        return per_slot[self.group, :, self.slot]
 
 
 def shared_prompt_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, k: torch.Tensor,
