@@ -128,7 +128,9 @@ def test_the_weights_follow_an_rl_step(runtime, tokenizer):
     """One RL step with vLLM rollouts: its logged train/rollout gap is float rounding, and afterwards vLLM's greedy
     rollout equals the lean decoder's on the updated weights. The prompts compared are the same before and after
     the step and longer than one KV block (128 tokens on CPU), so a prompt KV cached from the old weights would
-    show."""
+    show. A second engine (other settings) on the same model is synced on its own: each follows the step whichever
+    generates first after it."""
+    from rpt.config_rl import VLLMConfig
     from rpt.train.rl_loop import rl_step
 
     cfg = rl_cfg(["rollout.engine=vllm", *VLLM_SHAPE, "rpt.lr=0.05", "algo.entropy_coef=0.05"])
@@ -136,13 +138,15 @@ def test_the_weights_follow_an_rl_step(runtime, tokenizer):
     model = run.trainable.model.module
     prompts = [(run.task.prompt_ids(p) * 60)[:150] for p in run.task.items]
     greedy = _greedy(8, tokenizer.eos_id)
-    before = generate(model, prompts, replace(greedy, engine="vllm"), 0, "cpu")
+    on_vllm, on_other = replace(greedy, engine="vllm"), replace(greedy, engine="vllm", vllm=VLLMConfig(kv_cache_mb=64))
+    before = generate(model, prompts, on_vllm, 0, "cpu")
+    assert torch.equal(generate(model, prompts, on_other, 0, "cpu").tokens, before.tokens)
     metrics, _ = rl_step(run, step=0, cursor=0)
     assert metrics["optimizer_steps"] >= 1 and metrics["train_rollout_gap"] < 1e-4
     lean_after = generate(model, prompts, greedy, 0, "cpu")
     assert not torch.equal(lean_after.tokens, before.tokens)  # the step changed what greedy decoding writes
-    vllm_after = generate(model, prompts, replace(greedy, engine="vllm"), 0, "cpu")
-    assert torch.equal(vllm_after.tokens, lean_after.tokens)
+    assert torch.equal(generate(model, prompts, on_other, 0, "cpu").tokens, lean_after.tokens)
+    assert torch.equal(generate(model, prompts, on_vllm, 0, "cpu").tokens, lean_after.tokens)
 
 
 def test_engine_choice_and_refusals(monkeypatch):

@@ -83,6 +83,7 @@ class VLLMEngine:
 
         self.shape, self.settings, self.cuda = shape, settings, torch.cuda.is_available()
         self.fresh = True  # holds dummy weights: the next sync sends whatever the version
+        self.synced: tuple | None = None  # weights_version of the model this engine last took part in syncing
         self._dir = tempfile.TemporaryDirectory(prefix="rpt-vllm-")
         architecture = "Qwen2ForCausalLM" if shape["qkv_bias"] else "LlamaForCausalLM"
         config = hf_config_from_model({**shape, "tie_embeddings": False}, architecture, dtype, {})
@@ -140,7 +141,6 @@ class VLLMEngine:
 
 
 _engines: dict[tuple, VLLMEngine] = {}  # by (shape, dtype, settings): vLLM's shutdown destroys the process group
-_synced: tuple | None = None  # weights_version(model) this rank last sent or took part in sending
 
 
 def engine_for(model, dtype: torch.dtype, settings: VLLMConfig) -> VLLMEngine:
@@ -157,10 +157,8 @@ def engine_for(model, dtype: torch.dtype, settings: VLLMConfig) -> VLLMEngine:
 
 def close_engines() -> None:
     """Shut every engine of this process down (``rpt.runtime.shutdown`` calls it)."""
-    global _synced
     while _engines:
         _engines.popitem()[1].close()
-    _synced = None
 
 
 def rollouts_from(outputs: list, prompts: list[list[int]], sampling) -> Rollouts:
@@ -194,21 +192,20 @@ def rollouts_from(outputs: list, prompts: list[list[int]], sampling) -> Rollouts
     return Rollouts(tokens, torch.tensor(lens), mask, sample_logprobs, torch.tensor(truncated))
 
 
-def sync(model, engine: VLLMEngine | None) -> bool:
-    """Send ``model``'s weights to ``engine`` (held by the tensor-parallel group's first rank, None elsewhere) if
-    they changed since the last sync or the engine holds none; a collective over the group. True if sent."""
-    global _synced
+def sync(model, engine: VLLMEngine, generates: bool) -> bool:
+    """Send ``model``'s weights to ``engine`` if they changed since its last sync or it holds none; a collective
+    over the tensor-parallel group, whose first rank (``generates``) loads them. True if sent."""
     from rpt.distributed import tp_any
     from rpt.model.tp_gather import full_state
 
     key = weights_version(model)
-    if not tp_any(key != _synced or (engine is not None and engine.fresh)):
+    if not tp_any(key != engine.synced or (generates and engine.fresh)):
         return False
     state = full_state(model)
-    if engine is not None:
+    if generates:
         engine.load(state)
         engine.fresh = False
-    _synced = key
+    engine.synced = key
     return True
 
 
@@ -223,7 +220,7 @@ def generate(model, prompts: list[list[int]], sampling, seed: int, device) -> Ro
     first = tp_rank() == 0
     if first:
         engine.wake()
-    sync(model, engine if first else None)
+    sync(model, engine, first)
     rollouts = None
     if first:
         rollouts = rollouts_from(engine.generate(prompts, sampling, seed), prompts, sampling)
