@@ -6,16 +6,25 @@ the value; pass 1 counts keys by their high 16 bits, which places the one or two
 interpolates between in a high-bits bucket each; pass 2 counts the low 16 bits inside those buckets, which gives
 the values exactly, whatever their distribution (ties included). Memory: two 65,536-bin tables. The virtual
 index, the weight and the interpolation are numpy's own helpers (``numpy/lib/_function_base_impl.py``: the linear
-method's ``get_virtual_index``, ``_get_gamma``, ``_lerp``; private, so a numpy upgrade that changes them fails the
-test that holds the result to ``np.quantile`` on the concatenated values, instead of drifting silently).
+method's ``get_virtual_index``, ``_get_gamma``, ``_lerp``; numpy 2.3 computes the index in float32, 2.4 in
+float64, so no formula of our own matches both). They are private: a test holds the result to ``np.quantile`` on
+the concatenated values, and a numpy without them gets the documented formula in float64 (``_fallback_ranks``,
+within an ulp), not an import error.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numpy.lib import _function_base_impl as _np_quantile  # np.quantile's own arithmetic (private helpers)
+import math
 
-_LINEAR = _np_quantile._QuantileMethods["linear"]
+import numpy as np
+
+try:  # np.quantile's own arithmetic (private helpers)
+    from numpy.lib import _function_base_impl as _np_quantile
+
+    _LINEAR = _np_quantile._QuantileMethods["linear"]
+    _get_gamma, _np_lerp = _np_quantile._get_gamma, _np_quantile._lerp
+except (ImportError, AttributeError, KeyError):  # a numpy that moved them
+    _LINEAR = None
 
 _BINS = 1 << 16
 
@@ -51,14 +60,16 @@ class ExactQuantile:
         self._high += np.bincount(keys >> 16, minlength=_BINS)
         self.n += len(keys)
 
-    def _ranks(self) -> tuple[int, int, np.ndarray]:
+    def _ranks(self) -> tuple[int, int, np.ndarray | float]:
         """numpy's linear method, through numpy's own helpers: the two order statistics to interpolate between and
         the weight. ``np.quantile`` gives a Python-float ``q`` the values' dtype (float32) before it computes the
-        virtual index, so the index and the weight are float32 arithmetic."""
+        virtual index, so numpy's own dtype rules decide the index's and the weight's precision."""
         n = self.n
+        if _LINEAR is None:
+            return _fallback_ranks(n, self.q)
         virtual = _LINEAR["get_virtual_index"](n, np.asanyarray(self.q, dtype=np.float32))
         below, above = np.floor(virtual), np.floor(virtual) + 1
-        gamma = _np_quantile._get_gamma(virtual, below, _LINEAR)
+        gamma = _get_gamma(virtual, below, _LINEAR)
         if virtual >= n - 1:
             below = above = n - 1
         elif virtual < 0:
@@ -93,7 +104,23 @@ class ExactQuantile:
             inner = int(np.searchsorted(np.cumsum(low), rank - cum_high[bucket], side="right"))
             picked.append(_value((bucket << 16) | inner))
         a, b = picked
-        return np.float32(_np_quantile._lerp(np.float32(a), np.float32(b), self._gamma))
+        return np.float32(_lerp(np.float32(a), np.float32(b), self._gamma))
+
+
+def _fallback_ranks(n: int, q: float) -> tuple[int, int, float]:
+    """The linear method's order statistics and weight in float64 (numpy's documented formula: virtual index
+    (n - 1) q), for a numpy without the private helpers."""
+    virtual = (n - 1) * q
+    below = min(max(math.floor(virtual), 0), n - 1)
+    return below, min(below + 1, n - 1), virtual - below
+
+
+def _lerp(a: np.float32, b: np.float32, t) -> np.float32:
+    """numpy's own ``_lerp`` where it has one, else its formula (exact at both ends)."""
+    if _LINEAR is not None:
+        return _np_lerp(a, b, t)
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 class StreamingHistogram:
