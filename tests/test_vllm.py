@@ -145,7 +145,10 @@ def test_the_weights_follow_an_rl_step(runtime, tokenizer):
     assert metrics["optimizer_steps"] >= 1 and metrics["train_rollout_gap"] < 1e-4
     lean_after = generate(model, prompts, greedy, 0, "cpu")
     assert not torch.equal(lean_after.tokens, before.tokens)  # the step changed what greedy decoding writes
+    trained = [p.detach().clone() for p in model.parameters()]
     assert torch.equal(generate(model, prompts, on_other, 0, "cpu").tokens, lean_after.tokens)
+    for p, kept in zip(model.parameters(), trained, strict=True):  # the sync hands vLLM the trainer's own tensors:
+        assert torch.equal(p, kept)  # its loading must copy them, never write them
     assert torch.equal(generate(model, prompts, on_vllm, 0, "cpu").tokens, lean_after.tokens)
 
 

