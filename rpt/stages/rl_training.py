@@ -67,9 +67,9 @@ def mine_grams(run: RLSetup, model, prompts: int) -> list[str]:
     of (weights, seed), so a resumed stage mines the same list. ``analysis.strategic_grams`` when none succeeded."""
     rt, G, task = run.rt, run.rollout.group_size, run.task
     items = task.items_for_step(0, max(prompts, rt.dp_size), run.seed + 1)[rt.dp_rank::rt.dp_size]
-    ro = generate(model, [task.prompt_ids(it) for it in items for _ in range(G)], run.sampling,
-                  step_seed(run.seed, -1, rt.dp_rank), rt.device)
-    texts = [task.tokenizer.decode(ro.response_ids(i)) for i in range(len(ro))]
+    drawn = generate(model, [task.prompt_ids(it) for it in items for _ in range(G)], run.sampling,
+                     step_seed(run.seed, -1, rt.dp_rank), rt.device)
+    texts = [task.tokenizer.decode(drawn.response_ids(i)) for i in range(len(drawn))]
     good = [t for i, t in enumerate(texts) if task.is_correct(task.reward(items[i // G], t))]
     solutions = [t for part in gather_objects(good) for t in part]
     return mine_strategic_grams(solutions) or list(run.analysis.strategic_grams)

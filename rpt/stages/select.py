@@ -44,18 +44,18 @@ def run(ctx) -> dict:
         return {}
     heldout = np.fromiter((is_heldout(d, sc.heldout_fraction) for d in corpus.doc_ids), dtype=bool,
                           count=len(corpus))
-    got = select_positions(shards, heldout, sc, cfg.run.seed, rd.positions)
+    selected = select_positions(shards, heldout, sc, cfg.run.seed, rd.positions)
     write_meta(rd.positions, corpus.manifest, sc.max_context_tokens, sc.max_target_tokens,
-               {"train": got.train, "heldout": got.heldout})
-    entropy_histogram(*got.histogram, sc.difficulty_thresholds, rd.report / "entropy_hist.png")
+               {"train": selected.train, "heldout": selected.heldout})
+    entropy_histogram(*selected.histogram, sc.difficulty_thresholds, rd.report / "entropy_hist.png")
     ctx.barrier()
-    if not got.train:
+    if not selected.train:
         raise ValueError(f"select: no training position passed mode={sc.mode} threshold={sc.threshold}; "
-                         f"entropy range {got.entropy_min:.3f}..{got.entropy_max:.3f}")
+                         f"entropy range {selected.entropy_min:.3f}..{selected.entropy_max:.3f}")
     summary = {
-        "positions_scored": got.scored, "train_positions": got.train, "heldout_positions": got.heldout,
-        "fraction_kept": got.train / max(1, got.trainable), "heldout_buckets": dict(got.heldout_buckets),
-        "entropy_mean": got.entropy_sum / got.scored, "entropy_p80": got.entropy_p80, "mode": sc.mode,
+        "positions_scored": selected.scored, "train_positions": selected.train, "heldout_positions": selected.heldout,
+        "fraction_kept": selected.train / max(1, selected.trainable), "heldout_buckets": dict(selected.heldout_buckets),
+        "entropy_mean": selected.entropy_sum / selected.scored, "entropy_p80": selected.entropy_p80, "mode": sc.mode,
         "window_overlap": overlap,
     }
     log.info("select: %s", summary)

@@ -82,8 +82,8 @@ class Refiner(FeedbackAlgorithm):
         asks = [p + tok.encode(self.cfg.critique_template.format(response=t)) for p, t in zip(prompts, texts,
                                                                                               strict=True)]
         params = replace(self.sampling, max_new_tokens=self.cfg.critique_max_tokens, stop=None)
-        ro = generate(model, asks, params, seed, device)
-        return [tok.decode(ro.response_ids(i)).strip() for i in range(len(asks))]
+        critiques = generate(model, asks, params, seed, device)
+        return [tok.decode(critiques.response_ids(i)).strip() for i in range(len(asks))]
 
     def refine(self, model, items: list, rollouts: Rollouts, texts: list[str], rewards: torch.Tensor, seed: int,
                device) -> tuple[Rollouts, list[str], torch.Tensor, torch.Tensor]:
@@ -107,8 +107,8 @@ class Refiner(FeedbackAlgorithm):
             critiques = [self.critique_text(items[i // G], a) for i, a in zip(sources, answers, strict=True)]
         asks = [p + tok.encode(self.cfg.refine_template.format(response=texts[i], critique=c))
                 for p, i, c in zip(prompts, sources, critiques, strict=True)]
-        ro = generate(model, asks, self.sampling, seed, device)
-        new_texts = [tok.decode(ro.response_ids(j)) for j in range(len(asks))]
+        refinements = generate(model, asks, self.sampling, seed, device)
+        new_texts = [tok.decode(refinements.response_ids(j)) for j in range(len(asks))]
         new_rewards = torch.tensor([self.task.reward(items[i // G], t) for i, t in zip(sources, new_texts,
                                                                                         strict=True)])
         self.counts["generated"] += len(sources)
@@ -119,7 +119,7 @@ class Refiner(FeedbackAlgorithm):
             members = [j for j, i in enumerate(sources) if i // G == g]
             chosen += [members[j] for j in choose_refinements(self.task.is_correct(new_rewards[members]), self.k, gen)]
         rows = [sources[j] for j in chosen]
-        spliced = splice_rows(prompts=[prompts[j] for j in chosen], source=ro.select(torch.tensor(chosen)),
+        spliced = splice_rows(prompts=[prompts[j] for j in chosen], source=refinements.select(torch.tensor(chosen)),
                               pad_id=tok.pad_id)
         rollouts = replace_rows(rollouts, rows, spliced, tok.pad_id)
         texts, rewards = list(texts), rewards.clone()
