@@ -44,3 +44,8 @@ class FeedbackAlgorithm(Protocol):
 
     def metrics(self, batch, values, collected) -> dict:
         """Whole-batch metrics of this step (every rank calls it: same collectives)."""
+
+
+def first_of(kind: type, parts) -> Any:
+    """The first of ``parts`` that is a ``kind`` (None: none is): a run's algorithm, or a batch's term, by class."""
+    return next((part for part in parts if isinstance(part, kind)), None)

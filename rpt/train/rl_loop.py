@@ -26,7 +26,7 @@ from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, TrainLoopConfi
 from rpt.distributed import dp_max, dp_mean_of, dp_sum
 from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
-from rpt.train.feedback import FeedbackAlgorithm
+from rpt.train.feedback import FeedbackAlgorithm, first_of
 from rpt.train.phase_timer import PhaseTimer
 from rpt.train.rl_metrics import (
     answer_metrics,
@@ -80,7 +80,7 @@ class RLSetup:
 
     def feedback_of(self, kind: type) -> Any:
         """This run's feedback algorithm of class ``kind`` (None: not on)."""
-        return next((f for f in self.feedback if isinstance(f, kind)), None)
+        return first_of(kind, self.feedback)
 
     @property
     def forward(self) -> ForwardSettings:

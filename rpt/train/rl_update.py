@@ -31,6 +31,7 @@ from rpt.distributed import dp_sum
 from rpt.model.forward import LOGITS_CHUNK_TOKENS, sequence_logprobs
 from rpt.model.shared_prefix import group_layout, shared_prompt_logprobs
 from rpt.rollout.engine import Rollouts
+from rpt.train.feedback import first_of
 from rpt.train.micro_batches import plan_micro_batches
 
 
@@ -107,7 +108,7 @@ class RLBatch:
 
     def feedback_of(self, kind: type):
         """This batch's feedback term of type ``kind`` (None when that algorithm is off)."""
-        return next((f for f in self.feedback if isinstance(f, kind)), None)
+        return first_of(kind, self.feedback)
 
     @property
     def shared_group(self) -> int:
