@@ -12,7 +12,7 @@ import torch
 from rpt.bench.hf_peer import hf_peer
 from rpt.bench.memory import bench_memory
 from rpt.bench.rollout import bench_rollout, bench_rollout_ragged
-from rpt.bench.rpt_step import bench_rpt_step
+from rpt.bench.rpt_step import RptStepper, bench_rpt_step
 from rpt.bench.scaling import bench_scoring_processes
 from rpt.bench.scoring import bench_scoring
 from rpt.bench.timing import Timing, ratio_spread
@@ -21,6 +21,19 @@ from rpt.bench.trl_peer import bench_trl_grpo_step
 from rpt.model.build import build_model
 
 log = logging.getLogger(__name__)
+
+
+def _trl_step(hf, cfg, rt, vocab: int, bc) -> dict:
+    """TRL's GRPOTrainer step, and with part ``rpt_step`` our RL step run after each of TRL's timed steps (TRL,
+    ours, TRL, ours, ...): the ratio's two medians then come from the same minutes of the machine. Without TRL our
+    steps run back to back."""
+    if "rpt_step" not in bc.parts:
+        return {"trl_grpo_step": bench_trl_grpo_step(hf, cfg, vocab, bc)}
+    stepper = RptStepper(cfg, rt, vocab, bc)
+    trl = bench_trl_grpo_step(hf, cfg, vocab, bc, between_steps=stepper.step)
+    while len(stepper.rows) < bc.repeats:  # TRL missing (or it stopped early): the rest back to back
+        stepper.step()
+    return {"trl_grpo_step": trl, "rpt_step": {**stepper.figures(), "paired_with_trl": "trl_skipped" not in trl}}
 
 
 def run_bench(cfg, rt) -> dict:
@@ -53,9 +66,10 @@ def run_bench(cfg, rt) -> dict:
         elif name == "memory":
             result["memory"] = bench_memory(cfg, rt)
         elif name == "rpt_step":
-            result["rpt_step"] = bench_rpt_step(cfg, rt, vocab, bc)
+            if "trl_grpo_step" not in bc.parts:  # else timed step by step between TRL's steps, below
+                result["rpt_step"] = bench_rpt_step(cfg, rt, vocab, bc)
         elif name == "trl_grpo_step":  # last: TRL trains the HF peer's weights in place
-            result["trl_grpo_step"] = bench_trl_grpo_step(hf or hf_peer(model, mc, rt.dtype), cfg, vocab, bc)
+            result.update(_trl_step(hf or hf_peer(model, mc, rt.dtype), cfg, rt, vocab, bc))
         else:
             raise ValueError(f"bench.parts: unknown part {name!r} (rollout, rollout_ragged, train, scoring, "
                              "scoring_processes, memory, rpt_step, trl_grpo_step)")
@@ -63,6 +77,9 @@ def run_bench(cfg, rt) -> dict:
         ours, trl = (Timing(tuple(result[part][f"{part}_times_s"])) for part in ("rpt_step", "trl_grpo_step"))
         result["rpt_step"]["rpt_step_speedup_vs_trl"] = trl.median / ours.median
         result["rpt_step"]["rpt_step_speedup_vs_trl_spread"] = ratio_spread(trl, ours)
+        if result["rpt_step"].get("paired_with_trl"):  # each TRL step over the step of ours that followed it
+            result["rpt_step"]["rpt_step_speedup_vs_trl_pairs"] = [t / o for t, o in zip(trl.times, ours.times,
+                                                                                         strict=True)]
     if bc.out and rt.is_main:
         Path(bc.out).parent.mkdir(parents=True, exist_ok=True)
         Path(bc.out).write_text(json.dumps(result, indent=2) + "\n")

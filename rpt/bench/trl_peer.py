@@ -31,26 +31,30 @@ def _word_level_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<0>", eos_token="<2>", unk_token="<1>")
 
 
-def _step_timer():
-    """A TrainerCallback recording the wall time of every optimizer step."""
+def _step_timer(between_steps=None):
+    """A TrainerCallback recording the wall time (and start) of every optimizer step, then calling
+    ``between_steps()`` after each step but the first (TRL's warm-up), outside the timed span."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self):
-            self.times, self._t0 = [], None
+            self.times, self.started, self._t0 = [], [], None
 
         def on_step_begin(self, *args, **kwargs):
             self._t0 = time.perf_counter()
+            self.started.append(self._t0)
 
         def on_step_end(self, *args, **kwargs):
             self.times.append(time.perf_counter() - self._t0)
+            if between_steps is not None and len(self.times) > 1:
+                between_steps()
 
     return StepTimer()
 
 
-def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc) -> dict:
+def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc, between_steps=None) -> dict:
     """Median and spread of the seconds per TRL GRPOTrainer step (after one warm-up step), or an explanation if
-    TRL is missing."""
+    TRL is missing. ``between_steps()`` (optional) runs after each timed step, untimed: our paired RPT step."""
     try:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
@@ -60,7 +64,7 @@ def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc) -> dict:
     prompts_per_step, group = cfg.rpt.prompts_per_step, cfg.rollout.group_size
     prompts = [" ".join(f"<{t}>" for t in torch.randint(5, vocab, (bc.prompt_len,), generator=g).tolist())
                for _ in range(prompts_per_step * (bc.repeats + 1))]
-    timer = _step_timer()
+    timer = _step_timer(between_steps)
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(
             output_dir=tmp, use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",
@@ -76,6 +80,7 @@ def bench_trl_grpo_step(hf_model, cfg, vocab: int, bc) -> dict:
                               args=args, train_dataset=Dataset.from_dict({"prompt": prompts}),
                               processing_class=_word_level_tokenizer(vocab), callbacks=[timer])
         trainer.train()  # the Trainer prints its log dicts: `rpt bench` diverts stdout to stderr around the run
-    steps = Timing(tuple(timer.times[1:] or timer.times))
+    timed_steps = slice(1, None) if len(timer.times) > 1 else slice(None)
+    steps = Timing(tuple(timer.times[timed_steps]))
     return {"trl_grpo_step_s": steps.median, "trl_grpo_step_spread_s": steps.spread,
-            "trl_grpo_step_times_s": list(steps.times)}
+            "trl_grpo_step_times_s": list(steps.times), "trl_grpo_step_started_s": timer.started[timed_steps]}
