@@ -74,3 +74,13 @@ def test_rpt_step_runs_back_to_back_when_trl_is_missing(runtime, monkeypatch):
     step = out["rpt_step"]
     assert out["trl_grpo_step"] == {"trl_skipped": "trl not installed"} and step["paired_with_trl"] is False
     assert len(step["rpt_step_times_s"]) == 2 and step["rpt_step_started_s"] == sorted(step["rpt_step_started_s"])
+
+
+def test_timed_alternating_takes_turns():
+    """Each round runs every function once, in turn, after one warm-up call each; each gets one time per round."""
+    from rpt.bench.timing import timed_alternating
+
+    calls = []
+    timings = timed_alternating({"ours": lambda: calls.append("ours"), "peer": lambda: calls.append("peer")}, 3)
+    assert calls == ["ours", "peer"] * 4
+    assert [len(t.times) for t in timings.values()] == [3, 3] and all(x >= 0 for t in timings.values() for x in t.times)

@@ -1,13 +1,14 @@
 """`rpt bench` parts ``rollout`` and ``rollout_ragged``: our sampler's prefill and decode tokens/s (lean decoder and
 megatron-core's inference path) against HF ``generate`` and vLLM (``rollout.engine=vllm``, the colocated engine, where
-it is installed and takes the model's head size) on the same weights, on equal-length and on ragged prompts.
+it is installed and takes the model's head size) on the same weights, on equal-length and on ragged prompts. The
+engines take turns, one call each per round (``timed_alternating``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from rpt.bench.timing import ratio_spread, timed
+from rpt.bench.timing import ratio_spread, timed_alternating
 from rpt.config_rl import VLLM_CPU_HEAD_DIMS, vllm_installed
 from rpt.rollout.engine import SamplingParams, generate, make_decoder
 
@@ -22,16 +23,27 @@ def vllm_unavailable(model, device) -> str | None:
     return None
 
 
-def _vllm_figures(model, ours, total, device, repeats: int, n_new: int) -> dict:
+def _vllm_figures(vllm_t, total) -> dict:
     """vLLM's whole ``generate`` on the same prompts (its engine built and the weights sent in the warm-up call),
-    against ours (``total``: our own whole-call timing of the same run)."""
-    reason = vllm_unavailable(model, device)
-    if reason is not None:
-        return {"vllm": f"not timed: {reason}"}
-    vllm_t = timed(ours("vllm"), repeats)
-    return {"vllm_generate_s": vllm_t.median, "vllm_generate_tok_s": n_new / vllm_t.median,
-            "generate_speedup_vs_vllm": vllm_t.median / total.median,
+    against ours (``total``: our own whole-call timing of the same rounds)."""
+    return {"vllm_generate_s": vllm_t.median, "generate_speedup_vs_vllm": vllm_t.median / total.median,
             "generate_speedup_vs_vllm_spread": ratio_spread(vllm_t, total), "vllm_spread_s": vllm_t.spread}
+
+
+def _engines(model, ours, device) -> tuple[dict, dict]:
+    """Whole-``generate`` callables of our two decoders (and vLLM where it can run), and what was left out."""
+    fns = {"ours": ours("auto"), "megatron": ours("megatron")}
+    reason = vllm_unavailable(model, device)
+    if reason is None:
+        fns["vllm"] = ours("vllm")
+    return fns, ({} if reason is None else {"vllm": f"not timed: {reason}"})
+
+
+def _inference(fn):
+    def call():
+        with torch.inference_mode():
+            return fn()
+    return call
 
 
 def _sampler(model, prompt_list: list[list[int]], new_tokens: int, device):
@@ -57,27 +69,29 @@ def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
             prompts.to(device))
 
     n_new = bc.batch_size * bc.new_tokens
-    with torch.inference_mode():
-        prefill_t, megatron_prefill_t = timed(prefill("auto"), bc.repeats), timed(prefill("megatron"), bc.repeats)
-    total_t = timed(ours("auto"), bc.repeats)
-    megatron_t = timed(ours("megatron"), bc.repeats)
-    prefill_s, total_s = prefill_t.median, total_t.median
-    out = {"prefill_tok_s": bc.batch_size * bc.prompt_len / prefill_s,
-           "decode_tok_s": n_new / max(total_s - prefill_s, 1e-9),
-           "engine": type(make_decoder(model, 1, 2)).__name__,
-           "megatron_decode_tok_s": n_new / max(megatron_t.median - megatron_prefill_t.median, 1e-9),
-           "spread_s": {"prefill": prefill_t.spread, "generate": total_t.spread,
-                        "megatron_generate": megatron_t.spread}}
-    out.update(_vllm_figures(model, ours, total_t, device, bc.repeats, n_new))
+    fns, out = _engines(model, ours, device)
+    prefills = {"ours": _inference(prefill("auto")), "megatron": _inference(prefill("megatron"))}
     if hf is not None:
         ids = prompts.to(device)
         kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
               "temperature": 1.0, "top_k": 0, "pad_token_id": 0}
         if device.type == "cuda":
             kw["cache_implementation"] = "static"
-        with torch.inference_mode():
-            hf_t = timed(lambda: hf.generate(ids, **kw), bc.repeats)
-            hf_prefill_t = timed(lambda: hf(ids, use_cache=True), bc.repeats)
+        fns["hf"] = _inference(lambda: hf.generate(ids, **kw))
+        prefills["hf"] = _inference(lambda: hf(ids, use_cache=True))
+    prefill_t, gen_t = timed_alternating(prefills, bc.repeats), timed_alternating(fns, bc.repeats)
+    prefill_s, total_t = prefill_t["ours"].median, gen_t["ours"]
+    total_s = total_t.median
+    out.update({"prefill_tok_s": bc.batch_size * bc.prompt_len / prefill_s,
+                "decode_tok_s": n_new / max(total_s - prefill_s, 1e-9),
+                "engine": type(make_decoder(model, 1, 2)).__name__,
+                "megatron_decode_tok_s": n_new / max(gen_t["megatron"].median - prefill_t["megatron"].median, 1e-9),
+                "spread_s": {"prefill": prefill_t["ours"].spread, "generate": total_t.spread,
+                             "megatron_generate": gen_t["megatron"].spread}})
+    if "vllm" in gen_t:
+        out.update(_vllm_figures(gen_t["vllm"], total_t), vllm_generate_tok_s=n_new / gen_t["vllm"].median)
+    if hf is not None:
+        hf_t, hf_prefill_t = gen_t["hf"], prefill_t["hf"]
         out["hf_decode_tok_s"] = n_new / max(hf_t.median - hf_prefill_t.median, 1e-9)
         out["decode_speedup_vs_hf"] = out["decode_tok_s"] / out["hf_decode_tok_s"]
         out["generate_speedup_vs_hf"] = hf_t.median / total_s  # whole generate call, prefill included
@@ -98,12 +112,7 @@ def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
 
     ours = _sampler(model, prompt_list, bc.new_tokens, device)
 
-    ours_t, megatron_t = timed(ours("auto"), bc.repeats), timed(ours("megatron"), bc.repeats)
-    out = {"prompt_lens": [min(lengths), max(lengths)], "generate_s": ours_t.median,
-           "megatron_generate_s": megatron_t.median,
-           "speedup_vs_megatron_path": megatron_t.median / ours_t.median,
-           "spread_s": {"generate": ours_t.spread, "megatron_generate": megatron_t.spread}}
-    out.update(_vllm_figures(model, ours, ours_t, device, bc.repeats, len(lengths) * bc.new_tokens))
+    fns, out = _engines(model, ours, device)
     if hf is not None:
         width = max(lengths)
         ids = torch.zeros(len(lengths), width, dtype=torch.long)
@@ -112,8 +121,18 @@ def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
             ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
         kw = {"max_new_tokens": bc.new_tokens, "min_new_tokens": bc.new_tokens, "do_sample": True,
               "temperature": 1.0, "top_k": 0, "pad_token_id": 0, "attention_mask": mask.to(device)}
-        with torch.inference_mode():
-            hf_t = timed(lambda: hf.generate(ids.to(device), **kw), bc.repeats)
+        fns["hf"] = _inference(lambda: hf.generate(ids.to(device), **kw))
+    timings = timed_alternating(fns, bc.repeats)
+    ours_t, megatron_t = timings["ours"], timings["megatron"]
+    out.update({"prompt_lens": [min(lengths), max(lengths)], "generate_s": ours_t.median,
+                "megatron_generate_s": megatron_t.median,
+                "speedup_vs_megatron_path": megatron_t.median / ours_t.median,
+                "spread_s": {"generate": ours_t.spread, "megatron_generate": megatron_t.spread}})
+    if "vllm" in timings:
+        n_new = len(lengths) * bc.new_tokens
+        out.update(_vllm_figures(timings["vllm"], ours_t), vllm_generate_tok_s=n_new / timings["vllm"].median)
+    if hf is not None:
+        hf_t = timings["hf"]
         out["hf_generate_s"], out["spread_s"]["hf_generate"] = hf_t.median, hf_t.spread
         out["speedup_vs_hf"] = hf_t.median / ours_t.median
         out["speedup_vs_hf_spread"] = ratio_spread(hf_t, ours_t)

@@ -1,11 +1,11 @@
 """`rpt bench` part ``train``: forward+backward+optimizer-step tokens/s of our trainer (and MFU on GPU) against a
-plain HF forward/backward with torch AdamW on the same weights and tokens."""
+plain HF forward/backward with torch AdamW on the same weights and tokens, the two timed in alternation."""
 
 from __future__ import annotations
 
 import torch
 
-from rpt.bench.timing import ratio_spread, timed
+from rpt.bench.timing import ratio_spread, timed_alternating
 from rpt.model.forward import lm_loss
 
 
@@ -22,11 +22,7 @@ def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
         lm_loss(trainable.model, tokens).backward()
         trainable.step()
 
-    ours_t = timed(ours, bc.repeats)
-    ours_s, n_tok = ours_t.median, bc.batch_size * bc.train_seq_len
-    out = {"train_tok_s": n_tok / ours_s, "spread_s": {"train_step": ours_t.spread}}
-    if rt.device.type == "cuda":
-        out["mfu"] = 6 * n_params * n_tok / ours_s / bc.peak_flops
+    fns = {"ours": ours}
     if hf is not None:
         hf.train()
         opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.0)
@@ -37,7 +33,15 @@ def bench_train(model_cfg, vocab, rt, hf, bc, n_params: int) -> dict:
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
             opt.step()
 
-        peer_t = timed(peer, bc.repeats)
+        fns["hf"] = peer
+    timings = timed_alternating(fns, bc.repeats)
+    ours_t = timings["ours"]
+    ours_s, n_tok = ours_t.median, bc.batch_size * bc.train_seq_len
+    out = {"train_tok_s": n_tok / ours_s, "spread_s": {"train_step": ours_t.spread}}
+    if rt.device.type == "cuda":
+        out["mfu"] = 6 * n_params * n_tok / ours_s / bc.peak_flops
+    if hf is not None:
+        peer_t = timings["hf"]
         peer_s = peer_t.median
         out["hf_train_tok_s"] = n_tok / peer_s
         out["train_speedup_vs_hf"] = out["train_tok_s"] / out["hf_train_tok_s"]
