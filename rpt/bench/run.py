@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 def _trl_step(hf, cfg, rt, vocab: int, bc) -> dict:
     """TRL's GRPOTrainer step, and with part ``rpt_step`` our RL step run after each of TRL's timed steps (TRL,
-    ours, TRL, ours, ...): the ratio's two medians then come from the same minutes of the machine. Without TRL our
-    steps run back to back."""
+    ours, TRL, ours, ...): the ratio's two medians then come from the same minutes of the machine (both models and
+    their optimizers are held at once). Without TRL our steps run back to back."""
     if "rpt_step" not in bc.parts:
         return {"trl_grpo_step": bench_trl_grpo_step(hf, cfg, vocab, bc)}
     stepper = RptStepper(cfg, rt, vocab, bc)
