@@ -23,10 +23,11 @@ def vllm_unavailable(model, device) -> str | None:
     return None
 
 
-def _vllm_figures(vllm_t, total) -> dict:
-    """vLLM's whole ``generate`` on the same prompts (its engine built and the weights sent in the warm-up call),
-    against ours (``total``: our own whole-call timing of the same rounds)."""
-    return {"vllm_generate_s": vllm_t.median, "generate_speedup_vs_vllm": vllm_t.median / total.median,
+def _vllm_figures(vllm_t, total, n_new: int) -> dict:
+    """vLLM's whole ``generate`` of ``n_new`` tokens on the same prompts (its engine built and the weights sent in the
+    warm-up call), against ours (``total``: our own whole-call timing of the same rounds)."""
+    return {"vllm_generate_s": vllm_t.median, "vllm_generate_tok_s": n_new / vllm_t.median,
+            "generate_speedup_vs_vllm": vllm_t.median / total.median,
             "generate_speedup_vs_vllm_spread": ratio_spread(vllm_t, total), "vllm_spread_s": vllm_t.spread}
 
 
@@ -89,7 +90,7 @@ def bench_rollout(model, hf, bc, vocab: int, device) -> dict:
                 "spread_s": {"prefill": prefill_t["ours"].spread, "generate": total_t.spread,
                              "megatron_generate": gen_t["megatron"].spread}})
     if "vllm" in gen_t:
-        out.update(_vllm_figures(gen_t["vllm"], total_t), vllm_generate_tok_s=n_new / gen_t["vllm"].median)
+        out.update(_vllm_figures(gen_t["vllm"], total_t, n_new))
     if hf is not None:
         hf_t, hf_prefill_t = gen_t["hf"], prefill_t["hf"]
         out["hf_decode_tok_s"] = n_new / max(hf_t.median - hf_prefill_t.median, 1e-9)
@@ -129,8 +130,7 @@ def bench_rollout_ragged(model, hf, bc, vocab: int, device) -> dict:
                 "speedup_vs_megatron_path": megatron_t.median / ours_t.median,
                 "spread_s": {"generate": ours_t.spread, "megatron_generate": megatron_t.spread}})
     if "vllm" in timings:
-        n_new = len(lengths) * bc.new_tokens
-        out.update(_vllm_figures(timings["vllm"], ours_t), vllm_generate_tok_s=n_new / timings["vllm"].median)
+        out.update(_vllm_figures(timings["vllm"], ours_t, len(lengths) * bc.new_tokens))
     if hf is not None:
         hf_t = timings["hf"]
         out["hf_generate_s"], out["spread_s"]["hf_generate"] = hf_t.median, hf_t.spread
