@@ -6,10 +6,19 @@ prediction: some documents carry worked solutions in the think format
 (``4 - 1 + 7 = 10``). A model that predicts the bare result directly must add several numbers in one step; one
 that first writes the worked steps only needs the two-term facts it has seen many times. The RPT split holds
 bare documents only, like the math corpus of the paper.
+
+Held out by content: reasoning-gym builds item i of a dataset from ``Random(seed + i)``, so two seeds draw shifted
+copies of one stream and documents held out by id still carried training problems (every held-out problem of an
+earlier demo was a pretraining problem). Problems are therefore split by expression: a hash of the expression puts
+each problem of ``data.demo_disjoint_min_terms`` or more operands in the held-out pool (a ``heldout_fraction`` share
+of the problem space) or the training pool, held-out documents are drawn from the first and every training document
+(pretraining and RPT-train) from the second. Smaller problem spaces (the 100 two-term single-digit sums) cannot be
+split and stay shared; `prep`'s contamination table states their overlap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import reasoning_gym
@@ -49,28 +58,45 @@ def running_total_nonnegative(expression: str) -> bool:
     return all(result >= 0 for *_, result in evaluate_steps(expression))
 
 
-def _keep(data_cfg, expression: str) -> bool:
+# reasoning-gym's item i of seed s is item i + (s - t) of seed t: held-out documents read the stream this far from
+# every training stream, so even the shared two-term problems do not come in the training documents' order (a
+# shifted copy of that order made whole runs of held-out problems, and so their 13-grams, training text)
+HELDOUT_STREAM = 10 ** 9
+
+
+def problem_pool(expression: str, terms: int, data_cfg) -> str:
+    """``heldout`` or ``train``: which documents may carry this problem (``shared``: its space is too small to split)."""
+    if terms < data_cfg.demo_disjoint_min_terms:
+        return "shared"
+    digest = hashlib.sha256(("problem:" + " ".join(expression.split())).encode()).hexdigest()[:8]
+    return "heldout" if int(digest, 16) / 0xFFFFFFFF < data_cfg.heldout_fraction else "train"
+
+
+def _keep(data_cfg, expression: str, terms: int, pool: str) -> bool:
     return uses_only(expression, data_cfg.demo_operators) and (
-        not data_cfg.demo_nonnegative or running_total_nonnegative(expression))
+        not data_cfg.demo_nonnegative or running_total_nonnegative(expression)) and (
+        problem_pool(expression, terms, data_cfg) in ("shared", pool))
 
 
-def draw_problems(data_cfg, count: int, seed: int, terms: int) -> list[dict]:
+def draw_problems(data_cfg, count: int, seed: int, terms: int, pool: str = "train") -> list[dict]:
     """``count`` reasoning-gym entries of ``terms`` operands, filtered to ``demo_operators`` and, with
     ``demo_nonnegative``, to running totals >= 0 (every worked step is then a fact of one small table, which a
     tiny model learns in minutes; a "+"-only corpus also makes "+" vs "=" at most a coin flip, below the
-    selection threshold, so the selected positions are the results)."""
+    selection threshold, so the selected positions are the results). ``pool``: ``train`` or ``heldout``, the
+    problems (``problem_pool``) documents of that kind may carry."""
     entries, batch, offset = [], max(64, 3 * count), 0
     while len(entries) < count:
         drawn = reasoning_gym.create_dataset(
             data_cfg.demo_task, size=batch, seed=seed + offset, min_terms=terms, max_terms=terms,
             min_digits=data_cfg.demo_digits, max_digits=data_cfg.demo_digits)
-        entries += [e for e in drawn if _keep(data_cfg, e["metadata"]["expression"])]
+        entries += [e for e in drawn if _keep(data_cfg, e["metadata"]["expression"], terms, pool)]
         offset += 104729
     return entries[:count]
 
 
-def generate_documents(data_cfg, num_docs: int, worked_fraction: float, seed: int) -> list[str]:
-    """``num_docs`` documents of ``problems_per_doc`` problems each; a ``worked_fraction`` share is worked.
+def generate_documents(data_cfg, num_docs: int, worked_fraction: float, seed: int, pool: str = "train") -> list[str]:
+    """``num_docs`` documents of ``problems_per_doc`` problems each, from ``pool``'s problems; a ``worked_fraction``
+    share is worked.
 
     All problems of a document have the same number of operands (like one exercise sheet), so once a reader has
     seen the first problem, where ``=`` comes is predictable and the uncertain positions are the operands (pure
@@ -81,7 +107,8 @@ def generate_documents(data_cfg, num_docs: int, worked_fraction: float, seed: in
     pools = {}
     for terms in sorted({t for t, _ in plan}):
         needed = sum(1 for t, _ in plan if t == terms) * data_cfg.problems_per_doc
-        pools[terms] = iter(draw_problems(data_cfg, needed, seed * 31 + terms, terms))
+        stream = seed * 31 + terms + (HELDOUT_STREAM if pool == "heldout" else 0)
+        pools[terms] = iter(draw_problems(data_cfg, needed, stream, terms, pool))
     docs = []
     for terms, worked in plan:
         lines = [render_problem(e["metadata"]["expression"], str(e["answer"]), worked)

@@ -1,7 +1,8 @@
 """`select` as passes over the stored entropy shards: positions are chosen and written as the shards stream by, so
 memory is one shard plus per-document counters, whatever the size of the corpus.
 
-- Pass 1: per document, held-out positions and (threshold mode) training positions are written at once; the
+- Pass 1: per document, held-out positions (validation and test documents) and (threshold mode) training positions
+  are written at once; documents `prep` dropped as contaminated are skipped; the
   corpus statistics are counted (number, sum, min, max; the high bits of the 80th percentile and, in top-fraction
   mode, of the cut); random mode stores every eligible training offset in a temporary memory-mapped file.
 - Pass 2: the statistics' quantiles are refined and the entropy histogram counted; random mode first draws its
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.doc_splits import HELDOUT_SPLITS, TRAIN
 from data_prep.entropy import EntropyShards
 from data_prep.order_stats import ExactQuantile, StreamingHistogram
 from data_prep.selection import (
@@ -41,14 +43,14 @@ HISTOGRAM_BINS = 60
 @dataclass
 class SelectionResult:
     train: int = 0  # training positions written
-    heldout: int = 0  # held-out positions written
+    heldout: dict = field(default_factory=dict)  # held-out positions written, per split (validation, test)
     trainable: int = 0  # training-document tokens past min_context_tokens (the fraction's denominator)
     scored: int = 0  # tokens with an entropy (all documents)
     entropy_sum: float = 0.0
     entropy_min: np.float32 = np.float32(np.inf)
     entropy_max: np.float32 = np.float32(-np.inf)
     entropy_p80: float = float("nan")
-    heldout_buckets: Counter = field(default_factory=Counter)
+    heldout_buckets: dict = field(default_factory=lambda: {name: Counter() for name in HELDOUT_SPLITS})
     histogram: tuple[np.ndarray, np.ndarray] | None = None  # (counts, edges) of every scored entropy
 
     def count(self, values: np.ndarray) -> None:
@@ -60,10 +62,10 @@ class SelectionResult:
 
 
 class _Writers:
-    """The two split writers and the counts of what went into them."""
+    """The split writers (train, validation, test) and the counts of what went into them."""
 
     def __init__(self, positions_dir: Path, thresholds, result: SelectionResult):
-        self.train, self.heldout = PositionWriter(positions_dir, "train"), PositionWriter(positions_dir, "heldout")
+        self.writers = {name: PositionWriter(positions_dir, name) for name in ("train", *HELDOUT_SPLITS)}
         self.thresholds, self.result = thresholds, result
 
     def add(self, split: str, doc: int, offsets: np.ndarray, entropy: np.ndarray) -> None:
@@ -71,12 +73,14 @@ class _Writers:
             return
         values = entropy[offsets]
         buckets = bucket_indices(values, self.thresholds)
-        getattr(self, split).add(doc, offsets, values, buckets)
-        if split == "heldout":
-            self.result.heldout_buckets.update(BUCKETS[b] for b in buckets if b >= 0)
+        self.writers[split].add(doc, offsets, values, buckets)
+        if split != "train":
+            self.result.heldout_buckets[split].update(BUCKETS[b] for b in buckets if b >= 0)
 
     def close(self) -> None:
-        self.result.train, self.result.heldout = self.train.close(), self.heldout.close()
+        counts = {name: writer.close() for name, writer in self.writers.items()}
+        self.result.train = counts.pop("train")
+        self.result.heldout = counts
 
 
 def _documents(shards: EntropyShards):
@@ -84,10 +88,12 @@ def _documents(shards: EntropyShards):
         yield from enumerate(shard.per_doc(), shard.first_doc)
 
 
-def select_positions(shards: EntropyShards, heldout: np.ndarray, sel_cfg, seed: int,
+def select_positions(shards: EntropyShards, doc_split: np.ndarray, sel_cfg, seed: int,
                      positions_dir: Path) -> SelectionResult:
-    """Write ``train.npy`` and ``heldout.npy`` under ``positions_dir`` from the scored ``shards``; ``heldout[d]``
-    says whether document d is held out. Returns the counts and corpus statistics."""
+    """Write ``train.npy``, ``validation.npy`` and ``test.npy`` under ``positions_dir`` from the scored ``shards``;
+    ``doc_split[d]`` is document d's split (``data_prep/doc_splits.py``). Returns the counts and corpus statistics."""
+    names = {code: name for name, code in HELDOUT_SPLITS.items()}
+    training = doc_split == TRAIN
     mode = sel_cfg.mode
     if mode not in ("threshold", "top_fraction", "random"):
         raise ValueError(f"select.mode must be threshold, top_fraction or random, got {mode!r}")
@@ -101,8 +107,9 @@ def select_positions(shards: EntropyShards, heldout: np.ndarray, sel_cfg, seed: 
             values = e[~np.isnan(e)]
             result.count(values)
             p80.count(values)
-            if heldout[d]:
-                writers.add("heldout", d, heldout_positions(e, sel_cfg), e)
+            if doc_split[d] in names:
+                writers.add(names[doc_split[d]], d, heldout_positions(e, sel_cfg), e)
+            if not training[d]:
                 continue
             result.trainable += max(0, len(e) - sel_cfg.min_context_tokens)
             if mode == "threshold":
@@ -119,7 +126,7 @@ def select_positions(shards: EntropyShards, heldout: np.ndarray, sel_cfg, seed: 
             values = e[~np.isnan(e)]
             p80.refine(values)
             histogram.add(values)
-            if cut is not None and not heldout[d]:
+            if cut is not None and training[d]:
                 cut.refine(e[eligible_offsets(e, sel_cfg)])
             if drawn is not None and d in drawn:
                 writers.add("train", d, drawn[d], e)
@@ -127,7 +134,7 @@ def select_positions(shards: EntropyShards, heldout: np.ndarray, sel_cfg, seed: 
         threshold = cut.value()
         log.info("select: top %.1f%% of eligible training entropies is >= %.4f", 100 * sel_cfg.top_fraction, threshold)
         for d, e in _documents(shards):  # pass 3
-            if not heldout[d]:
+            if training[d]:
                 writers.add("train", d, top_fraction_positions(e, sel_cfg, threshold), e)
     writers.close()
     result.entropy_p80 = float(p80.value())

@@ -1,7 +1,7 @@
 """Position selection rules: which corpus positions become next-token reasoning tasks.
 
-Documents are split by a hash of their id into training and held-out documents (never overlapping). Training
-positions are chosen by entropy threshold, by top fraction, or at random with the same count as the threshold
+Documents come split into training and held-out (validation, test) documents by `prep` (``data_prep/doc_splits``).
+Training positions are chosen by entropy threshold, by top fraction, or at random with the same count as the threshold
 rule would give (the baseline). An optional ``max_entropy`` drops near-uniform positions in every mode: where the
 proxy sees many equally likely continuations (a fresh random number, a name), no reasoning can predict the token,
 and such positions are what made entropy selection collapse on noisy corpora (PretrainZero, arXiv 2512.03442).
@@ -15,13 +15,7 @@ stored entropies.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
-
-
-def is_heldout(doc_id: str, fraction: float) -> bool:
-    return int(hashlib.sha256(("heldout:" + doc_id).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
 def eligible_offsets(entropy: np.ndarray, sel_cfg) -> np.ndarray:

@@ -104,6 +104,14 @@ class DataConfig:
     max_doc_chars: int = 200000  # longer documents are counted as bad and skipped
     rpt_fraction: float = 0.5  # user sources: share of documents routed to the RPT split (rest pretrain; 1.0: all,
     # for a run that imports its base and pretrains nothing)
+    # the RPT split's documents: train / validation / test (data_prep/doc_splits.py), decided by prep
+    heldout_fraction: float = 0.25  # share of RPT-split documents held out (validation + test)
+    validation_fraction: float = 0.5  # share of the held-out documents that validate (tuning, val/* during training);
+    # the rest is the test split `eval` reports
+    contamination_ngram: int = 13  # word n-gram length of the held-out vs training overlap (GPT-3, lm-eval: 13)
+    near_duplicate: float = 0.8  # a held-out document with this share of its n-grams in training is a near duplicate
+    decontaminate: bool = False  # drop held-out documents the training splits contain (any shared n-gram, or an
+    # exact duplicate) from validation and test
     # demo corpus (reasoning-gym chain_sum problems rendered as text documents)
     demo_task: str = "chain_sum"  # reasoning-gym generator used for the demo corpus
     demo_min_terms: int = 2  # fewest operands per problem
@@ -111,6 +119,8 @@ class DataConfig:
     demo_digits: int = 1  # digits per operand
     demo_nonnegative: bool = True  # keep only problems whose running total never drops below zero
     demo_operators: list[str] = field(default_factory=lambda: ["+"])  # keep only problems using these operators
+    demo_disjoint_min_terms: int = 3  # problems with this many operands or more are split by expression: held-out
+    # documents never share one with a training split (smaller spaces, e.g. the 100 two-term sums, stay shared)
     num_pretrain_docs: int = 6000  # pretraining documents (mix of worked and bare)
     num_rpt_docs: int = 400  # documents of the RPT split (bare results, as a math corpus states them)
     problems_per_doc: int = 4  # problems per demo document
@@ -125,6 +135,11 @@ class DataConfig:
 
     def __post_init__(self):
         _one_of("data", "tokenizer_type", self.tokenizer_type, ("bpe", "unigram"))
+        for name in ("heldout_fraction", "validation_fraction", "near_duplicate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.contamination_ngram < 1:
+            raise ValueError(f"data.contamination_ngram must be >= 1, got {self.contamination_ngram}")
         _one_of("data", "digit_group", self.digit_group, (1, 2, 3))
         number_pieces = sum(10 ** width for width in range(2, self.digit_group + 1))
         if number_pieces and self.vocab_size < number_pieces + 300:
@@ -174,7 +189,6 @@ class SelectConfig:
     max_context_tokens: int = 96  # context cut from the left to this many tokens
     max_target_tokens: int = 32  # ground-truth remainder stored per position (reward boundaries)
     max_per_doc: int = 64  # cap on selected positions per document
-    heldout_fraction: float = 0.25  # share of RPT-split documents held out for evaluation
     difficulty_thresholds: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])  # easy/medium/hard
     batch_size: int = 32  # sequences per scoring forward
     shard_docs: int = 1000  # documents per scoring shard (the unit of resumption and of select's memory)
@@ -257,7 +271,7 @@ class RLTaskConfig:
 
 @dataclass
 class EvalConfig:
-    max_positions: int = 300  # held-out positions evaluated (per bucket cap applies after)
+    max_positions: int | None = 300  # test positions evaluated (a seeded sample; null: every test position)
     samples: int = 4  # samples per position for the averaged accuracy (besides greedy)
     max_new_tokens: int = 48  # response cap when reasoning
     temperature: float = 0.8  # sampling temperature for the averaged accuracy

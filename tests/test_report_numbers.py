@@ -303,8 +303,9 @@ def test_aggregate_lists_each_downstream_metric_once(tmp_path):
 
 
 def test_aggregate_pools_runs_and_states_the_headline(tmp_path):
-    """RPT reasoning first against the base's direct guess on hard positions: per run, and pooled over runs with
-    the Wilson interval of the pooled n (each run's positions counted once)."""
+    """RPT reasoning first against the base's direct guess on hard positions: the headline from the per-run paired
+    differences and their t-interval over seeds (these files predate per-position scores: the differences come from
+    the bucket accuracies), the pooled table (each run's positions counted once) kept as a description."""
     for name, (rpt_hard, base_hard) in {"s0": (0.5, 0.2), "s1": (0.4, 0.3), "s2": (0.25, 0.3)}.items():
         eval_files(tmp_path / name, {"base": {"direct": buckets(0.5, 0.4, base_hard, n=(300, 94, 40))},
                                      "rpt": {"reasoning_greedy": buckets(0.6, 0.5, rpt_hard, n=(300, 94, 40))}},
@@ -312,12 +313,15 @@ def test_aggregate_pools_runs_and_states_the_headline(tmp_path):
     text = build_aggregate_report(tmp_path, ["s0", "s1", "s2"], tmp_path / "agg" / "report", "agg").read_text()
     # pooled hard: RPT (20 + 16 + 10) / 120, base (8 + 12 + 12) / 120
     rpt, base = fmt_accuracy(46 / 120, 120), fmt_accuracy(32 / 120, 120)
-    assert f"above the base predicting directly in 2 of 3 runs; pooled over the runs {rpt} against {base}" in text
-    assert "overlap: no separation" in text  # [29.7, 47.3] and [19.2, 34.8] overlap
-    assert f"| rpt | reasoning_greedy | {fmt_accuracy(0.6, 900)} |" in text
+    assert f"| rpt | reasoning_greedy | {fmt_accuracy(0.6, 900)} | {fmt_accuracy(0.5, 282)} | {rpt} |" in text
+    assert f"| base | direct | {fmt_accuracy(0.5, 900)} | {fmt_accuracy(0.4, 282)} | {base} |" in text
+    # paired hard differences +30, +10, −5: mean 11.7, s = 0.175594, t(0.975, 2) = 4.302653 → half 0.436199
+    assert "differences +30.0, +10.0, -5.0; RPT above in 2 of 3 runs" in text
+    assert "the 95% t-interval over seeds [-32.0, +55.3] includes 0" in text
+    assert "apart" not in text.split("### Paired differences")[0]
     for name in ("s0", "s1", "s2"):  # far apart once RPT is well above everywhere
         eval_files(tmp_path / name, {"base": {"direct": buckets(0.5, 0.4, 0.2, n=(300, 94, 40))},
                                      "rpt": {"reasoning_greedy": buckets(0.6, 0.5, 0.6, n=(300, 94, 40))}},
                    {"base": {"greedy": 0.2, "n": 200}})
     text = build_aggregate_report(tmp_path, ["s0", "s1", "s2"], tmp_path / "agg" / "report", "agg").read_text()
-    assert "in 3 of 3 runs" in text and "the pooled intervals are apart, RPT above" in text
+    assert "RPT above in 3 of 3 runs" in text and "[+40.0, +40.0] is apart from zero: RPT above." in text

@@ -8,6 +8,10 @@ their n and 95% Wilson intervals. A run missing a cell (no ``cnt`` checkpoint, a
 cell and named in a note. A listed run without eval outputs is refused (ValueError), so a half-finished seed never
 silently shrinks the average. Entries may be glob patterns over run names (``seed*``).
 
+Comparisons between models (the headline included) are paired differences on the same positions with a Student-t
+interval over seeds (``rpt.analysis.paired``): positions cluster by seed and by document, so intervals over pooled
+positions would count them as independent trials; the pooled table is kept as a description only.
+
 Three seeds, then one aggregate (quotes keep ``$`` and ``[]`` from the shell; Hydra resolves ``${run.seed}`` per
 sweep job, so each seed gets its own run directory):
 
@@ -25,13 +29,13 @@ import logging
 import statistics
 from pathlib import Path
 
-from rpt.analysis.intervals import accuracy_interval, fmt_accuracy
+from rpt.analysis.intervals import fmt_accuracy
+from rpt.analysis.paired import BUCKETS, paired_headline, paired_table
 from rpt.analysis.run_comparison import comparison_curves, comparison_table
 from rpt.rundir import read_json, write_text
 
 log = logging.getLogger(__name__)
 
-BUCKETS = ("easy", "medium", "hard")
 EVAL_FILES = ("next_token.json", "downstream.json")
 
 
@@ -135,36 +139,13 @@ def pooled(values: dict[str, tuple[float, int]]) -> tuple[float, int] | None:
 
 
 def pooled_table(nt: dict, rows: list) -> str:
-    """Next-token accuracy pooled over the runs, with the Wilson interval of the pooled n."""
+    """Next-token accuracy pooled over the runs, with the Wilson interval of the pooled n: descriptive only, since
+    that interval counts clustered positions as independent trials (comparisons: ``paired``)."""
     lines = ["| model | mode | " + " | ".join(BUCKETS) + " |", "|---|---|" + "---|" * len(BUCKETS)]
     for row in rows:
         cells = [pooled(nt.get(row, {}).get(b, {})) for b in BUCKETS]
         lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(fmt_accuracy(*c) if c else "–" for c in cells) + " |")
     return "\n".join(lines)
-
-
-def headline(nt: dict, bucket: str = "hard") -> str:
-    """The paper's comparison on one bucket: RPT reasoning first (greedy) against the base predicting directly;
-    in how many runs it is above, and whether the pooled 95% intervals are apart."""
-    base = next((m for m in ("base", "hf") if (m, "direct") in nt), None)
-    rpt_cells, base_cells = nt.get(("rpt", "reasoning_greedy"), {}).get(bucket), (nt.get((base, "direct"), {})
-                                                                                  .get(bucket))
-    if not rpt_cells or not base_cells:
-        return "_no RPT reasoning-first and base direct results to compare_"
-    runs = sorted(set(rpt_cells) & set(base_cells))
-    above = [r for r in runs if rpt_cells[r][0] > base_cells[r][0]]
-    (p_rpt, n_rpt), (p_base, n_base) = pooled(rpt_cells), pooled(base_cells)
-    lo_rpt, hi_rpt = accuracy_interval(p_rpt, n_rpt)
-    lo_base, hi_base = accuracy_interval(p_base, n_base)
-    if lo_rpt > hi_base:
-        verdict = "the pooled intervals are apart, RPT above"
-    elif lo_base > hi_rpt:
-        verdict = "the pooled intervals are apart, the base above"
-    else:
-        verdict = "the pooled intervals overlap: no separation"
-    return (f"On **{bucket}** positions, RPT reasoning first (greedy) is above the {base} predicting directly in "
-            f"{len(above)} of {len(runs)} runs; pooled over the runs {fmt_accuracy(p_rpt, n_rpt)} against "
-            f"{fmt_accuracy(p_base, n_base)}: {verdict}.")
 
 
 def build_aggregate_report(root: str | Path, names: list[str], out_dir: Path, title: str,
@@ -175,6 +156,7 @@ def build_aggregate_report(root: str | Path, names: list[str], out_dir: Path, ti
         raise ValueError("report.runs resolved to no run")
     evals = load_eval(root, names)
     nt, ds = collect_cells(evals)
+    nt_files = {n: ev["next_token"] for n, ev in evals.items()}
     nt_rows = _union([[(m, mode) for m, modes in ev["next_token"]["results"].items() for mode in modes]
                       for ev in evals.values()])
     nt_agg, nt_runs, nt_notes = table(nt, nt_rows, list(BUCKETS), names, ["model", "mode"], "bucket")
@@ -217,9 +199,20 @@ similarity).
 ## Next-token accuracy on held-out high-entropy positions (%)
 Thresholds (easy, medium, hard): {next(iter(thresholds.values()))}; held-out positions per run: {positions}.
 
-{headline(nt)}
+{paired_headline(nt_files)}
 
-Pooled over the runs (each run's positions counted once; 95% Wilson interval on the pooled n):
+### Paired differences, seed-level intervals
+Within a run both models answered the same positions, so each run gives one paired difference (mean over the
+bucket's positions of score a − score b, in points); the seeds are the independent replicates, so the 95% Student-t
+interval over them (S − 1 degrees of freedom) is what decides a comparison. The document bootstrap (each run's
+documents resampled with replacement, a document's positions together; 2000 draws, seeded) shows only how much the
+particular documents move the difference within these seeds.
+
+{paired_table(nt_files, BUCKETS)}
+
+### Pooled accuracy (descriptive)
+Descriptive; positions cluster by seed and document: use the paired section for comparisons. Each run's positions
+are counted once, and the 95% Wilson interval on the pooled n treats them as independent trials, so it is too narrow:
 
 {pooled_table(nt, nt_rows)}
 

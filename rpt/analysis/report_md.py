@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rpt.analysis import plots
+from rpt.analysis.heldout_md import contamination_section, likelihood_table
 from rpt.analysis.intervals import AVG_AT_K_NOTE, accuracy_interval, fmt_accuracy
 from rpt.analysis.reasoning_patterns import rules_markdown
 from rpt.analysis.samples import samples_section
@@ -139,7 +140,7 @@ def selection_section(cfg: RootConfig, rd) -> str:
     return (f"Scored {select.get('positions_scored', '–')} positions of the RPT split with {proxy} as proxy "
             f"(top-{cfg.select.top_k} entropy, renormalised){cap}. Mode `{cfg.select.mode}` kept "
             f"{select.get('train_positions', '–')} training positions (fraction {select.get('fraction_kept', 0):.3f}); "
-            f"held-out positions: {select.get('heldout_positions', '–')} (by highest bucket: "
+            f"held-out positions per split: {select.get('heldout_positions', '–')} (by highest bucket: "
             f"{select.get('heldout_buckets', {})}). Corpus records skipped at ingestion: "
             f"{skipped if skipped else 'none'}.\n\n![entropy_hist](entropy_hist.png)\n")
 
@@ -185,15 +186,21 @@ optimizer step(s) per rollout.
 
 ## Position selection
 {selection_section(cfg, rd)}
-## Next-token accuracy on held-out high-entropy positions
-{nt['positions']} positions; buckets are nested (a "hard" position is also "medium" and "easy").
-`hf` = the imported base model (`hf_import`), `base` = the base pretrained in this run.
-"direct" = greedy next token with no reasoning; "reasoning" = the model writes `<think> … </think> \\boxed{{…}}`
-first and the box is scored with the prefix-matching reward. Cells: accuracy [95% interval] (n).
+## Held-out data
+{contamination_section(rd)}
+## Next-token accuracy on the test split's high-entropy positions
+{nt['positions']} positions of the test split (validation, used during training, is a separate split); buckets are
+nested (a "hard" position is also "medium" and "easy"). `hf` = the imported base model (`hf_import`), `base` = the
+base pretrained in this run. "direct" = greedy next token with no reasoning, over the whole vocabulary;
+"direct_corpus" = the same over the tokens the corpus holds (format tokens such as `<think>` excluded);
+"reasoning" = the model writes `<think> … </think> \\boxed{{…}}` first and the box is scored with the
+prefix-matching reward. Cells: accuracy [95% interval] (n). The intervals treat positions as independent, which
+they are not (they cluster by document); compare seeds with the aggregate report's paired intervals.
 {AVG_AT_K_NOTE}
 
 {next_token_table(nt)}
 
+{likelihood_table(nt)}
 ![next_token_accuracy]({accuracy_png})
 
 {patterns_table(nt)}

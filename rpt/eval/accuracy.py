@@ -1,5 +1,6 @@
-"""Accuracy of a model on a task: predicting directly (one greedy next token) or reasoning first (greedy, and
-the mean over k samples, pass@k, and the diversity of the k samples), scored by the task's own verifier."""
+"""Accuracy of a model on a task: predicting directly (one greedy next token, over the whole vocabulary or the
+corpus's tokens, and the true token's log-probability) or reasoning first (greedy, and the mean over k samples,
+pass@k, and the diversity of the k samples), scored by the task's own verifier."""
 
 from __future__ import annotations
 
@@ -13,15 +14,28 @@ from rpt.tasks.next_token import prefix_reward
 
 
 @torch.inference_mode()
-def direct_next_token(model, task, items, device, batch_size: int = 64) -> list[float]:
-    """Greedy next token straight from the context (no reasoning), scored by the prefix reward."""
-    scores = []
+def direct_next_token(model, task, items, device, corpus_tokens: torch.Tensor | None = None,
+                      batch_size: int = 64) -> dict[str, list[float]]:
+    """Predicting without reasoning, from one forward per context: ``direct`` (greedy over the whole vocabulary,
+    scored by the prefix reward), ``direct_corpus`` (greedy over ``corpus_tokens``, the tokens the corpus continues
+    with: ``rpt.eval.corpus_tokens``; omitted when None) and ``logp`` (the teacher-forced log-probability of the
+    true next token)."""
+    out: dict[str, list[float]] = {"direct": [], "logp": []}
+    if corpus_tokens is not None:
+        out["direct_corpus"] = []
+    score = lambda token, item: prefix_reward(task.tokenizer.token_bytes(token), task.target_bytes(item))  # noqa: E731
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        pred = last_token_logits(model, [it["context"] for it in chunk], device).argmax(-1).tolist()
-        scores += [prefix_reward(task.tokenizer.token_bytes(p), task.target_bytes(it))
-                   for p, it in zip(pred, chunk, strict=True)]
-    return scores
+        logits = last_token_logits(model, [it["context"] for it in chunk], device).float()
+        targets = torch.tensor([it["target"][0] for it in chunk], device=logits.device)
+        out["logp"] += torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0].tolist()
+        out["direct"] += [score(p, it) for p, it in zip(logits.argmax(-1).tolist(), chunk, strict=True)]
+        if corpus_tokens is not None:
+            allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)  # a padded vocabulary's rows: never allowed
+            allowed[:len(corpus_tokens)] = corpus_tokens[:logits.shape[-1]]
+            masked = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+            out["direct_corpus"] += [score(p, it) for p, it in zip(masked.argmax(-1).tolist(), chunk, strict=True)]
+    return out
 
 
 def sample_completions(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,

@@ -1,8 +1,14 @@
-"""Stage `eval`: next-token accuracy on held-out high-entropy positions by difficulty, and downstream task
-accuracy, for every checkpoint the run has.
+"""Stage `eval`: next-token accuracy on the test split's high-entropy positions by difficulty, and downstream task
+accuracy, for every checkpoint the run has. The test split is evaluated here only; validation during training and
+any choice of a setting use the validation split (``data_prep/doc_splits.py``).
 
 Next-token: the base (pretrained here, ``base``, or imported, ``hf``) predicting directly and reasoning first, RPT
-reasoning first (and RPT directly), each greedy and averaged over k samples. Buckets are nested like the paper's
+reasoning first (and RPT directly), each greedy and averaged over k samples. Predicting directly is scored twice:
+the argmax over the whole vocabulary (``direct``) and over the tokens the corpus continues with (``direct_corpus``:
+format tokens such as ``<think>`` excluded, ``rpt/eval/corpus_tokens.py``); beside them the teacher-forced
+log-probability of the true next token (``likelihood``). Every position's score is kept (``scores``, aligned with
+``items``: document and entropy), so an aggregate over seeds can pair models on the same positions and resample
+documents. Buckets are nested like the paper's
 thresholds: "easy" = entropy > 0.5 (all held-out positions), "medium" > 1.0, "hard" > 1.5. Downstream: greedy and
 k-sample accuracy on the held-out questions. Concentration: for every finished RL stage, where its change of the
 policy lands (``rpt.analysis.concentration``).
@@ -20,7 +26,8 @@ from rpt.analysis.concentration import measure_concentration
 from rpt.analysis.reasoning_patterns import pattern_shares
 from rpt.eval.accuracy import direct_next_token, mean_diversity, pass_at_ks, reasoning_first, sample_completions
 from rpt.model.loading import load_eval_model
-from rpt.positions import Positions
+from rpt.eval.corpus_tokens import corpus_token_mask
+from rpt.positions import CORPUS, Positions
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
 from rpt.tasks.downstream import build_downstream_task
@@ -30,9 +37,12 @@ from rpt.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
+BUCKETS = ("easy", "medium", "hard")
+
+
 def by_bucket(items, scores, thresholds) -> dict:
     out = {}
-    for name, thr in zip(["easy", "medium", "hard"], thresholds, strict=True):
+    for name, thr in zip(BUCKETS, thresholds, strict=True):
         chosen = [s for it, s in zip(items, scores, strict=True) if it["entropy"] > thr]
         out[name] = {"accuracy": float(np.mean(chosen)) if chosen else None, "n": len(chosen)}
     return out
@@ -55,33 +65,51 @@ def concentration_pairs(cfg, rd) -> list[tuple[str, str]]:
     return pairs
 
 
+def likelihood_by_bucket(items, logps, thresholds) -> dict:
+    """Mean teacher-forced log-probability of the true next token, and mean probability, per nested bucket."""
+    out = {}
+    for name, thr in zip(BUCKETS, thresholds, strict=True):
+        chosen = np.array([lp for it, lp in zip(items, logps, strict=True) if it["entropy"] > thr])
+        out[name] = {"mean_logp": float(chosen.mean()) if len(chosen) else None,
+                     "mean_p": float(np.exp(chosen).mean()) if len(chosen) else None, "n": len(chosen)}
+    return out
+
+
+def test_positions(cfg, rd, tok) -> tuple[NextTokenTask, list]:
+    """The test split's positions (``eval.max_positions`` of them, a seeded sample, or all when null)."""
+    nt_task = NextTokenTask.from_rollout(Positions.of_run(rd, "test"), tok, cfg.rollout)
+    order = range(len(nt_task)) if cfg.eval.max_positions is None else \
+        sorted(np.random.default_rng(cfg.run.seed).permutation(len(nt_task))[:cfg.eval.max_positions].tolist())
+    return nt_task, [nt_task.items[i] for i in order]
+
+
 def run(ctx) -> dict:
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
     ec = cfg.eval
     tok = Tokenizer.from_run(rd)
-    nt_task = NextTokenTask.from_rollout(Positions.of_run(rd, "heldout"), tok, cfg.rollout)
-    rng = np.random.default_rng(cfg.run.seed)
-    pick = sorted(rng.permutation(len(nt_task))[:ec.max_positions].tolist())
-    items = [nt_task.items[i] for i in pick]
+    nt_task, items = test_positions(cfg, rd, tok)
     thresholds = cfg.select.difficulty_thresholds
     # the rollout's sampling (engine, top_p, stop rule) at eval's length and temperature; greedy for the greedy runs
     sampled = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=ec.max_new_tokens,
                                           temperature=ec.temperature)
     greedy = replace(sampled, temperature=0.0)
-    next_token, patterns = {}, {}  # patterns: share of greedy reasoning-first responses per reasoning pattern
+    next_token, scores, likelihood, patterns = {}, {}, {}, {}  # patterns: share of greedy reasoning-first responses
+    corpus_tokens = corpus_token_mask(rd.path / CORPUS, tok)
     imported = checkpoint.latest_step_dir(rd.checkpoints("hf")) is not None
     for source in [s for s in ("hf", "pretrain", "rpt", "cnt") if rd.is_done(s) or (s == "hf" and imported)]:
         model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
         label = "base" if source == "pretrain" else source
         greedy_rewards, greedy_texts = sample_completions(model, nt_task, items, 1, greedy, cfg.run.seed, rt.device)
         patterns[label] = pattern_shares([texts[0] for texts in greedy_texts])
-        runs = {
-            "direct": direct_next_token(model, nt_task, items, rt.device),
+        direct = direct_next_token(model, nt_task, items, rt.device, corpus_tokens)
+        likelihood[label] = likelihood_by_bucket(items, direct.pop("logp"), thresholds)
+        scores[label] = {
+            **direct,
             "reasoning_greedy": [rewards[0] for rewards in greedy_rewards],
             f"reasoning_avg@{ec.samples}": reasoning_first(model, nt_task, items, ec.samples, sampled, cfg.run.seed,
                                                            rt.device),
         }
-        next_token[label] = {mode: by_bucket(items, scores, thresholds) for mode, scores in runs.items()}
+        next_token[label] = {mode: by_bucket(items, values, thresholds) for mode, values in scores[label].items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
     test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template)
     test_items = test.items
@@ -107,8 +135,10 @@ def run(ctx) -> dict:
         concentration[stage] = measure_concentration(cfg.model, cfg.rollout, ec, cfg.analysis, rt, rd, task, before,
                                                      stage, cfg.run.seed)
     if rt.is_main:
-        write_json(rd.eval / "next_token.json", {"positions": len(items), "thresholds": list(thresholds),
-                                                 "results": next_token, "patterns": patterns})
+        write_json(rd.eval / "next_token.json", {
+            "positions": len(items), "split": "test", "thresholds": list(thresholds),
+            "items": {"doc": [it["doc"] for it in items], "entropy": [it["entropy"] for it in items]},
+            "results": next_token, "likelihood": likelihood, "scores": scores, "patterns": patterns})
         write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream,
                                                  "diversity": diversity})
         write_json(rd.eval / "concentration.json", concentration)

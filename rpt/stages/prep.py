@@ -7,6 +7,10 @@ by a hash of its id, tokenises it and streams it into its own part files; finall
 order, dropping documents an earlier part already holds and applying ``data.max_docs`` to the whole, so the result
 equals a one-process run. The small embedded demo corpus is written by rank 0 directly.
 
+Last, rank 0 splits the RPT documents into train / validation / test (by document id; the demo by construction) and
+measures how much of each held-out document the training splits hold (``data_prep/heldout_overlap.py``:
+``data/rpt_doc_splits.npy``, ``data/contamination.json``).
+
 A run that starts from an imported model (``select.proxy=hf`` or ``rpt.init_from=hf``) must have imported it first
 (its tokenizer is the run's), and usually routes every document to the RPT split (``data.rpt_fraction=1.0``: the
 pretraining split may then be empty). An empty ``data.source`` is refused with the override to give.
@@ -20,6 +24,8 @@ import logging
 
 from data_prep.corpus import IngestStats, doc_id, iter_documents, log_summary
 from data_prep.demo_corpus import generate_documents
+from data_prep.doc_splits import TEST, TRAIN, VALIDATION
+from data_prep.heldout_overlap import split_and_measure
 from data_prep.indexed import IndexedDocs, IndexedWriter, remove_indexed, write_indexed
 from data_prep.tokenizer_train import train_tokenizer
 from rpt.distributed import broadcast_from_main, gather_objects
@@ -39,16 +45,25 @@ def _split_of(did: str, rpt_fraction: float) -> str:
     return "rpt" if bucket < rpt_fraction else "pretrain"
 
 
-def _write_demo(cfg, rd, ctx) -> dict:
-    pre = generate_documents(cfg.data, cfg.data.num_pretrain_docs, cfg.data.worked_fraction, cfg.run.seed)
-    rpt = generate_documents(cfg.data, cfg.data.num_rpt_docs, 0.0, cfg.run.seed + 1)
+def _write_demo(cfg, rd, ctx) -> tuple[dict, list[int]]:
+    """The demo's splits by construction: RPT-train documents from the training problems, validation and test
+    documents from the held-out problems (``data_prep/demo_corpus.py``). Returns the manifests and the RPT split's
+    document splits."""
+    d, seed = cfg.data, cfg.run.seed
+    heldout = round(d.num_rpt_docs * d.heldout_fraction)
+    validation = round(heldout * d.validation_fraction)
+    pre = generate_documents(d, d.num_pretrain_docs, d.worked_fraction, seed)
+    rpt_train = generate_documents(d, d.num_rpt_docs - heldout, 0.0, seed + 1)
+    rpt = rpt_train + generate_documents(d, heldout, 0.0, seed + 2, pool="heldout")
+    splits = [TRAIN] * len(rpt_train) + [VALIDATION] * validation + [TEST] * (heldout - validation)
     if not (rd.tokenizer / "tokenizer.json").exists():
         train_tokenizer(pre + rpt, rd.tokenizer, cfg.data.vocab_size, cfg.data.tokenizer_type, cfg.data.digit_group)
     tok = Tokenizer.from_run(rd)
-    return {name: write_indexed(rd.data / name, ((doc_id(t), tok.encode(t))
-                                                 for t in ctx.progress(texts, desc=f"tokenize {name}")),
-                                tok.vocab_size)
-            for name, texts in (("pretrain", pre), ("rpt", rpt))}
+    manifests = {name: write_indexed(rd.data / name, ((doc_id(t), tok.encode(t))
+                                                      for t in ctx.progress(texts, desc=f"tokenize {name}")),
+                                     tok.vocab_size)
+                 for name, texts in (("pretrain", pre), ("rpt", rpt))}
+    return manifests, splits
 
 
 def _write_part(cfg, rd, ctx, tok) -> tuple[IngestStats, dict]:
@@ -137,9 +152,10 @@ def run(ctx) -> dict:
                          "parquet or txt files, a glob, or a hub dataset name)")
     _check_import(cfg, rd)
     summary: dict = {"splits": {}}
+    demo_splits = None  # the demo assigns its document splits by construction; a user corpus by document id
     if cfg.data.source == "demo":
         if rt.is_main:
-            summary["splits"] = _write_demo(cfg, rd, ctx)
+            summary["splits"], demo_splits = _write_demo(cfg, rd, ctx)
         stats = IngestStats()
     else:
         imported = (rd.tokenizer / "tokenizer.json").exists()  # from `rpt hf_import`: keep the model's tokenizer
@@ -160,6 +176,8 @@ def run(ctx) -> dict:
         empty = [name for name in wanted if not summary["splits"][name]["documents"]]
         if empty:
             error = _empty_split_error(cfg, f"the {empty[0]} split", stats)
+        else:
+            summary["contamination"] = split_and_measure(cfg.data, rd.data, Tokenizer.from_run(rd), demo_splits)
     error = broadcast_from_main(error)  # every rank raises the same error instead of waiting for rank 0 forever
     if error:
         raise Refusal(error)

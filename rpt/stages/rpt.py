@@ -1,5 +1,6 @@
 """Stage `rpt`: reinforcement pre-training, GRPO on next-token reasoning over the selected positions; with
-``rpt.eval_every``, greedy accuracy on a fixed sample of held-out positions (by difficulty) along the way."""
+``rpt.eval_every``, greedy accuracy on a fixed sample of the validation split's positions (by difficulty) along the
+way (the test split is `eval`'s alone)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def run(ctx) -> dict:
     task = NextTokenTask.from_rollout(Positions.of_run(rd, "train"), tok, cfg.rollout, cfg.rollout.format_reward)
     validator = None
     if cfg.rpt.eval_every:
-        heldout = NextTokenTask.from_rollout(Positions.of_run(rd, "heldout"), tok, cfg.rollout)
+        validation = NextTokenTask.from_rollout(Positions.of_run(rd, "validation"), tok, cfg.rollout)
         sampling = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=cfg.eval.max_new_tokens)
-        validator = Validator(heldout, cfg.rpt.eval_size, sampling, cfg.run.seed, ctx.rt,
+        validator = Validator(validation, cfg.rpt.eval_size, sampling, cfg.run.seed, ctx.rt,
                               cfg.select.difficulty_thresholds)
     return train(ctx, task, "rpt", cfg.rpt.init_from, cfg.rpt, validator)
