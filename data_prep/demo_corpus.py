@@ -65,7 +65,8 @@ HELDOUT_STREAM = 10 ** 9
 
 
 def problem_pool(expression: str, terms: int, data_cfg) -> str:
-    """``heldout`` or ``train``: which documents may carry this problem (``shared``: its space is too small to split)."""
+    """``heldout`` or ``train``: which documents may carry this problem (``shared``: its space is too small to
+    split)."""
     if terms < data_cfg.demo_disjoint_min_terms:
         return "shared"
     digest = hashlib.sha256(("problem:" + " ".join(expression.split())).encode()).hexdigest()[:8]

@@ -132,7 +132,7 @@ def test_two_process_scoring_matches_one(single):
         a, b = (np.load(r / "positions" / "entropy_shards" / name) for r in (single, run))
         np.testing.assert_array_equal(b["lengths"], a["lengths"])
         np.testing.assert_allclose(b["entropy"], a["entropy"], atol=1e-5, equal_nan=True)
-    for split in ("train.npy", "heldout.npy"):
+    for split in ("train.npy", "validation.npy", "test.npy"):
         assert (run / "positions" / split).read_bytes() == (single / "positions" / split).read_bytes(), split
 
 

@@ -103,6 +103,35 @@ def test_pipeline_writes_every_artifact(reference_run):
         assert moved["mean_kl"] == 0 and moved["top_share"] is None and moved["curve"] == []
 
 
+def test_eval_scores_the_test_split_and_keeps_every_positions_score(reference_run):
+    """`eval` reads the test split whole (eval.max_positions aside), never validation; every mode's per-position
+    scores are aligned with the items and average to the bucket accuracies; the corpus-token direct row and the
+    likelihood rows are there, and the report shows the held-out overlap."""
+    import numpy as np
+
+    from rpt.positions import Positions
+
+    rd = reference_run
+    nt = json.loads((rd / "eval" / "next_token.json").read_text())
+    test, validation = Positions(rd / "positions", "test"), Positions(rd / "positions", "validation")
+    assert nt["split"] == "test" and nt["positions"] == min(12, len(test)) == len(nt["items"]["doc"])
+    test_docs = {int(d) for d in test.records["doc"]}
+    assert set(nt["items"]["doc"]) <= test_docs and not test_docs & {int(d) for d in validation.records["doc"]}
+    entropy = np.array(nt["items"]["entropy"])
+    for label in ("base", "rpt"):
+        assert {"direct", "direct_corpus", "reasoning_greedy"} <= set(nt["scores"][label])
+        for mode, scores in nt["scores"][label].items():
+            for bucket, thr in zip(("easy", "medium", "hard"), nt["thresholds"], strict=True):
+                chosen = np.array(scores)[entropy > thr]
+                cell = nt["results"][label][mode][bucket]
+                assert cell["n"] == len(chosen)
+                assert cell["accuracy"] == (pytest.approx(chosen.mean()) if len(chosen) else None)
+        assert nt["likelihood"][label]["easy"]["mean_logp"] < 0
+    report = (rd / "report" / "report.md").read_text()
+    assert "## Held-out data" in report and "| base | direct_corpus |" in report
+    assert json.loads((rd / "data" / "contamination.json").read_text())["splits"]["test"]["heldout_documents"] > 0
+
+
 def test_rerun_skips_finished_stages(reference_run):
     markers = {p.name: p.stat().st_mtime_ns for p in (reference_run / "done").iterdir()}
     proc = run_command(rpt_cmd(reference_run.parent, "ref"), cwd=reference_run.parent)

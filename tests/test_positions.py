@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from data_prep import order_stats
+from data_prep.doc_splits import DROPPED, HELDOUT_SPLITS, TRAIN, split_by_id
 from data_prep.entropy import score_corpus
 from data_prep.indexed import IndexedDocs, write_indexed
 from data_prep.order_stats import ExactQuantile, StreamingHistogram
 from data_prep.select_passes import select_positions
-from data_prep.selection import is_heldout, random_same_count
+from data_prep.selection import random_same_count
 from rpt.positions import Positions, write_meta
 from rpt.tasks.next_token import NextTokenTask
 
@@ -73,18 +74,19 @@ def _record(doc_id, tokens, t, entropy, sc):
             "bucket": _bucket(entropy, sc.difficulty_thresholds)}
 
 
-def old_select(docs, doc_ids, entropies, sc, seed):
-    """train and held-out records as the in-memory `select` wrote them to train.jsonl / heldout.jsonl."""
-    heldout = [is_heldout(d, sc.heldout_fraction) for d in doc_ids]
-    train_idx = [i for i, h in enumerate(heldout) if not h]
+def old_select(docs, doc_ids, entropies, sc, seed, splits):
+    """train records and held-out records per split ({validation, test}) as the in-memory `select` wrote them to
+    train.jsonl / heldout.jsonl (``splits``: each document's split; DROPPED documents in none)."""
+    train_idx = [i for i, s in enumerate(splits) if s == TRAIN]
     chosen = _in_memory([entropies[i] for i in train_idx], sc, np.random.default_rng(seed))
     train = [_record(doc_ids[i], docs[i], int(t), entropies[i][t], sc) for i, ts in zip(train_idx, chosen,
                                                                                          strict=True) for t in ts]
-    held = []
-    for i in (i for i, h in enumerate(heldout) if h):
-        p = _eligible(entropies[i], sc)
-        held += [_record(doc_ids[i], docs[i], int(t), entropies[i][t], sc)
-                 for t in p[entropies[i][p] > sc.difficulty_thresholds[0]]]
+    held = {"validation": [], "test": []}
+    for name, code in HELDOUT_SPLITS.items():
+        for i in (i for i, s in enumerate(splits) if s == code):
+            p = _eligible(entropies[i], sc)
+            held[name] += [_record(doc_ids[i], docs[i], int(t), entropies[i][t], sc)
+                           for t in p[entropies[i][p] > sc.difficulty_thresholds[0]]]
     return train, held
 
 
@@ -116,12 +118,18 @@ def scored_run(tiny_model, tokenizer, tmp_path):
                            sc=sc)
 
 
+def _splits(run, sc):
+    """Each document's split by id; the first held-out document dropped (as `data.decontaminate` would)."""
+    splits = np.array([split_by_id(d, sc.heldout_fraction, 0.5) for d in run.ids], dtype=np.int8)
+    splits[np.flatnonzero(splits != TRAIN)[0]] = DROPPED
+    return splits
+
+
 def _select(run, **changes):
     sc = SimpleNamespace(**{**vars(run.sc), **changes})
-    heldout = np.array([is_heldout(d, sc.heldout_fraction) for d in run.ids])
-    got = select_positions(run.shards, heldout, sc, 7, run.path / "positions")
+    got = select_positions(run.shards, _splits(run, sc), sc, 7, run.path / "positions")
     write_meta(run.path / "positions", run.corpus.manifest, sc.max_context_tokens, sc.max_target_tokens,
-               {"train": got.train, "heldout": got.heldout})
+               {"train": got.train, **got.heldout})
     return sc, got
 
 
@@ -133,19 +141,27 @@ def _as_dicts(positions):
 @pytest.mark.parametrize("mode", ["threshold", "top_fraction", "random"])
 def test_streaming_selection_equals_selection_in_memory(scored_run, mode):
     sc, got = _select(scored_run, mode=mode)
-    train, held = old_select(scored_run.docs, scored_run.ids, scored_run.entropies, sc, 7)
-    assert train and held and any(r["bucket"] == "hard" for r in held)
+    splits = _splits(scored_run, sc)
+    train, held = old_select(scored_run.docs, scored_run.ids, scored_run.entropies, sc, 7, splits)
+    assert train and all(held.values()) and any(r["bucket"] == "hard" for r in held["test"])
     assert len({r["doc_id"] for r in train}) < len(train)  # several positions per document: the cap matters
     assert _as_dicts(Positions(scored_run.path / "positions", "train")) == train
-    assert _as_dicts(Positions(scored_run.path / "positions", "heldout")) == held
-    assert (got.train, got.heldout) == (len(train), len(held))
+    for name in HELDOUT_SPLITS:
+        assert _as_dicts(Positions(scored_run.path / "positions", name)) == held[name]
+    assert (got.train, got.heldout) == (len(train), {name: len(r) for name, r in held.items()})
+    dropped = scored_run.ids[int(np.flatnonzero(splits == DROPPED)[0])]
+    written = [item["doc_id"] for name in ("train", *HELDOUT_SPLITS)
+               for item in Positions(scored_run.path / "positions", name)]
+    assert dropped not in written  # a dropped document gives no position to any split
     values = np.concatenate([e[~np.isnan(e)] for e in scored_run.entropies])
     assert got.scored == len(values) and got.entropy_p80 == float(np.quantile(values, 0.8))
     assert got.entropy_sum / got.scored == pytest.approx(float(values.mean()), rel=1e-6)
     counts, edges = np.histogram(values, bins=60)
     np.testing.assert_array_equal(got.histogram[0], counts)
-    assert dict(got.heldout_buckets) == {b: sum(r["bucket"] == b for r in held) for b in ("easy", "medium", "hard")
-                                         if any(r["bucket"] == b for r in held)}
+    for name, records in held.items():
+        assert dict(got.heldout_buckets[name]) == {b: sum(r["bucket"] == b for r in records)
+                                                   for b in ("easy", "medium", "hard")
+                                                   if any(r["bucket"] == b for r in records)}
 
 
 def test_modes_select_differently(scored_run):
@@ -162,7 +178,7 @@ def test_tasks_by_reference_equal_tasks_by_value(scored_run, tokenizer, tmp_path
     """The same items, prompts, targets and rewards for every step's draw as the task built from records that
     carry their context and target."""
     sc, _ = _select(scored_run)
-    train, _ = old_select(scored_run.docs, scored_run.ids, scored_run.entropies, sc, 7)
+    train, _ = old_select(scored_run.docs, scored_run.ids, scored_run.entropies, sc, 7, _splits(scored_run, sc))
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
     template = "{context}<think>"
     by_value = NextTokenTask(tmp_path / "train.jsonl", tokenizer, template, format_reward=0.1)

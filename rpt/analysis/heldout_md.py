@@ -25,7 +25,8 @@ def contamination_section(rd) -> str:
              f"decontamination rule: contaminated = any shared {n}-gram, or an exact duplicate). "
              + ("Contaminated held-out documents were dropped (`data.decontaminate=true`)." if report["decontaminate"]
                 else "Nothing was dropped (`data.decontaminate=false`)."), "",
-             "| split | documents | contaminated | exact duplicates | near duplicates | mean n-gram overlap | dropped |",
+             "| split | documents | contaminated | exact duplicates | near duplicates | mean n-gram overlap "
+             "| dropped |",
              "|---|---|---|---|---|---|---|"]
     for name, s in report["splits"].items():
         mean = "–" if s["mean_ngram_overlap"] is None else f"{100 * s['mean_ngram_overlap']:.2f}%"

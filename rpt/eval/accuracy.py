@@ -31,11 +31,17 @@ def direct_next_token(model, task, items, device, corpus_tokens: torch.Tensor | 
         out["logp"] += torch.log_softmax(logits, -1).gather(1, targets[:, None])[:, 0].tolist()
         out["direct"] += [score(p, it) for p, it in zip(logits.argmax(-1).tolist(), chunk, strict=True)]
         if corpus_tokens is not None:
-            allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)  # a padded vocabulary's rows: never allowed
-            allowed[:len(corpus_tokens)] = corpus_tokens[:logits.shape[-1]]
-            masked = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-            out["direct_corpus"] += [score(p, it) for p, it in zip(masked.argmax(-1).tolist(), chunk, strict=True)]
+            picked = argmax_over(logits, corpus_tokens).tolist()
+            out["direct_corpus"] += [score(p, it) for p, it in zip(picked, chunk, strict=True)]
     return out
+
+
+def argmax_over(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Per row, the allowed token with the highest logit (``allowed``: ``[vocab]`` bool; the rows of a padded
+    vocabulary beyond it are never allowed)."""
+    mask = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    mask[:len(allowed)] = allowed[:logits.shape[-1]]
+    return logits.masked_fill(~mask.to(logits.device), float("-inf")).argmax(-1)
 
 
 def sample_completions(model, task, items, samples: int, sampling: SamplingParams, seed: int, device,

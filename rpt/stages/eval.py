@@ -25,8 +25,8 @@ from rpt import checkpoint
 from rpt.analysis.concentration import measure_concentration
 from rpt.analysis.reasoning_patterns import pattern_shares
 from rpt.eval.accuracy import direct_next_token, mean_diversity, pass_at_ks, reasoning_first, sample_completions
-from rpt.model.loading import load_eval_model
 from rpt.eval.corpus_tokens import corpus_token_mask
+from rpt.model.loading import load_eval_model
 from rpt.positions import CORPUS, Positions
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json

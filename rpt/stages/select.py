@@ -4,17 +4,18 @@ Streams the corpus: scoring reads one shard of documents at a time from the inde
 entropies (``positions/entropy_shards/``, ``data_prep/entropy.py``); selection then passes over the stored shards
 (``data_prep/select_passes.py``) and appends the chosen positions to ``positions/train.npy``,
 ``positions/validation.npy`` and ``positions/test.npy`` (the document splits `prep` made) by reference
-(``rpt/positions.py``), ``positions/positions.json`` last, and an entropy histogram in ``report/``. Memory stays one shard, however large the corpus.
+(``rpt/positions.py``), ``positions/positions.json`` last, and an entropy histogram in ``report/``. Memory stays
+one shard, however large the corpus.
 """
 
 from __future__ import annotations
 
 import logging
 
+from data_prep.doc_splits import read_doc_splits
 from data_prep.entropy import score_corpus
 from data_prep.indexed import IndexedDocs
 from data_prep.select_passes import select_positions
-from data_prep.doc_splits import read_doc_splits
 from rpt.analysis.plots import entropy_histogram
 from rpt.model.footprint import model_vocab
 from rpt.model.loading import load_eval_model
@@ -51,7 +52,8 @@ def run(ctx) -> dict:
                          f"entropy range {selected.entropy_min:.3f}..{selected.entropy_max:.3f}")
     summary = {
         "positions_scored": selected.scored, "train_positions": selected.train, "heldout_positions": selected.heldout,
-        "fraction_kept": selected.train / max(1, selected.trainable), "heldout_buckets": {name: dict(b) for name, b in selected.heldout_buckets.items()},
+        "fraction_kept": selected.train / max(1, selected.trainable),
+        "heldout_buckets": {name: dict(b) for name, b in selected.heldout_buckets.items()},
         "entropy_mean": selected.entropy_sum / selected.scored, "entropy_p80": selected.entropy_p80, "mode": sc.mode,
         "window_overlap": overlap,
     }
