@@ -113,8 +113,9 @@ def _exit_with_parent(parent: int) -> None:
 
 
 @megatron_cuda_calls
-def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int = 2) -> Path:
-    """Save everything needed to resume after ``step`` completed steps."""
+def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int = 2, keep_steps=()) -> Path:
+    """Save everything needed to resume after ``step`` completed steps; the ``keep`` newest checkpoints and those of
+    ``keep_steps`` stay, older ones go."""
     _forked_results_queue()
     stage_dir = Path(stage_dir)
     step_dir = stage_dir / f"step_{step:06d}"
@@ -139,7 +140,8 @@ def save(stage_dir: Path, step: int, trainable, extra: dict[str, Any], keep: int
                  "distributed_optimizer": _is_distributed(trainable.optimizer)}
         torch.save(state, step_dir / "state.pt")
         write_text(stage_dir / "latest", step_dir.name)
-        old = sorted(p for p in stage_dir.glob("step_*") if p != step_dir)
+        kept = {f"step_{s:06d}" for s in keep_steps}
+        old = sorted(p for p in stage_dir.glob("step_*") if p != step_dir and p.name not in kept)
         for p in old[:-max(keep - 1, 0)] if keep > 1 else old:
             shutil.rmtree(p, ignore_errors=True)
     barrier()

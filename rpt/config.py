@@ -26,6 +26,7 @@ from rpt.config_rl import (  # noqa: F401
     V0_PROMPT,
     VLLM_CPU_HEAD_DIMS,
     AlgoConfig,
+    CntConfig,
     CritiqueConfig,
     RolloutConfig,
     SelfDistillConfig,
@@ -387,6 +388,7 @@ class RootConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rpt: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    cnt: CntConfig = field(default_factory=CntConfig)
     rl: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(steps=40, init_from="pretrain", lr=5e-5,
                                                                         min_lr=5e-5))
     sft: SFTConfig = field(default_factory=SFTConfig)

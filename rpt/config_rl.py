@@ -229,6 +229,8 @@ class TrainLoopConfig:
     # first steps do not; the layout-equivalence tests use it)
     clip_grad: float = 1.0  # global gradient-norm clip
     checkpoint_every: int = 20  # steps between checkpoints
+    keep_steps: list[int] = field(default_factory=list)  # steps whose checkpoint is saved and kept for good (`eval`
+    # evaluates every kept `rpt` checkpoint on the whole test split: the compute-scaling curve)
     init_from: str = "pretrain"  # checkpoint stage to start from (pretrain | rpt | path)
     eval_every: int = 0  # steps between validations (greedy accuracy on held-out items, logged as val/...); 0 = off
     eval_size: int = 128  # held-out items in the fixed validation sample
@@ -258,3 +260,22 @@ class TrainLoopConfig:
         if self.ppo_epochs < 1 or mini < 1 or self.prompts_per_step % mini:
             raise ValueError(f"{section}.ppo_mini_batch_size={mini} must divide {section}.prompts_per_step="
                              f"{self.prompts_per_step} (and {section}.ppo_epochs >= 1)")
+
+
+@dataclass
+class CntConfig:
+    """The continual next-token baseline (stage `cnt`), from ``rpt.init_from`` with ``rpt``'s optimizer settings."""
+
+    objective: str = "positions"  # positions: cross entropy on the token at each selected training position (the
+    # paper's baseline, ``rpt.prompts_per_step x rollout.group_size`` positions a step) | documents: next-token loss
+    # on every token of the RPT-train documents (continued pretraining on the same documents)
+    match: str = "steps"  # steps: as many steps as `rpt` | flops: as many training FLOPs as the finished `rpt` stage
+    # (its rollout tokens x (2 to sample + 2 per extra forward + 6 per update epoch) / 6 per trained token)
+    micro_batch_size: int = 32  # documents objective: sequences of data.seq_length per step per data-parallel rank
+    lr: float | None = None  # peak and final learning rate (None: rpt.lr and rpt.min_lr)
+
+    def __post_init__(self):
+        _one_of("cnt", "objective", self.objective, ("positions", "documents"))
+        _one_of("cnt", "match", self.match, ("steps", "flops"))
+        if self.micro_batch_size < 1:
+            raise ValueError(f"cnt.micro_batch_size must be >= 1, got {self.micro_batch_size}")

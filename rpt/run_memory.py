@@ -44,7 +44,7 @@ FIXES: dict[str, tuple[str, ...]] = {
     "pretrain": ("model", "pretrain", "run.seed"),
     "select": ("select",),
     "rpt": ("rpt", "algo", "rollout", "analysis", "run.seed"),
-    "cnt": ("rpt", "rollout", "run.seed"),
+    "cnt": ("rpt", "cnt", "rollout", "run.seed"),
     "rl": ("rl", "rl_task", "algo", "rollout", "analysis", "run.seed"),
     "sft": ("sft", "rl.steps", "rl.prompts_per_step", "rollout.group_size", "rl_task.source", "rl_task.task",
             "rl_task.task_kwargs", "rl_task.train_size", "rl_task.operators", "rl_task.template", "rl_task.mix",
@@ -57,7 +57,7 @@ FIXES: dict[str, tuple[str, ...]] = {
 FREE = ("model.name", "model.fused_swiglu", "model.recompute", "*.checkpoint_every", "*.log_every",
         "select.batch_size", "rollout.engine", "rollout.max_batch_rows", "rollout.max_kv_tokens",
         "algo.reuse_update_forward", "algo.share_prompt", "*.micro_batch_size", "*.max_tokens_per_micro_batch",
-        "*.logits_chunk_tokens")
+        "*.logits_chunk_tokens", "*.keep_steps")
 
 _PARSER = OverridesParser.create()
 

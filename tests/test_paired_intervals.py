@@ -176,3 +176,16 @@ def test_aggregate_report_has_the_paired_section_and_headline(tmp_path):
     assert lo < 11.0 < hi and hi - lo < 20  # the documents' spread: ones bunched in the first documents of each run
     assert "No per-position" not in text and "Not compared (no run has both cells)" in text
     assert "RPT reasoning first − CNT reasoning first" in text.split("Not compared")[1]
+
+
+def test_downstream_pairs_are_differences_per_run_with_a_t_interval():
+    from rpt.analysis.paired import downstream_paired_table
+
+    def ds(rl_rpt, rl_pretrain):
+        return {"results": {"rl_rpt": {"greedy": rl_rpt, "n": 200}, "rl_pretrain": {"greedy": rl_pretrain, "n": 200}}}
+
+    text = downstream_paired_table({"s0": ds(0.5, 0.4), "s1": ds(0.45, 0.4), "s2": ds(0.4, 0.35)}, ("greedy",))
+    # differences 0.10, 0.05, 0.05: mean 0.0667, s = 0.028868, t(0.975, 2) = 4.302653 -> half-width 0.071714
+    assert "| RPT → RL − base → RL | greedy | `s0` +10.0, `s1` +5.0, `s2` +5.0 | +6.7 | [-0.5, +13.8] | 3 |" in text
+    assert "CNT" not in text  # no run has rl_cnt: not compared
+    assert downstream_paired_table({"s0": {"results": {}}}) == "_no pair of downstream checkpoints to compare_"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 # rollouts and validation every 4 steps (part of what a resumed run must reproduce); an entropy bonus so that the
 # RL stages move the weights (the concentration measurement then has a curve)
 RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1", "logging.sample_every=4", "logging.samples=3",
-                 "rpt.eval_every=4", "rpt.eval_size=20",
+                 "rpt.eval_every=4", "rpt.eval_size=20", "rpt.keep_steps=[2,4]",
                  "algo.entropy_coef=0.01"]  # the 6-step smoke base earns no reward: the bonus makes every step train
 README_LINES = ("rpt cnt",)  # run by test_cnt_baseline_... with the run's name and root (tests/test_readme.py)
 
@@ -129,6 +129,17 @@ def test_eval_scores_the_test_split_and_keeps_every_positions_score(reference_ru
         assert nt["likelihood"][label]["easy"]["mean_logp"] < 0
     report = (rd / "report" / "report.md").read_text()
     assert "## Held-out data" in report and "| base | direct_corpus |" in report
+    # the kept checkpoints survive rotation and are scored on the same test positions, with the final one
+    kept = sorted(p.name for p in (rd / "checkpoints" / "rpt").glob("step_*"))
+    assert kept == ["step_000002", "step_000004", "step_000007", "step_000008"]
+    scaling = json.loads((rd / "eval" / "scaling.json").read_text())
+    assert scaling["steps"] == [2, 4, 8] and scaling["positions"] == nt["positions"]
+    rows = stage_rows(rd, "rpt")
+    assert scaling["compute_tokens"] == [sum(r["rollout_tokens"] for r in rows if r["step"] <= s) for s in (2, 4, 8)]
+    final = nt["results"]["rpt"]["reasoning_greedy"]
+    assert [scaling["buckets"][b]["accuracy"][-1] for b in ("easy", "medium", "hard")] == \
+        [final[b]["accuracy"] for b in ("easy", "medium", "hard")]
+    assert "Scaling with RPT compute on the whole test split" in report
     assert json.loads((rd / "data" / "contamination.json").read_text())["splits"]["test"]["heldout_documents"] > 0
 
 
@@ -200,6 +211,32 @@ def test_cnt_baseline_trains_on_the_selected_positions_and_is_evaluated(referenc
     run_command(rpt_cmd(tmp_path, "cnt", "eval", "force=true"), cwd=tmp_path)
     assert "cnt" in json.loads((run / "eval" / "next_token.json").read_text())["results"]
     assert "cnt" in json.loads((run / "eval" / "downstream.json").read_text())["results"]
+
+
+def test_cnt_on_the_training_documents_at_rpts_flops(reference_run, tmp_path):
+    """cnt.objective=documents trains on the RPT-train documents only (never a validation or test document), and
+    cnt.match=flops takes as many steps as RPT's training FLOPs need: 8 per rollout token (sample 2, update 6,
+    the old-policy forward reused) against 6 per trained token, rounded up to whole steps."""
+    import math
+    import shutil
+
+    import numpy as np
+
+    run = tmp_path / "cnt_flops"
+    shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("wandb"))
+    run_command(rpt_cmd(tmp_path, "cnt_flops", "cnt", "cnt.objective=documents", "cnt.match=flops",
+                        "cnt.micro_batch_size=2"), cwd=tmp_path)
+    rollout_tokens = sum(r["rollout_tokens"] for r in stage_rows(run, "rpt"))
+    summary = json.loads((run / "done" / "cnt.json").read_text())
+    tokens_per_step = 2 * 64  # cnt.micro_batch_size x the smoke data.seq_length
+    assert summary["steps"] == math.ceil(rollout_tokens * 8 / 6 / tokens_per_step) > 8
+    assert summary["rpt_flops_per_param"] == 8 * rollout_tokens
+    assert 0 <= summary["cnt_flops_per_param"] - 8 * rollout_tokens < 6 * tokens_per_step
+    assert [r["step"] for r in stage_rows(run, "cnt")] == list(range(1, summary["steps"] + 1))
+    rpt_ids = json.loads((run / "data" / "rpt.docs.json").read_text())
+    splits = np.load(run / "data" / "rpt_doc_splits.npy")
+    assert json.loads((run / "data" / "rpt_train.docs.json").read_text()) == \
+        [d for d, s in zip(rpt_ids, splits, strict=True) if s == 0]
 
 
 def test_resumed_pretrain_keeps_every_metrics_row(tmp_path):

@@ -30,7 +30,7 @@ import statistics
 from pathlib import Path
 
 from rpt.analysis.intervals import fmt_accuracy
-from rpt.analysis.paired import BUCKETS, paired_headline, paired_table
+from rpt.analysis.paired import BUCKETS, downstream_paired_table, paired_headline, paired_table
 from rpt.analysis.run_comparison import comparison_curves, comparison_table
 from rpt.rundir import read_json, write_text
 
@@ -225,6 +225,12 @@ Per run:
 {nt_runs}
 
 ## Downstream task accuracy (%), `{next(iter(tasks.values()))}`
+
+Paired over the runs (each run's checkpoints answer the same questions; 95% t-interval over seeds):
+
+{downstream_paired_table({n: ev["downstream"] for n, ev in evals.items()})}
+
+Mean ± std over the runs:
 
 {ds_agg}
 

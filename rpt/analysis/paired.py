@@ -30,6 +30,16 @@ COMPARISONS = (
                                                                 "what RPT added to reasoning"),
     (("rpt", "direct"), ("base", "direct"), "RPT direct − base direct"),
     (("rpt", "reasoning_greedy"), ("cnt", "reasoning_greedy"), "RPT reasoning first − CNT reasoning first"),
+    (("rpt", "reasoning_greedy"), ("cnt", "direct_corpus"), "RPT reasoning first − CNT direct (corpus tokens)"),
+    (("cnt", "direct_corpus"), ("base", "direct_corpus"), "CNT direct − base direct (corpus tokens)"),
+)
+# downstream (the same test questions for every checkpoint of a run): the control the paper and RLP compare against
+DOWNSTREAM_COMPARISONS = (
+    ("rl_rpt", "rl_pretrain", "RPT → RL − base → RL"),
+    ("rl_rpt", "rl_cnt", "RPT → RL − CNT → RL"),
+    ("rl_cnt", "rl_pretrain", "CNT → RL − base → RL"),
+    ("rpt", "base", "RPT − base (before RL)"),
+    ("rpt", "cnt", "RPT − CNT (before RL)"),
 )
 HEADLINE_COMPARISONS = 2  # the headline takes the first of these with data (old files have no direct_corpus)
 
@@ -229,3 +239,21 @@ def paired_headline(evals: dict[str, dict], bucket: str = "hard") -> str:
         return f"{lead}; the 95% t-interval over seeds {fmt_ci(s['t'])} is apart from zero: {side}."
     return (f"{lead}; the 95% t-interval over seeds {fmt_ci(s['t'])} includes 0: these seeds do not show a "
             f"difference.")
+
+
+def downstream_paired_table(downstream: dict[str, dict], metrics=("greedy", "pass@1")) -> str:
+    """Markdown: per checkpoint pair and metric, each run's difference on its test questions (points), the mean and
+    the 95% t-interval over seeds. ``downstream``: ``{run: eval/downstream.json}``."""
+    lines = ["| comparison | metric | per run (points) | mean | 95% t-interval over seeds | runs |",
+             "|---|---|---|---|---|---|"]
+    for a, b, label in DOWNSTREAM_COMPARISONS:
+        for metric in metrics:
+            diffs = {run: res[a][metric] - res[b][metric] for run, ds in downstream.items()
+                     if (res := ds["results"]).get(a, {}).get(metric) is not None
+                     and res.get(b, {}).get(metric) is not None}
+            if not diffs:
+                continue
+            mean, t_ci = seed_interval(list(diffs.values()))
+            per_run = ", ".join(f"`{r}` {pts(v)}" for r, v in diffs.items())
+            lines.append(f"| {label} | {metric} | {per_run} | {pts(mean)} | {fmt_ci(t_ci)} | {len(diffs)} |")
+    return "\n".join(lines) if len(lines) > 2 else "_no pair of downstream checkpoints to compare_"

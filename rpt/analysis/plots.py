@@ -134,15 +134,20 @@ def concentration_curves(curves: dict[str, list[list[float]]], top: float, path:
     _save(fig, path)
 
 
-def compute_scaling(points: dict[str, tuple[list, list]], fitted: dict, path: Path, title: str) -> None:
+def compute_scaling(points: dict[str, tuple[list, list]], fitted: dict, path: Path, title: str,
+                    intervals: dict[str, list] | None = None) -> None:
     """Accuracy per bucket against cumulative compute (log x), with each bucket's P(C) = A / C^α + P* where
-    fitted (dotted and marked when not informative)."""
+    fitted (dotted and marked when not informative); ``intervals``: per bucket, each point's (low, high)."""
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for i, (bucket, (compute, acc)) in enumerate(points.items()):
         color = f"C{i}"
         ax.scatter(compute, acc, color=color, s=16, label=bucket)
+        if intervals and intervals.get(bucket):
+            low, high = np.array(intervals[bucket], dtype=float).T
+            ax.errorbar(compute, acc, yerr=[np.array(acc) - low, high - np.array(acc)], fmt="none", color=color,
+                        alpha=0.5, capsize=2)
         fit = fitted.get(bucket)
         if fit is not None:
             grid = np.geomspace(min(compute), max(compute), 100)

@@ -11,6 +11,7 @@ from rpt.analysis.heldout_md import contamination_section, likelihood_table
 from rpt.analysis.intervals import AVG_AT_K_NOTE, accuracy_interval, fmt_accuracy
 from rpt.analysis.reasoning_patterns import rules_markdown
 from rpt.analysis.samples import samples_section
+from rpt.analysis.scaling import full_test_section
 from rpt.analysis.training_curves import rl_stage_section
 from rpt.config import RootConfig
 from rpt.rundir import read_json, write_text
@@ -169,6 +170,8 @@ def warnings_section(rd) -> str:
 
 def build_report(cfg: RootConfig, rd) -> Path:
     nt = read_json(rd.eval / "next_token.json")
+    scaling_path = rd.eval / "scaling.json"
+    scaling_md = full_test_section(read_json(scaling_path), rd.report) if scaling_path.exists() else ""
     ds = read_json(rd.eval / "downstream.json")
     accuracy_png = accuracy_plot(rd, nt)
     stages = ["rpt"] + [f"rl_{s}" for s in cfg.rl_task.train_on]
@@ -201,6 +204,7 @@ they are not (they cluster by document); compare seeds with the aggregate report
 {next_token_table(nt)}
 
 {likelihood_table(nt)}
+{scaling_md}
 ![next_token_accuracy]({accuracy_png})
 
 {patterns_table(nt)}

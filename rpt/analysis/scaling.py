@@ -139,3 +139,39 @@ def scaling_section(rows: list[dict], stage: str, report_dir) -> tuple[str, list
     plots.compute_scaling({b: (e["compute_tokens"], e["accuracy"]) for b, e in result.items()}, fitted,
                           report_dir / name, f"{stage}: accuracy vs compute, P(C) = A / C^α + P*")
     return "\n".join(lines), [name]
+
+
+def full_test_section(scaling: dict, report_dir) -> str:
+    """The curve `eval` measured on the whole test split at the kept `rpt` steps (``eval/scaling.json``): each
+    point with its 95% Wilson interval over positions, each bucket's fit and whether it says anything."""
+    from rpt.analysis import plots
+    from rpt.analysis.intervals import accuracy_interval, fmt_accuracy
+
+    buckets = scaling["buckets"]
+    lines = [f"Scaling with RPT compute on the whole test split ({scaling['positions']} positions, greedy reasoning "
+             f"first) at the kept `rpt` steps {scaling['steps']}, fitted per bucket by P(C) = A / C^α + P* "
+             "(`eval/scaling.json`). Intervals are over positions (they cluster by document: read them as a lower "
+             "bound on the uncertainty).", "", "| step | rollout tokens | " + " | ".join(BUCKETS) + " |",
+             "|---|---|" + "---|" * len(BUCKETS)]
+    for k, (step, compute) in enumerate(zip(scaling["steps"], scaling["compute_tokens"], strict=True)):
+        cells = [fmt_accuracy(buckets[b]["accuracy"][k], buckets[b]["n"][k]) if k < len(buckets[b]["accuracy"])
+                 else "–" for b in BUCKETS]
+        lines.append(f"| {step} | {compute:.3g} | " + " | ".join(cells) + " |")
+    lines += ["", "| bucket | points | A | α | P* | R² | |", "|---|---|---|---|---|---|---|"]
+    fitted = {}
+    for b in BUCKETS:
+        fit = buckets[b]["fit"]
+        if fit is None:
+            lines.append(f"| {b} | {len(buckets[b]['accuracy'])} | – | – | – | – | not fitted: "
+                         f"{buckets[b]['not_fitted']} |")
+            continue
+        fitted[b] = PowerLawFit(**{k: fit[k] for k in ("A", "alpha", "p_star", "r2", "n")})
+        said = fits.verdict(fit["r2"], fit["n"], fit["degenerate"]).strip() or "informative"
+        lines.append(f"| {b} | {fit['n']} | {fit['A']:.3g} | {fit['alpha']:.3f} | {100 * fit['p_star']:.1f}% | "
+                     f"{fit['r2']:.3f} | {said} |")
+    points = {b: (buckets[b]["compute_tokens"], buckets[b]["accuracy"]) for b in BUCKETS if buckets[b]["accuracy"]}
+    intervals = {b: [accuracy_interval(a, n) for a, n in zip(buckets[b]["accuracy"], buckets[b]["n"], strict=True)]
+                 for b in points}
+    plots.compute_scaling(points, fitted, report_dir / "rpt_scaling_test.png",
+                          "rpt: test accuracy vs compute, P(C) = A / C^α + P*", intervals)
+    return "\n".join(lines) + "\n\n![rpt_scaling_test](rpt_scaling_test.png)\n"

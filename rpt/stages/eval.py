@@ -8,7 +8,8 @@ the argmax over the whole vocabulary (``direct``) and over the tokens the corpus
 format tokens such as ``<think>`` excluded, ``rpt/eval/corpus_tokens.py``); beside them the teacher-forced
 log-probability of the true next token (``likelihood``). Every position's score is kept (``scores``, aligned with
 ``items``: document and entropy), so an aggregate over seeds can pair models on the same positions and resample
-documents. Buckets are nested like the paper's
+documents. With ``rpt.keep_steps``, every kept `rpt` checkpoint is scored on the same positions for the
+compute-scaling curve (``rpt/eval/scaling_curve.py``, ``eval/scaling.json``). Buckets are nested like the paper's
 thresholds: "easy" = entropy > 0.5 (all held-out positions), "medium" > 1.0, "hard" > 1.5. Downstream: greedy and
 k-sample accuracy on the held-out questions. Concentration: for every finished RL stage, where its change of the
 policy lands (``rpt.analysis.concentration``).
@@ -26,6 +27,7 @@ from rpt.analysis.concentration import measure_concentration
 from rpt.analysis.reasoning_patterns import pattern_shares
 from rpt.eval.accuracy import direct_next_token, mean_diversity, pass_at_ks, reasoning_first, sample_completions
 from rpt.eval.corpus_tokens import corpus_token_mask
+from rpt.eval.scaling_curve import scaling_curve
 from rpt.model.loading import load_eval_model
 from rpt.positions import CORPUS, Positions
 from rpt.rollout.engine import SamplingParams
@@ -111,6 +113,10 @@ def run(ctx) -> dict:
         }
         next_token[label] = {mode: by_bucket(items, values, thresholds) for mode, values in scores[label].items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
+    scaling = None
+    if rd.is_done("rpt") and cfg.rpt.keep_steps:
+        final = scores.get("rpt", {}).get("reasoning_greedy")
+        scaling = scaling_curve(cfg, rt, rd, nt_task, items, greedy, tok.vocab_size, final)
     test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template)
     test_items = test.items
     downstream, diversity = {}, {}  # diversity: of each question's k samples, averaged over questions
@@ -139,6 +145,8 @@ def run(ctx) -> dict:
             "positions": len(items), "split": "test", "thresholds": list(thresholds),
             "items": {"doc": [it["doc"] for it in items], "entropy": [it["entropy"] for it in items]},
             "results": next_token, "likelihood": likelihood, "scores": scores, "patterns": patterns})
+        if scaling is not None:
+            write_json(rd.eval / "scaling.json", scaling)
         write_json(rd.eval / "downstream.json", {"task": downstream_name(cfg.rl_task), "results": downstream,
                                                  "diversity": diversity})
         write_json(rd.eval / "concentration.json", concentration)

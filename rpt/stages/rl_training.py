@@ -54,7 +54,7 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
         return metrics, {"cursor": cursor}
 
     spec = LoopSpec(stage_name, loop_cfg.steps, loop_cfg.checkpoint_every, checkpoint_dir(rd, init_source),
-                    postfix=("reward_mean", "entropy"), state={"cursor": 0})
+                    postfix=("reward_mean", "entropy"), state={"cursor": 0}, keep_steps=tuple(loop_cfg.keep_steps))
     history = run_loop(ctx, spec, trainable, step_fn)
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(latest_step_dir(rd.checkpoints(stage_name))),

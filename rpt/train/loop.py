@@ -42,6 +42,7 @@ class LoopSpec:
     init_dir: Path | None = None  # weights to start from when there is nothing to resume
     postfix: tuple[str, ...] = ()  # metric keys shown on the progress bar
     state: dict[str, Any] = field(default_factory=dict)  # the loop state of a fresh start
+    keep_steps: tuple[int, ...] = ()  # steps whose checkpoint is saved and never rotated away
 
 
 def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
@@ -77,7 +78,7 @@ def run_loop(ctx, spec: LoopSpec, trainable, step_fn: StepFn) -> list[dict]:
             checkpoint_start = time.perf_counter()
             budget.step_done(checkpoint_start - step_start)
             preemption.end_of_step(spec.stage, step + 1, spec.steps, spec.checkpoint_every, ckpt_dir, trainable,
-                                   metrics, state, budget=budget, is_main=ctx.rt.is_main)
+                                   metrics, state, budget=budget, is_main=ctx.rt.is_main, keep_steps=spec.keep_steps)
             previous = {"time/previous_log_s": checkpoint_start - log_start,
                         "time/previous_checkpoint_s": time.perf_counter() - checkpoint_start}
     metrics.close()

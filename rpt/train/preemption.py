@@ -144,14 +144,16 @@ def _write_requeue_marker(stage: str, step: int, is_main: bool) -> None:
 
 
 def end_of_step(stage: str, step: int, total: int, every: int, ckpt_dir, trainable, metrics,
-                loop_state: dict | None = None, budget: TimeBudget | None = None, is_main: bool = True) -> None:
+                loop_state: dict | None = None, budget: TimeBudget | None = None, is_main: bool = True,
+                keep_steps=()) -> None:
     """After ``step`` completed steps: checkpoint ``trainable`` (with the W&B run id of ``metrics`` and the loop's
-    ``loop_state``, e.g. a data cursor) when due: every ``every`` steps, at the end, on a preemption signal or
-    when the time ``budget`` runs out; on those two also write the requeue marker, close ``metrics`` and raise
-    ``Preempted``."""
+    ``loop_state``, e.g. a data cursor) when due: every ``every`` steps, at each of ``keep_steps`` (kept for good),
+    at the end, on a preemption signal or when the time ``budget`` runs out; on those two also write the requeue
+    marker, close ``metrics`` and raise ``Preempted``."""
     stop = should_stop(budget is not None and budget.out_of_time())
-    if step % every == 0 or step == total or stop:
-        checkpoint.save(ckpt_dir, step, trainable, {"wandb_id": metrics.wandb_id, "loop_state": loop_state or {}})
+    if step % every == 0 or step == total or step in keep_steps or stop:
+        checkpoint.save(ckpt_dir, step, trainable, {"wandb_id": metrics.wandb_id, "loop_state": loop_state or {}},
+                        keep_steps=keep_steps)
     if stop:
         metrics.close()
         _write_requeue_marker(stage, step, is_main)
