@@ -7,25 +7,23 @@ prediction: some documents carry worked solutions in the think format
 that first writes the worked steps only needs the two-term facts it has seen many times. The RPT split holds
 bare documents only, like the math corpus of the paper.
 
-Held out by content: reasoning-gym builds item i of a dataset from ``Random(seed + i)``, so two seeds draw shifted
-copies of one stream and documents held out by id still carried training problems (every held-out problem of an
-earlier demo was a pretraining problem). Problems are therefore split by expression: a hash of the expression puts
-each problem of ``data.demo_disjoint_min_terms`` or more operands in the held-out pool (a ``heldout_fraction`` share
-of the problem space) or the training pool, held-out documents are drawn from the first and every training document
-(pretraining and RPT-train) from the second. Smaller problem spaces (the 100 two-term single-digit sums) cannot be
-split and stay shared; `prep`'s contamination table states their overlap.
+Held out by content: documents held out by id once still carried training problems (reasoning-gym's draws with
+different seeds are shifted copies of one stream, so every held-out problem of an earlier demo was a pretraining
+problem). Problems are split by expression (``rpt.tasks.filters.problem_pool``, a ``data.heldout_fraction`` share
+of the problem space held out): validation and test documents are drawn from the held-out problems, every training
+document (pretraining and RPT-train) from the rest. The two-term sums cannot be split and stay shared; `prep`'s
+contamination table states their overlap.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import reasoning_gym
 
 from data_prep.tokenizer_train import THINK_CLOSE, THINK_OPEN
 from rpt.tasks.demonstrations import worked_solution  # the think-format body, shared with stage sft
-from rpt.tasks.filters import uses_only
+from rpt.tasks.filters import in_pool, uses_only
 
 
 def evaluate_steps(expression: str) -> list[tuple[int, str, int, int]]:
@@ -64,19 +62,10 @@ def running_total_nonnegative(expression: str) -> bool:
 HELDOUT_STREAM = 10 ** 9
 
 
-def problem_pool(expression: str, terms: int, data_cfg) -> str:
-    """``heldout`` or ``train``: which documents may carry this problem (``shared``: its space is too small to
-    split)."""
-    if terms < data_cfg.demo_disjoint_min_terms:
-        return "shared"
-    digest = hashlib.sha256(("problem:" + " ".join(expression.split())).encode()).hexdigest()[:8]
-    return "heldout" if int(digest, 16) / 0xFFFFFFFF < data_cfg.heldout_fraction else "train"
-
-
-def _keep(data_cfg, expression: str, terms: int, pool: str) -> bool:
+def _keep(data_cfg, expression: str, pool: str) -> bool:
     return uses_only(expression, data_cfg.demo_operators) and (
         not data_cfg.demo_nonnegative or running_total_nonnegative(expression)) and (
-        problem_pool(expression, terms, data_cfg) in ("shared", pool))
+        in_pool(expression, data_cfg.heldout_fraction, pool))
 
 
 def draw_problems(data_cfg, count: int, seed: int, terms: int, pool: str = "train") -> list[dict]:
@@ -90,7 +79,7 @@ def draw_problems(data_cfg, count: int, seed: int, terms: int, pool: str = "trai
         drawn = reasoning_gym.create_dataset(
             data_cfg.demo_task, size=batch, seed=seed + offset, min_terms=terms, max_terms=terms,
             min_digits=data_cfg.demo_digits, max_digits=data_cfg.demo_digits)
-        entries += [e for e in drawn if _keep(data_cfg, e["metadata"]["expression"], terms, pool)]
+        entries += [e for e in drawn if _keep(data_cfg, e["metadata"]["expression"], pool)]
         offset += 104729
     return entries[:count]
 

@@ -120,8 +120,6 @@ class DataConfig:
     demo_digits: int = 1  # digits per operand
     demo_nonnegative: bool = True  # keep only problems whose running total never drops below zero
     demo_operators: list[str] = field(default_factory=lambda: ["+"])  # keep only problems using these operators
-    demo_disjoint_min_terms: int = 3  # problems with this many operands or more are split by expression: held-out
-    # documents never share one with a training split (smaller spaces, e.g. the 100 two-term sums, stay shared)
     num_pretrain_docs: int = 6000  # pretraining documents (mix of worked and bare)
     num_rpt_docs: int = 400  # documents of the RPT split (bare results, as a math corpus states them)
     problems_per_doc: int = 4  # problems per demo document
@@ -263,6 +261,9 @@ class RLTaskConfig:
     train_size: int = 2000  # training questions
     test_size: int = 200  # held-out questions
     operators: list[str] | None = field(default_factory=lambda: ["+"])  # keep questions using only these (None: all)
+    heldout_share: float | None = None  # split questions by expression (rpt.tasks.filters.problem_pool): test
+    # questions only from this share of the problem space, training questions from the rest (the demo: its
+    # data.heldout_fraction, so no training split of the corpus and no RL step holds a test question); None: off
     template: str = "{expression} = <think>"  # prompt; fields of the entry's metadata, plus {question}
     mix: dict[str, dict[str, Any]] = field(default_factory=dict)  # reasoning-gym mixture instead of `task`:
     # {name: {weight: w, <generator args>}}, e.g. +rl_task.mix.chain_sum={weight:2} +rl_task.mix.leg_counting={weight:1}
@@ -278,6 +279,8 @@ class EvalConfig:
     temperature: float = 0.8  # sampling temperature for the averaged accuracy
     downstream_samples: int | None = None  # samples per downstream question for avg@k, pass@k and diversity (None:
     # `samples`)
+    next_token_samples: int | None = None  # samples per test position for reasoning_avg@k (None: `samples`; 0: only
+    # the greedy rows)
     concentration_prompts: int = 64  # held-out prompts (× G) for where each RL stage's change lands; 0 = off
 
 

@@ -129,3 +129,19 @@ def test_chat_template_makes_each_question_the_user_turn(tmp_path, source):
     item = plain.items[0]
     assert plain.prompt_ids(item) == tok.encode(plain.prompt_text(item))
     assert chat.prompt_ids(item) == tok.encode(tok.chat_prompt(plain.prompt_text(item))) != plain.prompt_ids(item)
+
+
+def test_heldout_share_splits_train_and_test_questions_by_content(tokenizer):
+    """Draws at two stream offsets share questions (reasoning-gym's seeds shift one stream); with
+    rl_task.heldout_share every test question comes from the held-out problems and none is a training question."""
+    from rpt.tasks.filters import problem_pool
+
+    def expressions(share, split):
+        cfg = schema.RLTaskConfig(train_size=2000, test_size=200, heldout_share=share)
+        return [e["metadata"]["expression"] for e in build_downstream_task(cfg, tokenizer, split, 0).items]
+
+    assert set(expressions(None, "test")) & set(expressions(None, "train"))  # the overlap the option removes
+    train, test = expressions(0.25, "train"), expressions(0.25, "test")
+    assert len(test) == 200 and len(train) == 2000 and not set(test) & set(train)
+    assert {problem_pool(e, 0.25) for e in test} == {"heldout"}
+    assert {problem_pool(e, 0.25) for e in train} == {"train"}  # 4-term questions: none shared

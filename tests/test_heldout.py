@@ -76,6 +76,11 @@ def test_demo_heldout_problems_are_not_training_problems(tmp_path):
     long_ones = [e for e in heldout if len(e.split()) >= 5]
     assert len(long_ones) > 200 and not set(long_ones) & training
     assert {e for e in heldout if len(e.split()) == 3} & training  # the 100 two-term sums stay shared
+    from rpt.config import RLTaskConfig
+    from rpt.tasks.downstream import build_downstream_task
+
+    questions = build_downstream_task(RLTaskConfig(test_size=200, heldout_share=0.25), tok, "test", 0).items
+    assert not {q["metadata"]["expression"] for q in questions} & training  # the demo's downstream test, too
     report = json.loads((rd / "data" / "contamination.json").read_text())
     for split in HELDOUT_SPLITS:
         lines = report["splits"][split]["lines_by_words"]

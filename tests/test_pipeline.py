@@ -239,6 +239,18 @@ def test_cnt_on_the_training_documents_at_rpts_flops(reference_run, tmp_path):
         [d for d, s in zip(rpt_ids, splits, strict=True) if s == 0]
 
 
+def test_eval_without_sampled_next_token_rows(reference_run, tmp_path):
+    """eval.next_token_samples=0 keeps the greedy and direct rows and drops reasoning_avg@k (the smoke's 2)."""
+    import shutil
+
+    run = tmp_path / "greedy_only"
+    shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("wandb"))
+    run_command(rpt_cmd(tmp_path, "greedy_only", "eval", "force=true", "eval.next_token_samples=0"), cwd=tmp_path)
+    before = json.loads((reference_run / "eval" / "next_token.json").read_text())["results"]["rpt"]
+    after = json.loads((run / "eval" / "next_token.json").read_text())["results"]["rpt"]
+    assert set(before) - set(after) == {"reasoning_avg@2"} and after["reasoning_greedy"] == before["reasoning_greedy"]
+
+
 def test_resumed_pretrain_keeps_every_metrics_row(tmp_path):
     """A pretrain resumed from the step-3 checkpoint logs steps 4-6 again and keeps rows 1-3: the same rows, with
     the same values, as the uninterrupted run (the step-3 row used to be dropped)."""

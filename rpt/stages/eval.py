@@ -105,12 +105,11 @@ def run(ctx) -> dict:
         patterns[label] = pattern_shares([texts[0] for texts in greedy_texts])
         direct = direct_next_token(model, nt_task, items, rt.device, corpus_tokens)
         likelihood[label] = likelihood_by_bucket(items, direct.pop("logp"), thresholds)
-        scores[label] = {
-            **direct,
-            "reasoning_greedy": [rewards[0] for rewards in greedy_rewards],
-            f"reasoning_avg@{ec.samples}": reasoning_first(model, nt_task, items, ec.samples, sampled, cfg.run.seed,
-                                                           rt.device),
-        }
+        scores[label] = {**direct, "reasoning_greedy": [rewards[0] for rewards in greedy_rewards]}
+        k = ec.samples if ec.next_token_samples is None else ec.next_token_samples
+        if k:
+            scores[label][f"reasoning_avg@{k}"] = reasoning_first(model, nt_task, items, k, sampled, cfg.run.seed,
+                                                                  rt.device)
         next_token[label] = {mode: by_bucket(items, values, thresholds) for mode, values in scores[label].items()}
         log.info("eval next-token %s: %s", label, {m: v["easy"]["accuracy"] for m, v in next_token[label].items()})
     scaling = None

@@ -10,7 +10,7 @@ import reasoning_gym
 
 from rpt.reward.answer import extract_answer
 from rpt.tasks.base import Task, render_text_prompt
-from rpt.tasks.filters import uses_only
+from rpt.tasks.filters import in_pool, uses_only
 
 
 def _mixture(mix) -> list:
@@ -32,8 +32,12 @@ class ReasoningGymTask(Task):
         if task_cfg.mix and task_cfg.operators is not None:
             raise ValueError("rl_task.operators filters one chain_sum-like task; set rl_task.operators=null with "
                              "rl_task.mix")
-        # train and test use disjoint seeds, so they are independent draws from the generator
+        # train and test read the generator's stream at different offsets; that keeps the lists apart by position
+        # only (item i of seed s is item i + (s - t) of seed t), so with rl_task.heldout_share they are also split
+        # by content: test questions from the held-out problems, training questions from the rest
+        share = task_cfg.heldout_share
         pool = size * (1 if task_cfg.operators is None else 16)
+        pool = pool if share is None else int(pool / (share if split == "test" else 1 - share)) + 64
         split_seed = seed if split == "train" else seed + 7919
         if task_cfg.mix:
             self.dataset = reasoning_gym.create_dataset("composite", size=pool, seed=split_seed,
@@ -41,22 +45,26 @@ class ReasoningGymTask(Task):
         else:
             self.dataset = reasoning_gym.create_dataset(task_cfg.task, size=pool, seed=split_seed,
                                                         **dict(task_cfg.task_kwargs))
-        items = [e for e in self.dataset if self._allowed(e, task_cfg.operators)][:size]
+        wanted = "heldout" if split == "test" else "train"
+        items = [e for e in self.dataset if self._allowed(e, task_cfg.operators)
+                 and (share is None or in_pool(self._expression(e), share, wanted))][:size]
         if len(items) < size:
-            raise ValueError(f"rl_task: only {len(items)} of {size} {task_cfg.task} questions use operators "
-                             f"{task_cfg.operators}")
+            raise ValueError(f"rl_task: only {len(items)} of {size} {task_cfg.task} {split} questions use operators "
+                             f"{task_cfg.operators}" + ("" if share is None else f" in the {wanted} problems"))
         super().__init__(items, tokenizer, chat_template)
         self.template = task_cfg.template
 
     @staticmethod
-    def _allowed(entry: dict, operators) -> bool:
-        if operators is None:
-            return True
+    def _expression(entry: dict) -> str:
         expression = entry.get("metadata", {}).get("expression")
         if expression is None:
-            raise ValueError("rl_task.operators needs a task whose entries carry metadata.expression "
-                             "(e.g. chain_sum); set rl_task.operators=null for other tasks")
-        return uses_only(expression, operators)
+            raise ValueError("rl_task.operators and rl_task.heldout_share need a task whose entries carry "
+                             "metadata.expression (e.g. chain_sum); set them to null for other tasks")
+        return expression
+
+    @classmethod
+    def _allowed(cls, entry: dict, operators) -> bool:
+        return operators is None or uses_only(cls._expression(entry), operators)
 
     def prompt_text(self, item: dict) -> str:
         return self.template.format(question=item["question"], **item["metadata"])
