@@ -16,6 +16,10 @@ from data_prep.contamination import TrainingIndex, measure_overlap, ngram_hashes
 from data_prep.doc_splits import DROPPED, HELDOUT_SPLITS, TRAIN
 from tests.helpers import rpt_command, run_command
 
+README_LINES = ("rpt prep data=jsonl data.source='/data/corpus/*.jsonl' run.name=clean data.decontaminate=true "
+                "data.contamination_ngram=8",)
+README_DECONTAMINATE = README_LINES[0]
+
 WORDS = [f"w{i}" for i in range(300)]
 
 
@@ -102,9 +106,10 @@ def test_planted_near_duplicates_are_found_and_dropped(tmp_path):
     partner.update({b: a for a, b in partner.items()})
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in originals + list(copies.values())))
-    run_command(rpt_command("prep", "experiment=smoke", "data=jsonl", f"data.source={corpus}",
-                            f"run.root={tmp_path}", "run.name=c", "data.rpt_fraction=0.6",
-                            "data.heldout_fraction=0.4", "data.decontaminate=true"), cwd=tmp_path)
+    from tests.test_readme import run_line
+
+    run_line(README_DECONTAMINATE, tmp_path, replace={"data.source": corpus, "run.name": "c"},
+             append=[f"run.root={tmp_path}", "data.rpt_fraction=0.6", "data.heldout_fraction=0.4"])
     data = tmp_path / "c" / "data"
     pretrain_ids = set(json.loads((data / "pretrain.docs.json").read_text()))
     rpt_ids = json.loads((data / "rpt.docs.json").read_text())
@@ -117,7 +122,8 @@ def test_planted_near_duplicates_are_found_and_dropped(tmp_path):
     report = json.loads((data / "contamination.json").read_text())
     assert sum(s["contaminated"] for s in report["splits"].values()) == len(expected)
     assert sum(s["dropped"] for s in report["splits"].values()) == len(expected)
-    assert sum(s["near_duplicates"] for s in report["splits"].values()) == len(expected)  # 28 of 29 n-grams shared
+    assert report["ngram"] == 8  # 22 of a copy's 23 8-grams are its original's: a near duplicate
+    assert sum(s["near_duplicates"] for s in report["splits"].values()) == len(expected)
 
 
 def test_direct_baseline_argmax_skips_tokens_the_corpus_never_holds():

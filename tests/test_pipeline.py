@@ -20,7 +20,9 @@ pytestmark = pytest.mark.e2e
 RPT_OVERRIDES = ["rpt.steps=8", "rpt.checkpoint_every=1", "logging.sample_every=4", "logging.samples=3",
                  "rpt.eval_every=4", "rpt.eval_size=20", "rpt.keep_steps=[2,4]",
                  "algo.entropy_coef=0.01"]  # the 6-step smoke base earns no reward: the bonus makes every step train
-README_LINES = ("rpt cnt",)  # run by test_cnt_baseline_... with the run's name and root (tests/test_readme.py)
+# run by the cnt tests with the run's name and root (tests/test_readme.py)
+README_LINES = ("rpt cnt run.name=exp1 cnt.objective=documents cnt.match=flops force=true",)
+README_CNT_FLOPS = README_LINES[0]
 
 
 def rpt_cmd(root: Path, name: str, stage: str = "pipeline", *overrides: str) -> list[str]:
@@ -224,8 +226,8 @@ def test_cnt_on_the_training_documents_at_rpts_flops(reference_run, tmp_path):
 
     run = tmp_path / "cnt_flops"
     shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("wandb"))
-    run_command(rpt_cmd(tmp_path, "cnt_flops", "cnt", "cnt.objective=documents", "cnt.match=flops",
-                        "cnt.micro_batch_size=2"), cwd=tmp_path)
+    words = [w for w in README_CNT_FLOPS.split()[2:] if not w.startswith("run.name=")]
+    run_command(rpt_cmd(tmp_path, "cnt_flops", "cnt", *words, "cnt.micro_batch_size=2"), cwd=tmp_path)
     rollout_tokens = sum(r["rollout_tokens"] for r in stage_rows(run, "rpt"))
     summary = json.loads((run / "done" / "cnt.json").read_text())
     tokens_per_step = 2 * 64  # cnt.micro_batch_size x the smoke data.seq_length

@@ -40,8 +40,8 @@ README_LINES = {
         "rpt report run.name=remedies 'report.runs=[remedies_*]' report.allow_mixed=true",
     ],
     "seeds": [
-        "rpt pipeline --multirun experiment=demo run.seed=0,1,2 'run.name=demo_seed${run.seed}'",
-        "rpt report run.name=demo_seeds 'report.runs=[demo_seed0,demo_seed1,demo_seed2]'",
+        "rpt pipeline --multirun experiment=demo run.seed=0,1,2,3,4 'run.name=demo_seed${run.seed}'",
+        "rpt report run.name=demo_seeds 'report.runs=[demo_seed0,demo_seed1,demo_seed2,demo_seed3,demo_seed4]'",
     ],
     "own corpus, imported model": [
         "rpt hf_import experiment=rpt_r1_distill_1_5b run.name=mine hf.path=/models/DeepSeek-R1-Distill-Qwen-1.5B",
@@ -244,7 +244,7 @@ def test_the_remedies_sweep_gives_each_algo_its_run(tmp_path):
 
 @pytest.mark.e2e
 def test_a_seed_sweep_and_its_aggregate_report(tmp_path):
-    sweep, aggregate = lines("seeds")  # two seeds of the three, the demo at smoke sizes
+    sweep, aggregate = lines("seeds")  # two seeds of the five, the demo at smoke sizes
     run_line(sweep, tmp_path, replace={"run.seed": "0,1"}, append=demo_at_smoke_size())
     for seed in (0, 1):
         assert_reported(tmp_path / "runs" / f"demo_seed{seed}")
@@ -254,7 +254,8 @@ def test_a_seed_sweep_and_its_aggregate_report(tmp_path):
     run_line(aggregate, tmp_path, replace={"report.runs": "[demo_seed0,demo_seed1]"})
     report = (tmp_path / "runs" / "demo_seeds" / "report" / "report.md").read_text()
     assert "±" in report and "demo_seed0" in report and "demo_seed1" in report
-    assert "Pooled over the runs" in report and "On **hard** positions" in report
+    assert "Paired differences, seed-level intervals" in report and "On **hard** positions" in report
+    assert "RPT → RL − CNT → RL" in report  # the demo's control, through the same downstream RL
 
 
 # ---- Your own corpus ---------------------------------------------------------------------------------------------
