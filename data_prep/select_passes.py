@@ -89,9 +89,12 @@ def _documents(shards: EntropyShards):
 
 
 def select_positions(shards: EntropyShards, doc_split: np.ndarray, sel_cfg, seed: int,
-                     positions_dir: Path) -> SelectionResult:
+                     positions_dir: Path, heldout_shards: EntropyShards | None = None) -> SelectionResult:
     """Write ``train.npy``, ``validation.npy`` and ``test.npy`` under ``positions_dir`` from the scored ``shards``;
-    ``doc_split[d]`` is document d's split (``data_prep/doc_splits.py``). Returns the counts and corpus statistics."""
+    ``doc_split[d]`` is document d's split (``data_prep/doc_splits.py``); ``heldout_shards``: the held-out
+    documents' entropies under another model (the evaluated base, when the proxy is a separate model), else
+    ``shards``'. Returns the counts and corpus statistics (of ``shards``)."""
+    heldout_entropy = _HeldoutEntropy(heldout_shards)
     names = {code: name for name, code in HELDOUT_SPLITS.items()}
     training = doc_split == TRAIN
     mode = sel_cfg.mode
@@ -108,7 +111,8 @@ def select_positions(shards: EntropyShards, doc_split: np.ndarray, sel_cfg, seed
             result.count(values)
             p80.count(values)
             if doc_split[d] in names:
-                writers.add(names[doc_split[d]], d, heldout_positions(e, sel_cfg), e)
+                scored = heldout_entropy(d, e)
+                writers.add(names[doc_split[d]], d, heldout_positions(scored, sel_cfg), scored)
             if not training[d]:
                 continue
             result.trainable += max(0, len(e) - sel_cfg.min_context_tokens)
@@ -169,3 +173,19 @@ class _RandomPool:
         docs = np.array(self.docs, dtype=np.int64)[which]
         bounds = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]]) if len(docs) else np.zeros(0, np.int64)
         return {int(docs[b]): part for b, part in zip(bounds, np.split(chosen, bounds[1:]), strict=True)}
+
+
+class _HeldoutEntropy:
+    """Document d's entropies for its held-out positions: from other shards when given, read one shard at a time
+    in document order (pass 1 walks the documents in order)."""
+
+    def __init__(self, shards: EntropyShards | None):
+        self.shards, self.docs = shards, iter(()) if shards is None else _documents(shards)
+
+    def __call__(self, doc: int, entropy: np.ndarray) -> np.ndarray:
+        if self.shards is None:
+            return entropy
+        for d, e in self.docs:
+            if d == doc:
+                return e
+        raise ValueError(f"held-out entropy shards end before document {doc}")

@@ -37,7 +37,7 @@ from rpt.refusal import preflight
 
 log = logging.getLogger("rpt")
 
-STAGES = ["prep", "pretrain", "select", "rpt", "cnt", "rl", "sft", "eval", "report"]
+STAGES = ["prep", "pretrain", "proxy", "select", "rpt", "cnt", "rl", "sft", "eval", "report"]
 EXTRA_STAGES = ["hf_import", "hf_export"]  # run on demand, never by `pipeline`
 STARTS_A_RUN = ("prep", "hf_import", "pipeline", "bench")  # the others work on a run that exists
 USAGE = (f"usage: rpt <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}> [key=value ...]   "

@@ -13,7 +13,7 @@ library code receives typed sections (``AlgoConfig``, ``RolloutConfig``, ...), n
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -177,8 +177,32 @@ class PretrainConfig:
 
 
 @dataclass
+class ProxyConfig(PretrainConfig):
+    """Stage `proxy`: a separate, smaller selection proxy pretrained on the pretraining split (the RPT paper filters
+    its training positions with R1-Distill-Qwen-1.5B, not with the 14B model it trains and evaluates). Its shape is
+    `model`'s with these fields changed (None: the same)."""
+
+    steps: int = 300  # optimizer steps
+    num_layers: int | None = None  # e.g. 2 beside the tiny model's 4
+    hidden_size: int | None = None  # e.g. 64 beside 128 (with ffn_hidden_size=192, num_attention_heads=2)
+    ffn_hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    num_query_groups: int | None = None
+
+    def model_config(self, model: ModelConfig) -> ModelConfig:
+        shape = {k: getattr(self, k) for k in PROXY_SHAPE if getattr(self, k) is not None}
+        return replace(model, name=f"{model.name}-proxy", **shape)
+
+
+PROXY_SHAPE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups")
+
+
+@dataclass
 class SelectConfig:
-    proxy: str = "pretrain"  # proxy model: a stage's latest checkpoint (pretrain | hf) or a checkpoint directory
+    proxy: str = "pretrain"  # proxy model: a stage's latest checkpoint (pretrain | hf | proxy: the separate smaller
+    # model of stage `proxy`) or a checkpoint directory of `model`'s shape
+    heldout_scorer: str | None = None  # whose entropy buckets the held-out positions (the evaluated base, as in the
+    # paper): pretrain | hf | a checkpoint directory; None: the proxy, or `pretrain` when the proxy is `proxy`
     top_k: int = 16  # entropy over the proxy's top-k next tokens, renormalised
     mode: str = "threshold"  # threshold | top_fraction | random
     threshold: float = 0.5  # keep positions whose top-k entropy exceeds this (threshold mode)
@@ -196,12 +220,21 @@ class SelectConfig:
 
     def __post_init__(self):
         _one_of("select", "mode", self.mode, ("threshold", "top_fraction", "random"))
+        if self.heldout_scorer == "proxy":
+            raise ValueError("select.heldout_scorer=proxy: held-out positions are bucketed by the evaluated base's "
+                             "entropy (pretrain, hf or a checkpoint directory), not the proxy's")
         if len(self.difficulty_thresholds) != 3:
             raise ValueError(f"select.difficulty_thresholds needs 3 values (easy, medium, hard), got "
                              f"{self.difficulty_thresholds}")
         if self.window_overlap is not None and self.window_overlap < 0:
             raise ValueError(f"select.window_overlap must be >= 0 (or null for half a window), got "
                              f"{self.window_overlap}")
+
+    def bucket_source(self) -> str:
+        """The model whose entropy buckets the held-out positions."""
+        if self.heldout_scorer is not None:
+            return self.heldout_scorer
+        return "pretrain" if self.proxy == "proxy" else self.proxy
 
     def overlap(self, seq_length: int) -> int:
         """The scoring windows' overlap in tokens for windows of ``seq_length`` (data.seq_length)."""
@@ -387,6 +420,7 @@ class RootConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -409,7 +443,7 @@ class RootConfig:
         for section in ("rpt", "rl"):
             getattr(self, section).check(section)
         self._check_vllm_shape()
-        for section in ("pretrain", "rpt", "rl", "sft"):
+        for section in ("pretrain", "proxy", "rpt", "rl", "sft"):
             if self.model.distributed_optimizer and getattr(self, section).optimizer != "adam":
                 raise ValueError(f"{section}.optimizer={getattr(self, section).optimizer} cannot run with "
                                  f"model.distributed_optimizer=true (megatron shards Adam only): set one of them back")

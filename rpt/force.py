@@ -27,7 +27,8 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "hf_import": (),
     "prep": ("hf_import",),  # keeps an imported tokenizer
     "pretrain": ("prep",),
-    "select": ("prep", "pretrain", "hf_import"),
+    "proxy": ("prep",),
+    "select": ("prep", "pretrain", "proxy", "hf_import"),
     "rpt": ("prep", "select", "pretrain", "hf_import"),
     "cnt": ("prep", "select", "pretrain", "hf_import"),
     "rl": ("prep", "pretrain", "rpt", "cnt", "hf_import"),
@@ -37,7 +38,8 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "hf_export": ("pretrain", "rpt", "cnt", "rl", "sft", "hf_import"),
 }
 # stage -> its metrics.jsonl "stage" names and checkpoints/ + rollouts/ folders (patterns)
-LOOP_NAMES = {"pretrain": "pretrain", "rpt": "rpt", "cnt": "cnt", "rl": "rl_*", "sft": "sft", "hf_import": "hf"}
+LOOP_NAMES = {"pretrain": "pretrain", "proxy": "proxy", "rpt": "rpt", "cnt": "cnt", "rl": "rl_*", "sft": "sft",
+              "hf_import": "hf"}
 PENDING = "force_pending.json"
 
 

@@ -42,6 +42,7 @@ FIXES: dict[str, tuple[str, ...]] = {
     "hf_import": ("model", "hf.path"),
     "prep": ("data", "run.seed"),
     "pretrain": ("model", "pretrain", "run.seed"),
+    "proxy": ("model", "proxy", "run.seed"),
     "select": ("select",),
     "rpt": ("rpt", "algo", "rollout", "analysis", "run.seed"),
     "cnt": ("rpt", "cnt", "rollout", "run.seed"),

@@ -17,8 +17,10 @@ from data_prep.doc_splits import DROPPED, HELDOUT_SPLITS, TRAIN
 from tests.helpers import rpt_command, run_command
 
 README_LINES = ("rpt prep data=jsonl data.source='/data/corpus/*.jsonl' run.name=clean data.decontaminate=true "
-                "data.contamination_ngram=8",)
-README_DECONTAMINATE = README_LINES[0]
+                "data.contamination_ngram=8",
+                "rpt pipeline run.name=exp1 stages=[proxy,select] select.proxy=proxy proxy.num_layers=2 "
+                "proxy.hidden_size=64 proxy.ffn_hidden_size=192 proxy.num_attention_heads=2 force=true")
+README_DECONTAMINATE, README_PROXY = README_LINES
 
 WORDS = [f"w{i}" for i in range(300)]
 
@@ -149,3 +151,44 @@ def test_corpus_tokens_are_the_corpus_vocabulary_without_the_think_markers(token
     assert len(mask) == tokenizer.vocab_size
     assert set(torch.nonzero(mask).flatten().tolist()) == present - set(think)
     assert re.search("<think>", docs[1]) and all(t in present for t in think)  # present, and still excluded
+
+
+@pytest.mark.e2e
+def test_a_separate_proxy_chooses_training_positions_and_the_base_buckets_the_heldout_ones(tmp_path):
+    """select.proxy=proxy on a run that selected with its base (redone with force=true): stage `proxy` pretrains a
+    smaller model; the training positions carry its entropies, the validation and test positions the base's (each
+    record's entropy is the scoring shard's value there)."""
+    from rpt.positions import Positions
+
+    from tests.test_readme import run_line
+
+    run_command(rpt_command("pipeline", "experiment=smoke", f"run.root={tmp_path}", "run.name=p",
+                            "stages=[prep,pretrain,select]", "select.threshold=0.0"), cwd=tmp_path)
+    run_line(README_PROXY, tmp_path, replace={"run.name": "p", "proxy.num_layers": 1, "proxy.hidden_size": 16,
+                                              "proxy.ffn_hidden_size": 32},
+             append=[f"run.root={tmp_path}", "proxy.steps=4"])
+    rd = tmp_path / "p"
+    parameters = {s: json.loads((rd / "done" / f"{s}.json").read_text())["parameters"] for s in ("pretrain", "proxy")}
+    assert parameters["proxy"] < parameters["pretrain"] / 2
+
+    summary = json.loads((rd / "done" / "select.json").read_text())
+    assert summary["proxy"] == "proxy" and summary["heldout_scorer"] == "pretrain"
+    per_doc = {}
+    for name in ("entropy_shards", "entropy_shards_heldout"):
+        arrays = sorted((rd / "positions" / name).glob("shard_*.npz"))
+        docs = []
+        for path in arrays:
+            data = np.load(path)
+            bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
+            docs += [data["entropy"][a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        per_doc[name] = docs
+    for split, source in (("train", "entropy_shards"), ("validation", "entropy_shards_heldout"),
+                          ("test", "entropy_shards_heldout")):
+        records = Positions(rd / "positions", split).records
+        assert len(records)
+        got = records["entropy"]
+        want = np.array([per_doc[source][int(r["doc"])][int(r["offset"])] for r in records], dtype=np.float32)
+        other = "entropy_shards_heldout" if source == "entropy_shards" else "entropy_shards"
+        wrong = np.array([per_doc[other][int(r["doc"])][int(r["offset"])] for r in records], dtype=np.float32)
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, wrong)  # the two models disagree: the test can tell them apart

@@ -137,7 +137,11 @@ def selection_section(cfg: RootConfig, rd) -> str:
     ingest = rd.summary("prep").get("ingest", {}) if rd.is_done("prep") else {}
     skipped = ingest.get("skipped") or {}
     cap = f", positions above {cfg.select.max_entropy} nats dropped as noise" if cfg.select.max_entropy else ""
-    proxy = {"pretrain": "the base model", "hf": "the imported model"}.get(cfg.select.proxy, f"`{cfg.select.proxy}`")
+    names = {"pretrain": "the base model", "hf": "the imported model", "proxy": "the separate proxy model"}
+    proxy = names.get(cfg.select.proxy, f"`{cfg.select.proxy}`")
+    if cfg.select.bucket_source() != cfg.select.proxy:
+        scorer = cfg.select.bucket_source()
+        proxy += f" (held-out positions bucketed by {names.get(scorer, f'`{scorer}`')}'s entropy)"
     return (f"Scored {select.get('positions_scored', '–')} positions of the RPT split with {proxy} as proxy "
             f"(top-{cfg.select.top_k} entropy, renormalised){cap}. Mode `{cfg.select.mode}` kept "
             f"{select.get('train_positions', '–')} training positions (fraction {select.get('fraction_kept', 0):.3f}); "

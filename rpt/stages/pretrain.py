@@ -22,11 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx) -> dict:
+    return train_language_model(ctx, ctx.cfg.model, ctx.cfg.pretrain, "pretrain")
+
+
+def train_language_model(ctx, model_cfg, pc, stage: str) -> dict:
+    """Next-token training of a ``model_cfg`` model on the pretraining split, by ``pc`` (a ``PretrainConfig``),
+    checkpointed as ``stage`` (the base here; the separate selection proxy in stage `proxy`)."""
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
-    pc = cfg.pretrain
     rd.require("prep")
     tok = Tokenizer.from_run(rd)
-    trainable = build_trainable(cfg.model, model_vocab(cfg.model, tok.vocab_size), rt, pc, pc.steps)
+    trainable = build_trainable(model_cfg, model_vocab(model_cfg, tok.vocab_size), rt, pc, pc.steps)
     dataset = build_gpt_dataset(str(rd.data / "pretrain"), tok, cfg.data.seq_length,
                                 pc.steps * pc.micro_batch_size * rt.dp_size, cfg.run.seed, str(rd.data / "cache"))
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}  # since the last logged row
@@ -47,7 +52,7 @@ def run(ctx) -> dict:
         window.update(loss=0.0, steps=0, tokens=0, t0=time.perf_counter())
         return row, state
 
-    history = run_loop(ctx, LoopSpec("pretrain", pc.steps, pc.checkpoint_every, postfix=("loss",)), trainable,
-                       step_fn)
+    history = run_loop(ctx, LoopSpec(stage, pc.steps, pc.checkpoint_every, postfix=("loss",)), trainable, step_fn)
     return {"steps": pc.steps, "final_loss": history[-1]["loss"] if history else None,
-            "checkpoint": str(latest_step_dir(rd.checkpoints("pretrain")))}
+            "parameters": sum(p.numel() for p in trainable.model.parameters()),
+            "checkpoint": str(latest_step_dir(rd.checkpoints(stage)))}
