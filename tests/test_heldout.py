@@ -159,7 +159,6 @@ def test_a_separate_proxy_chooses_training_positions_and_the_base_buckets_the_he
     smaller model; the training positions carry its entropies, the validation and test positions the base's (each
     record's entropy is the scoring shard's value there)."""
     from rpt.positions import Positions
-
     from tests.test_readme import run_line
 
     run_command(rpt_command("pipeline", "experiment=smoke", f"run.root={tmp_path}", "run.name=p",
