@@ -27,6 +27,7 @@ from megatron.core import dist_checkpointing, tensor_parallel
 
 from rpt.distributed import barrier
 from rpt.model.cpu_compat import megatron_cuda_calls
+from rpt.model.weight_writes import note_weights_written
 from rpt.rundir import write_text
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ def load(step_dir: Path, trainable) -> dict:
     if state["has_optimizer_state"]:
         trainable.optimizer.load_state_dict(loaded["optimizer"])
     trainable.scheduler.load_state_dict(state["scheduler"])
+    note_weights_written(trainable.model)
     restore_rng(state["rng"])
     log.info("resumed from %s (step %d)", step_dir, state["step"])
     return state
@@ -195,6 +197,7 @@ def load_model_weights(step_dir: Path, model) -> None:
     """Load only the model weights (a GPTModel, unwrapped) from a checkpoint, e.g. to start a later stage."""
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(step_dir))
     model.load_state_dict(loaded["model"])
+    note_weights_written(model)
 
 
 @megatron_cuda_calls

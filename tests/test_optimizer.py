@@ -77,3 +77,23 @@ def test_two_ranks_shard_the_optimizer_and_resume_exactly(tmp_path):
            str(ROOT / "tests" / "dp_scenarios.py"), "distributed_optimizer", "-", str(tmp_path / "ckpt")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_every_optimizer_step_is_recorded_as_a_weight_write_also_through_data(runtime):
+    """megatron's bf16 optimizer copies its fp32 main weights into the bf16 model through ``.data``, which leaves
+    the parameters' version counters where they were, so a rollout engine keyed on them kept stale weights. The
+    trainer records each step itself (``rpt.model.weight_writes``), and the vLLM engine's key follows it."""
+    from dataclasses import replace
+
+    from rpt.model.weight_writes import weight_writes
+    from rpt.rollout.vllm_engine import weights_version
+
+    trainable = tiny_trainable(replace(runtime, dtype=torch.bfloat16), distributed_optimizer=False)
+    model = trainable.model.module
+    matrices = [p for p in model.parameters() if p.dtype == torch.bfloat16 and p.dim() == 2]
+    before = [p.detach().clone() for p in matrices]
+    versions, key, writes = [p._version for p in matrices], weights_version(model), weight_writes(model)
+    train_steps(trainable, runtime, range(1))
+    assert all(not torch.equal(p, b) for p, b in zip(matrices, before, strict=True))  # every matrix was written
+    assert [p._version for p in matrices] == versions  # ... and no version counter saw it
+    assert weight_writes(model) == writes + 1 and weights_version(model) != key

@@ -152,6 +152,29 @@ def test_the_weights_follow_an_rl_step(runtime, tokenizer):
     assert torch.equal(generate(model, prompts, on_vllm, 0, "cpu").tokens, lean_after.tokens)
 
 
+def test_vllm_follows_weights_written_through_data(runtime, tokenizer):
+    """Weights written through ``.data`` (megatron's bf16 optimizer, fused kernels) leave the version counters
+    unchanged; the write the trainer records (``note_weights_written``, called by every optimizer step and
+    checkpoint load) makes the next generate resend them: vLLM's greedy rollout then equals the lean decoder's on
+    the new weights."""
+    from rpt.model.weight_writes import note_weights_written
+
+    run = rl_setup(rl_cfg(["rollout.engine=vllm", *VLLM_SHAPE]), runtime, tokenizer)
+    model = run.trainable.model.module
+    prompts = [(run.task.prompt_ids(p) * 60)[:150] for p in run.task.items]
+    greedy = _greedy(8, tokenizer.eos_id)
+    before = generate(model, prompts, replace(greedy, engine="vllm"), 0, "cpu")
+    versions = [p._version for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data.add_(torch.randn_like(p) * 0.5)
+    assert [p._version for p in model.parameters()] == versions
+    note_weights_written(run.trainable.model)
+    lean = generate(model, prompts, greedy, 0, "cpu")
+    assert not torch.equal(lean.tokens, before.tokens)
+    assert torch.equal(generate(model, prompts, replace(greedy, engine="vllm"), 0, "cpu").tokens, lean.tokens)
+
+
 def test_engine_choice_and_refusals(monkeypatch):
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from rpt.config_rl import VLLMConfig
+from rpt.model.weight_writes import weight_writes
 from rpt.rollout.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,13 @@ def model_shape(model) -> dict:
 
 
 def weights_version(model) -> tuple:
-    """This model object (an id of its own: a freed model's ``id`` is reused) and its parameters' version
-    counters, which change whenever one is written in place (optimizer step, checkpoint load, ``copy_``)."""
+    """This model object (an id of its own: a freed model's ``id`` is reused), the writes the trainer recorded
+    (``rpt.model.weight_writes``: every optimizer step and checkpoint load, also those that write through ``.data``
+    as megatron's bf16 optimizer and fused kernels do, invisible to version counters) and its parameters' version
+    counters (any other in-place write)."""
     if not hasattr(model, "_rpt_weights_id"):
         model._rpt_weights_id = uuid.uuid4().hex
-    return (model._rpt_weights_id, *(p._version for p in model.parameters()))
+    return (model._rpt_weights_id, weight_writes(model), *(p._version for p in model.parameters()))
 
 
 class VLLMEngine:

@@ -19,6 +19,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from rpt.model.build import build_model
 from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.model.footprint import check_fits
+from rpt.model.weight_writes import note_weights_written
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Trainable:
             self.model.finish_grad_sync()
             self.scheduler.step(increment=1)
             applied, grad_norm, _ = self.optimizer.step()
+        note_weights_written(self.model)  # the event a rollout engine resyncs on (rpt/model/weight_writes.py)
         return bool(applied), float(grad_norm or 0.0)
 
     @property
