@@ -18,7 +18,7 @@ import numpy as np
 from data_prep.contamination import TrainingIndex, measure_overlap
 from data_prep.doc_splits import DROPPED, HELDOUT_SPLITS, TRAIN, split_by_id, write_doc_splits
 from data_prep.indexed import IndexedDocs
-from rpt.rundir import write_json
+from rpt.rundir import read_json, write_json
 
 log = logging.getLogger(__name__)
 CONTAMINATION = "contamination.json"
@@ -35,7 +35,8 @@ def split_and_measure(data_cfg, data_dir: Path, tok, splits: np.ndarray | None =
         splits = np.fromiter((split_by_id(d, data_cfg.heldout_fraction, data_cfg.validation_fraction)
                               for d in rpt.doc_ids), dtype=np.int8, count=len(rpt))
     splits = np.asarray(splits, dtype=np.int8).copy()
-    pretrain = IndexedDocs(data_dir / "pretrain") if Path(f"{data_dir / 'pretrain'}.manifest.json").exists() else None
+    manifest = Path(f"{data_dir / 'pretrain'}.manifest.json")  # empty when every document is for RPT
+    pretrain = IndexedDocs(data_dir / "pretrain") if manifest.exists() and read_json(manifest)["documents"] else None
     training = itertools.chain(_texts(pretrain, range(len(pretrain)), tok) if pretrain else (),
                                _texts(rpt, np.flatnonzero(splits == TRAIN), tok))
     index = TrainingIndex(training, data_cfg.contamination_ngram)
