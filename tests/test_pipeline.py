@@ -65,6 +65,9 @@ def test_pipeline_writes_every_artifact(reference_run):
     assert len(rpt_rows) == 8 and {"reward_mean", "entropy", "clip_frac_low", "clip_frac_high",
                                     "response_length", "train_rollout_gap", "all_equal_share"} <= set(rpt_rows[0])
     assert rpt_rows[0]["kl_to_old"] == 0.0  # one update per rollout: exactly on-policy
+    # the sampler-trainer agreement gate (NeMo-RL's bound) on the lean decoder, every step, and no warning
+    assert all(1.0 <= r["token_mult_prob_error"] < 1.05 for r in rpt_rows)
+    assert json.loads((rd / "done" / "rpt.json").read_text())["mismatch_warning"] is None
     for row in rpt_rows:
         assert 0.0 <= row["truncated_share"] <= 1.0 and 0.0 <= row["no_answer_share"] <= 1.0
         assert row["reward_std"] >= 0.0

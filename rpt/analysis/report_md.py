@@ -157,7 +157,7 @@ def training_warnings(rd) -> list[str]:
     for stage in ("rpt", "rl"):
         summary = rd.summary(stage) if rd.is_done(stage) else {}
         parts = [summary] + [v for v in summary.values() if isinstance(v, dict)]
-        found += [part["no_answer_warning"] for part in parts if part.get("no_answer_warning")]
+        found += [part[key] for part in parts for key in ("no_answer_warning", "mismatch_warning") if part.get(key)]
     return found
 
 

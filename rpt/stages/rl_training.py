@@ -16,6 +16,7 @@ from rpt.model.footprint import model_vocab
 from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.rollout.engine import SamplingParams, generate
 from rpt.train.loop import LoopSpec, run_loop
+from rpt.train.mismatch import MismatchWatch
 from rpt.train.no_answer import NoAnswerWatch
 from rpt.train.optim import build_trainable
 from rpt.train.refinement import Refiner
@@ -47,10 +48,13 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
                  len(run.grams), run.grams[:20])
 
     watch = NoAnswerWatch(stage_name, cfg.rollout, loop_cfg.steps)
+    mismatch = MismatchWatch(stage_name, cfg.rollout)
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         metrics, cursor = rl_step(run, step, state["cursor"])
         watch.observe(metrics["no_answer_share"])
+        if metrics.get("token_mult_prob_error") is not None:
+            mismatch.observe(step + 1, metrics["token_mult_prob_error"])
         return metrics, {"cursor": cursor}
 
     spec = LoopSpec(stage_name, loop_cfg.steps, loop_cfg.checkpoint_every, checkpoint_dir(rd, init_source),
@@ -58,7 +62,8 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     history = run_loop(ctx, spec, trainable, step_fn)
     tail = history[-max(1, len(history) // 4):] if history else []
     return {"steps": loop_cfg.steps, "checkpoint": str(latest_step_dir(rd.checkpoints(stage_name))),
-            "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail)), **watch.summary()}
+            "reward_last_quarter": sum(m.get("reward_mean", 0.0) for m in tail) / max(1, len(tail)), **watch.summary(),
+            **mismatch.summary()}
 
 
 def mine_grams(run: RLSetup, model, prompts: int) -> list[str]:

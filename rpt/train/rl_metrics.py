@@ -36,8 +36,17 @@ def policy_metrics(batch, values: PolicyValues, rewards: torch.Tensor) -> dict:
         "cov_mean": dp_mean_of(cov[mask]),
         "cov_max": dp_max(float(cov[mask].max()) if mask.any() else float("-inf")),
         "response_length": dp_mean_of(batch.rollouts.response_lens),
-        "train_rollout_gap": dp_mean_of((values.logp - sample_logp).abs()[mask]),
+        **sampler_agreement(values.logp, sample_logp, mask),
     }
+
+
+def sampler_agreement(trainer_logp: torch.Tensor, sample_logp: torch.Tensor, mask: torch.Tensor) -> dict:
+    """How far the rollout engine's log-probs of the sampled tokens are from the trainer's: the mean absolute gap
+    (``train_rollout_gap``) and NeMo-RL's ``token_mult_prob_error``, the mean over response tokens of
+    exp(|log p_trainer − log p_sampler|) (1 when they agree; its tests require < 1.05), with its largest token."""
+    gap = (trainer_logp - sample_logp).abs()[mask]
+    return {"train_rollout_gap": dp_mean_of(gap), "token_mult_prob_error": dp_mean_of(gap.exp(), empty=1.0),
+            "token_mult_prob_error_max": dp_max(float(gap.max().exp()) if gap.numel() else 1.0)}
 
 
 def kl_to_reference(values: PolicyValues, ref_logp: torch.Tensor, mask: torch.Tensor) -> dict:
