@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from rpt.algo.advantages import all_equal_groups, group_advantages
-from rpt.algo.losses import PolicyInputs, aggregation_weights, get_policy_loss, kl_k3, token_losses
+from rpt.algo.losses import (
+    PolicyInputs,
+    PolicyTerms,
+    aggregation_weights,
+    get_policy_loss,
+    kl_k3,
+    token_losses,
+    with_tis,
+)
 from rpt.algo.token_choice import clip_cov_mask, forking_mask, kl_cov_mask, token_covariance
 
 
@@ -235,16 +243,21 @@ def test_truncated_importance_sampling_hand_values():
     logp = torch.log(torch.tensor([[0.5, 0.2, 0.3, 0.9]])).requires_grad_()
     sampler = torch.log(torch.tensor([[0.1, 0.4, 0.3, 1e-30]]))
     mask = torch.tensor([[True, True, True, False]])
-    terms = SimpleNamespace(loss=-logp * torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    terms = PolicyTerms(loss=-logp * torch.tensor([[1.0, 2.0, 3.0, 4.0]]), metrics={})
     inputs = PolicyInputs(logp, logp.detach(), torch.zeros(1, 4), mask, torch.zeros(1, 4), None, algo(tis_cap=2.0),
                           sampler)
     weight = torch.tensor([[2.0, 0.5, 1.0, 1.0]])
-    per_token = token_losses(terms, inputs, None)
+    per_token = token_losses(with_tis(terms, inputs), inputs, None)
     torch.testing.assert_close(per_token, terms.loss * weight)
     per_token.sum().backward()
     torch.testing.assert_close(logp.grad, -torch.tensor([[1.0, 2.0, 3.0, 4.0]]) * weight)
-    off = token_losses(terms, replace(inputs, algo=algo(tis_cap=0.0)), None)
+    off = token_losses(with_tis(terms, replace(inputs, algo=algo(tis_cap=0.0))), inputs, None)
     assert torch.equal(off, terms.loss)
+    # a feedback term added after the policy term (SDPO's distillation) takes no importance weight
+    dense = torch.tensor([[0.3, 0.1, 0.7, 0.0]])
+    weighted = with_tis(terms, inputs)
+    with_distill = replace(weighted, loss=weighted.loss + dense)
+    torch.testing.assert_close(token_losses(with_distill, inputs, None), terms.loss.detach() * weight + dense)
 
 
 def test_truncated_importance_sampling_settings_that_cannot_work_are_refused():

@@ -31,7 +31,7 @@ optimizer step, so the loss and its gradient do not depend on the micro-batch or
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -211,12 +211,19 @@ def truncated_is_weight(x: PolicyInputs) -> torch.Tensor:
     return log_ratio.exp().clamp(max=x.algo.tis_cap).detach()
 
 
+def with_tis(terms: PolicyTerms, x: PolicyInputs) -> PolicyTerms:
+    """The policy variant's terms with its policy term times the TIS weight when ``algo.tis_cap`` is set. Applied to
+    the policy-gradient term only, as verl does: the terms feedback algorithms add afterwards (SDPO's distillation
+    toward a teacher) are not estimates over the sampler's tokens and take no importance weight."""
+    if not x.algo.tis_cap:
+        return terms
+    return replace(terms, loss=terms.loss * truncated_is_weight(x))
+
+
 def token_losses(terms: PolicyTerms, x: PolicyInputs, ref_logp: torch.Tensor | None) -> torch.Tensor:
-    """The per-token objective of one micro-batch: policy term (times the TIS weight when ``algo.tis_cap`` is
-    set), minus the entropy bonus, plus the k3 KL penalty."""
+    """The per-token objective of one micro-batch: the terms' loss (the TIS-weighted policy term, ``with_tis``, and
+    any feedback terms), minus the entropy bonus, plus the k3 KL penalty."""
     per_token = terms.loss
-    if x.algo.tis_cap:
-        per_token = per_token * truncated_is_weight(x)
     if x.algo.entropy_coef:
         per_token = per_token - x.algo.entropy_coef * x.entropy
     if x.algo.kl_coef:

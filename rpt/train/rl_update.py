@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rpt.algo.losses import CLIP_METRICS, PolicyInputs, aggregation_weights, get_policy_loss, token_losses
+from rpt.algo.losses import (
+    CLIP_METRICS,
+    PolicyInputs,
+    aggregation_weights,
+    get_policy_loss,
+    token_losses,
+    with_tis,
+)
 from rpt.algo.token_choice import forking_mask, token_covariance
 from rpt.distributed import dp_sum
 from rpt.model.forward import LOGITS_CHUNK_TOKENS, sequence_logprobs
@@ -187,7 +194,7 @@ def update(trainable, batch: RLBatch, algo, forward: ForwardSettings, ppo_epochs
                 inputs = PolicyInputs(logp, old, batch.adv[sl].expand_as(logp), batch.mask[sl], entropy,
                                       None if batch.chosen is None else batch.chosen[sl], algo,
                                       batch.rollouts.sample_logprobs[sl, 1:])
-                terms = policy_loss.fn(inputs)
+                terms = with_tis(policy_loss.fn(inputs), inputs)
                 for term in batch.feedback:  # Critique-GRPO's shaped refinements, SDPO's distillation, ...
                     terms = term.loss_terms(terms, inputs, trainable.model, batch.rollouts, micro, temperature)
                 per_token = token_losses(terms, inputs, None if batch.ref_logp is None else batch.ref_logp[sl])
