@@ -96,11 +96,14 @@ class VLLMEngine:
         kv_mb = settings.kv_cache_mb or (0 if self.cuda else CPU_KV_CACHE_MB)
         memory = ({"kv_cache_memory_bytes": kv_mb * 2**20} if kv_mb
                   else {"gpu_memory_utilization": settings.memory_share})
+        # on CPU, a prompt prefilled in chunks discards a sampled token and rewinds its request's seeded generator,
+        # which torch's CPU generators cannot do ("CPU Generator does not use offset"): prefill prompts whole there
+        scheduling = {} if self.cuda else {"enable_chunked_prefill": False}
         self.llm = LLM(model=self._dir.name, skip_tokenizer_init=True, load_format="dummy",
                        dtype=str(dtype).removeprefix("torch."),
                        enforce_eager=settings.eager, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
                        max_model_len=shape["max_position_embeddings"], seed=0,
-                       enable_sleep_mode=self.cuda and settings.sleep, **memory)
+                       enable_sleep_mode=self.cuda and settings.sleep, **memory, **scheduling)
         self.asleep = False
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
