@@ -32,12 +32,12 @@ def contamination_section(rd) -> str:
         mean = "–" if s["mean_ngram_overlap"] is None else f"{100 * s['mean_ngram_overlap']:.2f}%"
         lines.append(f"| {name} | {s['heldout_documents']} | {_pct(s['contaminated'], s['heldout_documents'])} | "
                      f"{s['exact_duplicates']} | {s['near_duplicates']} | {mean} | {s['dropped']} |")
+    lengths = _lengths(report)
     lines += ["", "Held-out lines found verbatim in a training split, by the line's length in words (for a corpus of "
               "one item per line, e.g. the demo's problems: 5 words = a 2-term sum, 7 = 3 terms, 9 = 4 terms):", "",
-              "| split | " + " | ".join(f"{k} words" for k in _lengths(report)) + " |",
-              "|---|" + "---|" * len(_lengths(report))]
+              "| split | " + " | ".join(f"{k} words" for k in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for name, s in report["splits"].items():
-        cells = [s["lines_by_words"].get(k) for k in _lengths(report)]
+        cells = [s["lines_by_words"].get(k) for k in lengths]
         lines.append(f"| {name} | " + " | ".join(_pct(c["in_training"], c["lines"]) if c else "–" for c in cells)
                      + " |")
     return "\n".join(lines) + "\n"

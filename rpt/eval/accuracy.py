@@ -4,6 +4,7 @@ pass@k, and the diversity of the k samples), scored by the task's own verifier."
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rpt.analysis.diversity import group_diversity, pass_at_k
@@ -79,3 +80,16 @@ def pass_at_ks(per_item: list[list[bool]]) -> dict[str, float]:
     n = len(per_item[0]) if per_item else 0
     return {f"pass@{k}": sum(pass_at_k(n, sum(correct), k) for correct in per_item) / len(per_item)
             for k in range(1, n + 1)}
+
+
+BUCKETS = ("easy", "medium", "hard")
+
+
+def by_bucket(items, scores, thresholds) -> dict:
+    """Mean score and count per nested difficulty bucket (a position is in a bucket when its entropy exceeds the
+    bucket's threshold)."""
+    out = {}
+    for name, thr in zip(BUCKETS, thresholds, strict=True):
+        chosen = [s for it, s in zip(items, scores, strict=True) if it["entropy"] > thr]
+        out[name] = {"accuracy": float(np.mean(chosen)) if chosen else None, "n": len(chosen)}
+    return out

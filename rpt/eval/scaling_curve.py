@@ -14,11 +14,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from rpt.analysis.scaling import BUCKETS, fit_power_law
 from rpt.checkpoint import latest_step_dir
-from rpt.eval.accuracy import sample_completions
+from rpt.eval.accuracy import by_bucket, sample_completions
 from rpt.metrics import read_metrics
 from rpt.model.loading import load_eval_model
 
@@ -35,14 +33,6 @@ def kept_checkpoints(stage_dir: Path) -> list[tuple[int, Path]]:
 def compute_at(rows: list[dict], step: int) -> float:
     """Cumulative rollout tokens of the stage's steps 1..``step``."""
     return float(sum(r.get("rollout_tokens") or 0.0 for r in rows if r["step"] <= step))
-
-
-def bucket_points(items, scores, thresholds) -> dict[str, dict]:
-    out = {}
-    for name, thr in zip(BUCKETS, thresholds, strict=True):
-        chosen = [s for it, s in zip(items, scores, strict=True) if it["entropy"] > thr]
-        out[name] = {"accuracy": float(np.mean(chosen)) if chosen else None, "n": len(chosen)}
-    return out
 
 
 def fit_buckets(compute: list[float], points: list[dict]) -> dict[str, dict]:
@@ -79,7 +69,7 @@ def scaling_curve(cfg, rt, rd, task, items, greedy, vocab_size: int, final_score
             scores = [r[0] for r in rewards]
         steps.append(step)
         compute.append(compute_at(rows, step))
-        points.append(bucket_points(items, scores, cfg.select.difficulty_thresholds))
+        points.append(by_bucket(items, scores, cfg.select.difficulty_thresholds))
         log.info("eval scaling: rpt step %d (%.3g rollout tokens): %s", step, compute[-1],
                  {b: points[-1][b]["accuracy"] for b in BUCKETS})
     return {"stage": "rpt", "positions": len(items), "steps": steps, "compute_tokens": compute,

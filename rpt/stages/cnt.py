@@ -87,9 +87,10 @@ def run(ctx) -> dict:
     rd.require("select")
     tok = Tokenizer.from_run(rd)
     if cc.objective == "positions":
-        task = NextTokenTask.from_rollout(Positions.of_run(rd, "train"), tok, cfg.rollout)
+        positions = Positions.of_run(rd, "train")
+        task = NextTokenTask.from_rollout(positions, tok, cfg.rollout)
         per_step = lc.prompts_per_step * cfg.rollout.group_size
-        tokens_per_step = per_step * Positions.of_run(rd, "train").max_context_tokens  # an upper bound per step
+        tokens_per_step = per_step * positions.max_context_tokens  # an upper bound per step
     else:
         if rt.is_main:
             training_documents(rd, tok.vocab_size)

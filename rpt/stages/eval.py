@@ -25,7 +25,15 @@ import numpy as np
 from rpt import checkpoint
 from rpt.analysis.concentration import measure_concentration
 from rpt.analysis.reasoning_patterns import pattern_shares
-from rpt.eval.accuracy import direct_next_token, mean_diversity, pass_at_ks, reasoning_first, sample_completions
+from rpt.eval.accuracy import (
+    BUCKETS,
+    by_bucket,
+    direct_next_token,
+    mean_diversity,
+    pass_at_ks,
+    reasoning_first,
+    sample_completions,
+)
 from rpt.eval.corpus_tokens import corpus_token_mask
 from rpt.eval.scaling_curve import scaling_curve
 from rpt.model.loading import load_eval_model
@@ -39,15 +47,6 @@ from rpt.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 
-BUCKETS = ("easy", "medium", "hard")
-
-
-def by_bucket(items, scores, thresholds) -> dict:
-    out = {}
-    for name, thr in zip(BUCKETS, thresholds, strict=True):
-        chosen = [s for it, s in zip(items, scores, strict=True) if it["entropy"] > thr]
-        out[name] = {"accuracy": float(np.mean(chosen)) if chosen else None, "n": len(chosen)}
-    return out
 
 
 def downstream_name(task_cfg) -> str:
