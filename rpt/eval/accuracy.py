@@ -9,7 +9,6 @@ import torch
 
 from rpt.analysis.diversity import group_diversity, pass_at_k
 from rpt.model.forward import last_token_logits
-from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import SamplingParams, generate
 from rpt.tasks.next_token import prefix_reward
 
@@ -69,9 +68,10 @@ def reasoning_first(model, task, items, samples: int, sampling: SamplingParams, 
     return [sum(r) / len(r) for r in rewards]
 
 
-def mean_diversity(texts: list[list[str]], threshold: float) -> dict[str, float]:
-    """Group diversity (``rpt.analysis.diversity.group_diversity``) of each item's samples, averaged over items."""
-    groups = [group_diversity(t, [extract_answer(x) for x in t], threshold) for t in texts]
+def mean_diversity(texts: list[list[str]], threshold: float, extract) -> dict[str, float]:
+    """Group diversity (``rpt.analysis.diversity.group_diversity``) of each item's samples, averaged over items;
+    ``extract`` reads a sample's answer (the task's ``extract``)."""
+    groups = [group_diversity(t, [extract(x) for x in t], threshold) for t in texts]
     return {k: sum(g[k] for g in groups) / len(groups) for k in groups[0]} if groups else {}
 
 

@@ -34,7 +34,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 
 from rpt.config_rl import ENGINES, VLLMConfig, vllm_installed
 from rpt.model.cpu_compat import megatron_cuda_calls
-from rpt.reward.answer import BoxedAnswerStop
+from rpt.reward.answer import AnswerFormat, BoxedAnswerStop
 from rpt.rollout import lean_decoder
 from rpt.rollout.rollouts import DecodeStats, Rollouts  # noqa: F401  (re-exported: callers import them here)
 
@@ -60,7 +60,7 @@ class SamplingParams:
 
     @classmethod
     def from_rollout(cls, rollout_cfg, tokenizer, **overrides) -> SamplingParams:
-        stop = BoxedAnswerStop(tokenizer.token_bytes) if rollout_cfg.stop_at_answer else None
+        stop = AnswerFormat.of(rollout_cfg).stop(tokenizer.token_bytes) if rollout_cfg.stop_at_answer else None
         params = cls(max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
                      eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, top_p=rollout_cfg.top_p,
                      engine=rollout_cfg.engine, stop=stop, max_batch_rows=rollout_cfg.max_batch_rows,

@@ -38,6 +38,7 @@ from rpt.eval.corpus_tokens import corpus_token_mask
 from rpt.eval.scaling_curve import scaling_curve
 from rpt.model.loading import load_eval_model
 from rpt.positions import CORPUS, Positions
+from rpt.reward.answer import AnswerFormat
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
 from rpt.tasks.downstream import build_downstream_task
@@ -115,7 +116,8 @@ def run(ctx) -> dict:
     if rd.is_done("rpt") and cfg.rpt.keep_steps:
         final = scores.get("rpt", {}).get("reasoning_greedy")
         scaling = scaling_curve(cfg, rt, rd, nt_task, items, greedy, tok.vocab_size, final)
-    test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template)
+    test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template,
+                                 AnswerFormat.of(cfg.rollout))
     test_items = test.items
     downstream, diversity = {}, {}  # diversity: of each question's k samples, averaged over questions
     sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt"), ("sft", "sft")]
@@ -131,7 +133,7 @@ def run(ctx) -> dict:
                              f"avg@{k}": float(np.mean([sum(r) / len(r) for r in per_sample])),
                              **pass_at_ks([[test.is_correct(r) for r in rewards] for rewards in per_sample]),
                              "n": len(test_items)}
-        diversity[label] = mean_diversity(texts, cfg.analysis.trajectory_threshold)
+        diversity[label] = mean_diversity(texts, cfg.analysis.trajectory_threshold, test.extract)
         log.info("eval downstream %s: %s", label, downstream[label])
     concentration = {}  # every rank computes it (same seed, same numbers); rank 0 writes it
     for stage, before in concentration_pairs(cfg, rd) if ec.concentration_prompts > 0 else []:

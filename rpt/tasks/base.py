@@ -8,10 +8,14 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
+from rpt.reward.answer import THINK, AnswerFormat
+
 
 class Task(abc.ABC):
     """Items plus ``prompt_ids``/``reward``; ``tokenizer`` is the tokenizer the prompts are encoded with;
-    ``chat_template``: prompts are the user turn of the tokenizer's chat template (rollout.chat_template).
+    ``chat_template``: prompts are the user turn of the tokenizer's chat template (rollout.chat_template);
+    ``answer``: where a response states its answer (``rpt.reward.answer.AnswerFormat``, rollout.answer_format), read
+    by ``extract`` for the reward and for everything else that looks at a response's answer.
 
     A reward is the verifier's credit in [0, 1] plus ``format_reward`` for a parseable answer (0 unless a task
     adds one); ``is_correct`` is the one definition of a right answer (credit above one half) that accuracy,
@@ -19,10 +23,15 @@ class Task(abc.ABC):
 
     format_reward: float = 0.0
 
-    def __init__(self, items: Sequence[Any], tokenizer, chat_template: bool = False):
+    def __init__(self, items: Sequence[Any], tokenizer, chat_template: bool = False, answer: AnswerFormat = THINK):
         self.items = items
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        self.answer = answer
+
+    def extract(self, response_text: str) -> str | None:
+        """The answer ``response_text`` states under the task's answer format (None: none readable)."""
+        return self.answer.extract(response_text)
 
     def is_correct(self, reward):
         """Whether ``reward`` (a float or a tensor of them) is a right answer's: the verifier's credit, the reward

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rpt.reward.answer import extract_answer
+from rpt.reward.answer import THINK, AnswerFormat
 from rpt.rundir import read_jsonl
 from rpt.tasks.base import Task, render_prompt
 
@@ -49,11 +49,11 @@ class NextTokenTask(Task):
     only when it uses the item) or a ``.jsonl`` file of items written out in full (small hand-made tasks)."""
 
     def __init__(self, positions: Sequence[Mapping] | Path, tokenizer, template: str, format_reward: float = 0.0,
-                 chat_template: bool = False):
+                 chat_template: bool = False, answer: AnswerFormat = THINK):
         items = read_jsonl(positions) if isinstance(positions, str | Path) else positions
         if not len(items):
             raise ValueError(f"no positions in {getattr(positions, 'split', positions)}")
-        super().__init__(items, tokenizer, chat_template)
+        super().__init__(items, tokenizer, chat_template, answer)
         self.template = template
         self.format_reward = format_reward
 
@@ -63,7 +63,8 @@ class NextTokenTask(Task):
         """The task prompted as ``rollout`` (the rollout config) says: its named template and, with
         ``rollout.chat_template``, the tokenizer's chat template around it. Every stage builds its task here, so
         a prompt setting reaches training, evaluation and the baselines alike."""
-        return cls(positions, tokenizer, rollout.templates[rollout.template], format_reward, rollout.chat_template)
+        return cls(positions, tokenizer, rollout.templates[rollout.template], format_reward, rollout.chat_template,
+                   AnswerFormat.of(rollout))
 
     def prompt_ids(self, item: Mapping) -> list[int]:
         return render_prompt(self.tokenizer, self.template, item["context"], self.chat_template)
@@ -72,7 +73,7 @@ class NextTokenTask(Task):
         return [self.tokenizer.token_bytes(t) for t in item["target"]]
 
     def reward(self, item: Mapping, response_text: str) -> float:
-        answer = extract_answer(response_text)
+        answer = self.extract(response_text)
         bonus = self.format_reward if answer else 0.0
         return prefix_reward(answer, self.target_bytes(item)) + bonus
 

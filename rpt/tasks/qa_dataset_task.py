@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from rpt.reward.answer import extract_answer
+from rpt.reward.answer import THINK, AnswerFormat
 from rpt.reward.math_answer import answers_match, reference_answer
 from rpt.sources import local_files
 from rpt.tasks.base import Task, render_text_prompt
@@ -36,7 +36,8 @@ def load_qa_records(qa_cfg, split: str):
 
 
 class QADatasetTask(Task):
-    def __init__(self, task_cfg, tokenizer, split: str, seed: int, chat_template: bool = False):
+    def __init__(self, task_cfg, tokenizer, split: str, seed: int, chat_template: bool = False,
+                 answer: AnswerFormat = THINK):
         qa = task_cfg.dataset
         records = load_qa_records(qa, qa.train_split if split == "train" else qa.test_split)
         missing = {qa.question_field, qa.answer_field} - set(records.column_names)
@@ -58,7 +59,7 @@ class QADatasetTask(Task):
             raise ValueError(f"rl_task.dataset: no usable question in split {split!r} of {qa.path}")
         if "{question}" not in task_cfg.template:
             raise ValueError(f"rl_task.template must contain {{question}} for a dataset task: {task_cfg.template!r}")
-        super().__init__(items, tokenizer, chat_template)
+        super().__init__(items, tokenizer, chat_template, answer)
         self.template = task_cfg.template
 
     def prompt_text(self, item: dict) -> str:
@@ -68,4 +69,4 @@ class QADatasetTask(Task):
         return render_text_prompt(self.tokenizer, self.prompt_text(item), self.chat_template)
 
     def reward(self, item: dict, response_text: str) -> float:
-        return float(answers_match(extract_answer(response_text), item["answer"]))
+        return float(answers_match(self.extract(response_text), item["answer"]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import reasoning_gym
 
-from rpt.reward.answer import extract_answer
+from rpt.reward.answer import THINK, AnswerFormat
 from rpt.tasks.base import Task, render_text_prompt
 from rpt.tasks.filters import in_pool, uses_only
 
@@ -27,7 +27,8 @@ def _mixture(mix) -> list:
 
 
 class ReasoningGymTask(Task):
-    def __init__(self, task_cfg, tokenizer, split: str, seed: int, chat_template: bool = False):
+    def __init__(self, task_cfg, tokenizer, split: str, seed: int, chat_template: bool = False,
+                 answer: AnswerFormat = THINK):
         size = task_cfg.train_size if split == "train" else task_cfg.test_size
         if task_cfg.mix and task_cfg.operators is not None:
             raise ValueError("rl_task.operators filters one chain_sum-like task; set rl_task.operators=null with "
@@ -51,7 +52,7 @@ class ReasoningGymTask(Task):
         if len(items) < size:
             raise ValueError(f"rl_task: only {len(items)} of {size} {task_cfg.task} {split} questions use operators "
                              f"{task_cfg.operators}" + ("" if share is None else f" in the {wanted} problems"))
-        super().__init__(items, tokenizer, chat_template)
+        super().__init__(items, tokenizer, chat_template, answer)
         self.template = task_cfg.template
 
     @staticmethod
@@ -73,7 +74,7 @@ class ReasoningGymTask(Task):
         return render_text_prompt(self.tokenizer, self.prompt_text(item), self.chat_template)
 
     def reward(self, item: dict, response_text: str) -> float:
-        answer = extract_answer(response_text)
+        answer = self.extract(response_text)
         if answer is None:
             return 0.0
         return float(self.dataset.score_answer(answer.strip(), item))

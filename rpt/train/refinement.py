@@ -24,7 +24,6 @@ import torch
 
 from rpt.algo.critique import choose_refinements, refine_gate, refinement_count, shape_refinements
 from rpt.distributed import dp_mean_of, dp_sum
-from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
 from rpt.train.feedback import FeedbackAlgorithm
 
@@ -100,7 +99,7 @@ class Refiner(FeedbackAlgorithm):
         if not sources:
             return rollouts, texts, rewards, refined
         prompts = [self.task.prompt_ids(items[i // G]) for i in sources]
-        answers = [extract_answer(texts[i]) for i in sources]
+        answers = [self.task.extract(texts[i]) for i in sources]
         if self.cfg.kind == "self":
             critiques = self.self_critiques(model, prompts, [texts[i] for i in sources], seed + 1, device)
         else:

@@ -24,7 +24,6 @@ from rpt.algo.advantages import all_equal_groups, compute_advantages
 from rpt.analysis.planning import planning_token_mask
 from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, TrainLoopConfig
 from rpt.distributed import dp_max, dp_mean_of, dp_sum
-from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
 from rpt.train.feedback import FeedbackAlgorithm, first_of
 from rpt.train.phase_timer import PhaseTimer
@@ -135,7 +134,7 @@ def collect(run: RLSetup, step: int, cursor: int, timer: PhaseTimer | None = Non
                     step_seed(run.seed, step, refill, rt.dp_rank, 1 + index), rt.device)
                 refined |= replaced
         with timer.phase("reward"):
-            answers = [extract_answer(text) for text in texts]  # parsed once per response
+            answers = [run.task.extract(text) for text in texts]  # parsed once per response
         answered += [answer is not None for answer in answers]
         equal = all_equal_groups(rewards, G, algo.dynamic_sampling_tol)
         all_equal, groups_seen = all_equal + int(equal.sum()), groups_seen + len(items)

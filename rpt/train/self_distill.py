@@ -37,7 +37,6 @@ from rpt.distributed import dp_gather, dp_mean_of, dp_sum
 from rpt.model.build import build_model
 from rpt.model.forward import unwrap
 from rpt.model.response_logits import chunked_reduce, response_hidden
-from rpt.reward.answer import extract_answer
 from rpt.rollout.engine import Rollouts
 from rpt.train.feedback import FeedbackAlgorithm
 from rpt.train.refinement import splice_rows
@@ -107,7 +106,7 @@ class SelfDistiller(FeedbackAlgorithm):
             elif kind == "sibling":
                 parts += [t for j, t in enumerate(texts) if j != i and self.task.is_correct(rewards[j])][:1]
             elif not self.task.is_correct(rewards[i]):
-                answer = extract_answer(texts[i])
+                answer = self.task.extract(texts[i])
                 parts.append(f"Your answer {answer if answer is not None else '(none)'} was judged incorrect.")
         return "\n".join(p for p in parts if p)
 
