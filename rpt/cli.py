@@ -15,6 +15,11 @@ share a run directory is refused before any job starts (rpt/sweep.py).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m rpt.cli` (launch/slurm/rpt.sbatch): catch USR1/TERM before the imports
+    from rpt.train import preemption as _preemption  # below (seconds) instead of dying of them (see the module)
+
+    _preemption.install()
+
 import contextlib
 import importlib
 import importlib.resources
@@ -119,6 +124,10 @@ def main_from_config(composed: DictConfig) -> None:
         rd = RunDir(composed.run.root, composed.run.name)
         remembers = composed.stage != "bench"  # a benchmark neither reads nor writes a run directory
         recalled = run_memory.recall(rd, composed, given_overrides()) if remembers else None
+        if composed.stage == "hf_import":  # the shape comes from the checkpoint and joins the run's memory
+            from rpt.model.hf_source import adopt_checkpoint_shape
+
+            adopt_checkpoint_shape(recalled, rd.path)
         cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
         quiet_third_party(cfg.run.log_level)
         for name in cfg.stages:
@@ -162,14 +171,16 @@ def _run(cfg, rd, remembers: bool, recalled, forced: set[str]) -> None:
         elif cfg.stage == "pipeline":
             for stage in cfg.stages:
                 run_stage(factory, stage)
-            log.info("pipeline finished: %s", rd.path / "report" / "report.md")
+            report = rd.path / "report" / "report.md"  # `stages=` may leave the report out
+            log.info("pipeline finished: %s", report if report.exists() else rd.path)
         else:
             run_stage(factory, cfg.stage)
         if remembers and rt.is_main:
             force.finished(rd)
     except preemption.Preempted as stop:
-        log.warning("stage %s checkpointed at step %d on a preemption signal; exiting with %d for requeue "
-                    "(re-run the same command to resume)", stop.stage, stop.step, preemption.EXIT_REQUEUE)
+        log.warning("stage %s checkpointed at step %d on %s; exiting with %d for requeue "
+                    "(re-run the same command to resume)", stop.stage, stop.step, stop.reason,
+                    preemption.EXIT_REQUEUE)
         raise
     finally:
         runtime.shutdown()
@@ -185,6 +196,10 @@ hydra_main = hydra.main(config_path=CONF_DIR, config_name="config", version_base
 def main() -> None:
     from hydra._internal.utils import get_args_parser
 
+    from rpt.train import preemption
+
+    preemption.install()  # first: a USR1/TERM while the config is read asks for a checkpoint, not the task's death
+
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if len(sys.argv) >= 2 else 2)
@@ -198,6 +213,8 @@ def main() -> None:
     first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
     sys.argv = [sys.argv[0], *args[:first], f"stage={stage}", *args[first:]]
     parsed = get_args_parser().parse_args(sys.argv[1:])
+    if parsed.multirun:  # a sweep's launching process trains nothing: a TERM or USR1 ends it as usual
+        preemption.uninstall()
     one_line_warnings()
     with refusing((ValueError,), debug="run.log_level=DEBUG" in parsed.overrides):
         preflight(stage, parsed.overrides, parsed.multirun, CONF_DIR, STARTS_A_RUN)

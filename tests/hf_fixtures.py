@@ -132,8 +132,8 @@ def make_hf_checkpoint(directory: str | Path, arch: str = "qwen2", style: str = 
     vocab_size = (tokenizer_vocab // 64 + 1) * 64  # padded embedding, always larger than the tokenizer
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
                   num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-                  num_key_value_heads=num_key_value_heads, max_position_embeddings=256, rms_norm_eps=1e-6,
-                  bos_token_id=ids["bos"], eos_token_id=ids["eos"], **config_extra)
+                  num_key_value_heads=num_key_value_heads, rms_norm_eps=1e-6, bos_token_id=ids["bos"],
+                  eos_token_id=ids["eos"], **{"max_position_embeddings": 256, **config_extra})
     torch.manual_seed(seed)
     if arch == "qwen2":
         cfg = transformers.Qwen2Config(**common, tie_word_embeddings=True if tie_word_embeddings is None

@@ -8,10 +8,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 transformers = pytest.importorskip("transformers")
 
-from hf_fixtures import make_hf_checkpoint, model_overrides, special_ids  # noqa: E402
+from hf_fixtures import make_hf_checkpoint, special_ids  # noqa: E402
 
 from rpt.config import HFConfig, ModelConfig  # noqa: E402
 from rpt.model.build import build_model  # noqa: E402
@@ -198,21 +199,42 @@ def _cli(args: list[str], tmp_path, nproc: int = 1):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("import_tp", [1, 2])
 def test_cli_import_then_export_round_trip(tmp_path, import_tp):
-    """`rpt hf_import` writes a megatron dist-checkpoint (sharded over 2 tensor-parallel processes when
-    import_tp=2) and records the shape; `rpt hf_export` in one process turns it back into an HF checkpoint that
-    transformers loads with the original logits."""
-    ckpt = make_hf_checkpoint(tmp_path / "src", "qwen2", "qwen_instruct")
-    overrides = model_overrides(ckpt.path)
-    proc = _cli(["hf_import", f"hf.path={ckpt.path}", f"run.tensor_parallel={import_tp}", *overrides], tmp_path,
-                nproc=import_tp)
+    """`rpt hf_import hf.path=...` with nothing else to say: the shape, context length included, comes from
+    config.json into the run's config (so every later stage builds it) and the model is named by its own name; it
+    writes a megatron dist-checkpoint (sharded over 2 tensor-parallel processes when import_tp=2); `rpt hf_export`
+    in one process turns it back into an HF checkpoint that transformers loads with the original logits and the
+    original context length."""
+    ckpt = make_hf_checkpoint(tmp_path / "SmolTest-Instruct", "qwen2", "qwen_instruct", max_position_embeddings=1024)
+    proc = _cli(["hf_import", f"hf.path={ckpt.path}", f"run.tensor_parallel={import_tp}"], tmp_path, nproc=import_tp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "imp/checkpoints/hf/model.json").read_text())["model"]["vocab_size"] == 448
-    proc = _cli(["hf_export", "hf.source=hf", f"hf.export_dir={tmp_path / 'out'}", *overrides], tmp_path)
+    saved = yaml.safe_load((tmp_path / "imp/config.yaml").read_text())["model"]
+    expected = {k: v for k, v in model_config_from_hf(ckpt.path).items() if k != "name"}
+    assert {k: saved[k] for k in expected} == expected and saved["max_position_embeddings"] == 1024
+    assert saved["name"] == "SmolTest-Instruct"
+    proc = _cli(["hf_export", "hf.source=hf", f"hf.export_dir={tmp_path / 'out'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["max_position_embeddings"] == 1024
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     tokens = _tokens(ckpt.vocab_size, (1, 9), seed=2)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens).logits, ckpt.model(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.e2e
+def test_cli_import_refuses_a_chosen_shape_the_checkpoint_contradicts_in_one_line(tmp_path):
+    """A chosen ``model`` field (an override, or a preset's) that differs from config.json is refused in one line
+    with status 2 before anything is imported; a shorter context than the checkpoint's is a choice, not a mistake."""
+    ckpt = make_hf_checkpoint(tmp_path / "src", "llama", "r1")
+    proc = _cli(["hf_import", f"hf.path={ckpt.path}", "model.num_layers=4"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "rpt: hf_import") and "model.num_layers=4 (chosen) but config.json says 2" in proc.stderr
+    assert not (tmp_path / "imp" / "checkpoints").exists()
+    proc = _cli(["hf_import", f"hf.path={ckpt.path}", "experiment=rpt_r1_distill_1_5b"], tmp_path)
+    assert proc.returncode == 2 and "model.num_layers=28 (chosen) but config.json says 2" in proc.stderr
+    proc = _cli(["hf_import", f"hf.path={tmp_path / 'nowhere'}"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_export_writes_the_imported_architecture_unless_told_otherwise(tmp_path):

@@ -1,13 +1,13 @@
-"""Stage `hf_import`: bring an HF checkpoint (Qwen2 / Qwen2.5 / Llama: config.json + safetensors + tokenizer
-files) into the run as a megatron dist-checkpoint under ``checkpoints/hf/``, sharded for the current tensor-
-parallel layout, and its tokenizer files (tokenizer.json, tokenizer_config.json with the special tokens and chat
-template, generation_config.json) into ``tokenizer/``. Later stages start from it with ``rpt.init_from=hf`` or
-``rl_task.train_on=[hf]``.
+"""Stage `hf_import`: bring an HF checkpoint (Qwen2 / Qwen2.5 / Llama: config.json + safetensors + tokenizer files; a
+GGUF file or a hub id, ``rpt.model.hf_source``) into the run as a megatron dist-checkpoint under ``checkpoints/hf/``,
+sharded for the current tensor-parallel layout, and its tokenizer files (tokenizer.json, tokenizer_config.json with
+the special tokens and chat template, generation_config.json) into ``tokenizer/``. Later stages start from it with
+``rpt.init_from=hf`` or ``rl_task.train_on=[hf]``.
 
-The run's ``model`` config must already be the checkpoint's shape (``model=qwen2_5_1_5b`` or the overrides the
-error lists): the stage refuses a config that differs from config.json rather than quietly importing another
-shape, because every later stage builds its model from ``model``, and the run's saved config must tell the truth.
-The shape read is recorded in ``checkpoints/hf/model.json``, which later stages check their ``model`` against.
+The run's ``model`` shape comes from config.json (``rpt.model.hf_source.adopt_checkpoint_shape``, before the stage
+runs: it joins the run's remembered overrides, so every later stage builds it and the run's saved config tells the
+truth); a chosen ``model`` setting that contradicts the checkpoint is refused there, and checked again here. The
+shape read is recorded in ``checkpoints/hf/model.json``, which later stages check their ``model`` against.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from pathlib import Path
 from megatron.core import parallel_state
 
 from rpt.checkpoint import save_model_only
+from rpt.errors import Refusal
 from rpt.model.build import build_model
 from rpt.model.footprint import check_fits
 from rpt.model.hf import HF_TOKENIZER_FILES, import_hf
 from rpt.model.hf_config import model_config_from_hf, overrides_for, shape_mismatches, write_shape_record
+from rpt.model.hf_source import resolve_source
 from rpt.tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,17 @@ log = logging.getLogger(__name__)
 def check_model_config(model_cfg, hf_cfg: dict, tokenizer_vocab: int, src: Path) -> None:
     """Refuse a ``model`` config that differs from the checkpoint's, naming each field with both values."""
     if tokenizer_vocab > hf_cfg["vocab_size"]:
-        raise ValueError(f"{src}: the tokenizer defines {tokenizer_vocab} ids but the model has only "
+        raise Refusal(f"{src}: the tokenizer defines {tokenizer_vocab} ids but the model has only "
                          f"{hf_cfg['vocab_size']} embedding rows")
     diffs = shape_mismatches(model_cfg, tokenizer_vocab, hf_cfg)
     if diffs:
         listed = ", ".join(f"model.{f}={ours} (config) vs {theirs} (config.json)" for f, ours, theirs in diffs)
-        raise ValueError(f"the model config does not match the checkpoint: {listed}. Pick the matching model=... "
-                         f"entry or pass {overrides_for(hf_cfg)}")
-    if model_cfg.max_position_embeddings != hf_cfg["max_position_embeddings"]:
-        log.info("model.max_position_embeddings=%d (the checkpoint's config.json says %d)",
-                 model_cfg.max_position_embeddings, hf_cfg["max_position_embeddings"])
+        raise Refusal(f"the model config does not match the checkpoint: {listed}. Pick the matching model=... "
+                      f"entry or pass {overrides_for(hf_cfg)}")
+    if model_cfg.max_position_embeddings < hf_cfg["max_position_embeddings"]:
+        log.warning("model.max_position_embeddings=%d, shorter than the checkpoint's %d (as chosen): prompts and "
+                    "responses are capped there, and the export says %d", model_cfg.max_position_embeddings,
+                    hf_cfg["max_position_embeddings"], model_cfg.max_position_embeddings)
 
 
 def copy_tokenizer(src: Path, dest: Path) -> None:
@@ -54,12 +57,10 @@ def copy_tokenizer(src: Path, dest: Path) -> None:
 
 def run(ctx) -> dict:
     cfg, rt, rd = ctx.cfg, ctx.rt, ctx.rd
-    if not cfg.hf.path:
-        raise ValueError("hf_import needs hf.path=/path/to/hf/checkpoint")
-    src = Path(cfg.hf.path)
+    src = resolve_source(str(cfg.hf.path), rd.path)  # adopt_checkpoint_shape refused a missing hf.path
     hf_cfg = model_config_from_hf(src)
     if not (src / "tokenizer.json").exists():
-        raise FileNotFoundError(f"no tokenizer.json in {src}; hf_import needs the checkpoint's tokenizer files")
+        raise Refusal(f"no tokenizer.json in {src}; hf_import needs the checkpoint's tokenizer files")
     check_model_config(cfg.model, hf_cfg, HFTokenizer(src / "tokenizer.json").vocab_size, src)
     if rt.is_main:
         copy_tokenizer(src, rd.tokenizer)
