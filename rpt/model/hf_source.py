@@ -17,6 +17,7 @@ the same weights). The model is named by its own name.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -60,10 +61,10 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
     each write a private directory and the first rename wins."""
     if (out / "config.json").exists():
         return out
-    try:
-        import gguf  # noqa: F401  (transformers' loader needs it; say so here rather than deep inside it)
-    except ImportError as err:
-        raise Refusal(f"hf.path={gguf}: reading GGUF needs the gguf package: pip install -e '.[gguf]'") from err
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:  # transformers' loader needs it: say so here, not deep inside it
+        raise Refusal(f"hf.path={gguf}: reading GGUF needs the gguf package: pip install -e '.[gguf]'")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -72,8 +73,9 @@ def gguf_to_hf(gguf: Path, out: Path) -> Path:
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    plain.config.name_or_path = gguf.stem
     plain.save_pretrained(tmp)
+    config_file = tmp / "config.json"  # the model's own name (save_pretrained leaves it out)
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "_name_or_path": gguf.stem}, indent=2))
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
     try:
         tmp.rename(out)
