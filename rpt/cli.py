@@ -135,7 +135,7 @@ def main_from_config(composed: DictConfig) -> None:
                 raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
         forced = force.forced_stages(cfg)
         if remembers:  # every rank reads the run's memory and refuses alike, before rank 0 changes anything
-            run_memory.check(cfg, rd, unchecked=forced | force.stale_after(forced))
+            run_memory.check(cfg, rd, unchecked=forced | force.stale_after(forced, cfg))
     with refusing((Refusal,), debug):
         _run(cfg, rd, remembers, recalled, forced)
 
@@ -155,7 +155,7 @@ def _run(cfg, rd, remembers: bool, recalled, forced: set[str]) -> None:
             if rt.is_main:
                 run_memory.save(rd, recalled)
                 if forced:
-                    force.start_over(rd, forced, recalled.given)
+                    force.start_over(rd, forced, recalled.given, cfg)
             barrier()
 
         def factory(stage):

@@ -6,3 +6,8 @@ importing the config."""
 
 class Refusal(ValueError):
     """A user mistake found while working; its message says what is wrong and the way out."""
+
+
+class MissingInput(Refusal, FileNotFoundError):
+    """A stage's input that the run does not have (a checkpoint, a finished stage): a mistake in what was asked, so
+    the CLI refuses it in one line; still a ``FileNotFoundError`` for code that looks for one."""

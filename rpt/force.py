@@ -1,7 +1,11 @@
 """``force=true``: start stages over. Their outputs (checkpoints, cached shards, eval files, metrics rows, done
 markers) move aside to ``superseded/<time>/`` under the run, never deleted, and every stage that consumes them goes
 stale: its outputs move aside as well, so `rpt pipeline` redoes it from the start instead of skipping it or resuming
-from checkpoints made from the old inputs.
+from checkpoints made from the old inputs. What a stage consumes follows the checkpoints it starts from in this
+run's config (``inputs_of``: ``sft.init_from=hf`` does not read ``rpt``; ``rpt.init_from=sft`` does read ``sft``),
+so forcing ``rpt`` after an SFT from the import leaves that SFT alone; the static ``INPUTS`` (every source a stage
+can be configured to start from) is the fallback without a config. ``cnt`` is matched to ``rpt`` (its step count or
+its compute), so it goes stale with it.
 
 A forced call can be interrupted (a preemption) and re-run as is (a requeue): ``force_pending.json`` remembers the
 forced stages and the call's overrides until a call finishes, and the same command again resumes the restarted
@@ -29,8 +33,8 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "pretrain": ("prep",),
     "proxy": ("prep",),
     "select": ("prep", "pretrain", "proxy", "hf_import"),
-    "rpt": ("prep", "select", "pretrain", "hf_import"),
-    "cnt": ("prep", "select", "pretrain", "hf_import"),
+    "rpt": ("prep", "select", "pretrain", "hf_import", "sft"),
+    "cnt": ("prep", "select", "pretrain", "hf_import", "rpt"),  # matched to rpt's steps or compute
     "rl": ("prep", "pretrain", "rpt", "cnt", "hf_import"),
     "sft": ("prep", "pretrain", "rpt", "cnt", "hf_import"),
     "eval": ("prep", "select", "pretrain", "rpt", "cnt", "rl", "sft", "hf_import"),
@@ -43,6 +47,43 @@ LOOP_NAMES = {"pretrain": "pretrain", "proxy": "proxy", "rpt": "rpt", "cnt": "cn
 PENDING = "force_pending.json"
 
 
+CHECKPOINT_OF = {"pretrain": "pretrain", "proxy": "proxy", "hf": "hf_import", "rpt": "rpt", "cnt": "cnt",
+                 "sft": "sft"}  # a start setting's value -> the stage whose checkpoint it names
+
+
+def _starts(*sources) -> set[str]:
+    """The stages whose checkpoints the start settings ``sources`` name (a checkpoint directory names none;
+    ``rl_<x>`` names ``rl``)."""
+    out = set()
+    for source in sources:
+        if source in CHECKPOINT_OF:
+            out.add(CHECKPOINT_OF[source])
+        elif isinstance(source, str) and source.startswith("rl_"):
+            out.add("rl")
+    return out
+
+
+def inputs_of(stage: str, cfg=None) -> set[str]:
+    """The stages whose outputs ``stage`` reads under ``cfg`` (``INPUTS[stage]`` without a config, or for the
+    stages that read every earlier one: eval, report)."""
+    if cfg is None or stage in ("hf_import", "prep", "pretrain", "proxy", "eval", "report"):
+        return set(INPUTS[stage])
+    common = {"prep", "hf_import"}
+    if stage == "select":
+        sel = cfg.select
+        scorer = sel.heldout_scorer or ("pretrain" if sel.proxy == "proxy" else sel.proxy)
+        return common | _starts(sel.proxy, scorer)
+    if stage == "rpt":
+        return common | {"select"} | _starts(cfg.rpt.init_from)
+    if stage == "cnt":
+        return common | {"select", "rpt"} | _starts(cfg.rpt.init_from)
+    if stage == "rl":
+        return common | _starts(*cfg.rl_task.train_on)
+    if stage == "sft":
+        return common | _starts(cfg.sft.init_from)
+    return {"hf_import"} | _starts(cfg.hf.source)  # hf_export
+
+
 def forced_stages(cfg) -> set[str]:
     """The stages this call starts over: the stage, or every stage of `pipeline`, when ``force=true``."""
     if not cfg.force or cfg.stage == "bench":
@@ -50,11 +91,12 @@ def forced_stages(cfg) -> set[str]:
     return set(cfg.stages) if cfg.stage == "pipeline" else {cfg.stage}
 
 
-def stale_after(stages: set[str]) -> set[str]:
-    """Every stage that reads, directly or through others, the outputs of ``stages`` (``stages`` excluded)."""
+def stale_after(stages: set[str], cfg=None) -> set[str]:
+    """Every stage that reads, directly or through others, the outputs of ``stages`` (``stages`` excluded), by the
+    inputs ``cfg`` gives each stage (``inputs_of``)."""
     stale, frontier = set(), set(stages)
     while frontier:
-        frontier = {s for s, inputs in INPUTS.items() if frontier & set(inputs)} - stale - stages
+        frontier = {s for s in INPUTS if frontier & inputs_of(s, cfg)} - stale - stages
         stale |= frontier
     return stale
 
@@ -120,7 +162,7 @@ def retire(rd: RunDir, stages: set[str], reason: dict) -> Path | None:
     return aside
 
 
-def start_over(rd: RunDir, forced: set[str], given: list[str]) -> None:
+def start_over(rd: RunDir, forced: set[str], given: list[str], cfg=None) -> None:
     """Retire the forced stages and the stages after them, unless this very call already did so and was
     interrupted (then the restarted stages resume). Rank 0 only."""
     pending = read_json(rd.path / PENDING) if (rd.path / PENDING).exists() else None
@@ -129,7 +171,7 @@ def start_over(rd: RunDir, forced: set[str], given: list[str]) -> None:
         log.info("force: resuming the restart of %s begun by this same command (%s)", ", ".join(record["stages"]),
                  pending.get("aside") or "nothing was moved")
         return
-    stale = stale_after(forced)
+    stale = stale_after(forced, cfg)
     aside = retire(rd, forced | stale, {"forced": sorted(forced), "stale": sorted(stale), "overrides": given,
                                         "time": time.strftime("%Y-%m-%d %H:%M:%S")})
     log.info("force: %s start over; stale, redone by `rpt pipeline`: %s; old outputs in %s",

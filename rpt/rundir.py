@@ -70,8 +70,10 @@ class RunDir:
 
     def require(self, stage: str) -> None:
         if not self.is_done(stage):
-            raise FileNotFoundError(f"stage '{stage}' has not finished in {self.path}; run `rpt {stage}` first "
-                                    f"(or `rpt pipeline`)")
+            from rpt.errors import MissingInput
+
+            raise MissingInput(f"stage '{stage}' has not finished in {self.path}; run `rpt {stage}` first "
+                               f"(or `rpt pipeline`)")
 
 
 @contextmanager

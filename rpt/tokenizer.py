@@ -76,6 +76,25 @@ class Tokenizer:
         """Decode ids to text; byte-fallback sequences that are not valid UTF-8 become U+FFFD."""
         return self.bytes_of(ids).decode("utf-8", errors="replace")
 
+    def decode_shown(self, ids) -> str:
+        """Decode ids as the model saw them: special tokens (a chat template's turn markers, bos) written out as
+        their text, where ``decode`` gives them no bytes. For rollout dumps and reports, never for rewards."""
+        out, run = [], []
+        for i in ids:
+            special = self.special_text(int(i))
+            if special is None:
+                run.append(int(i))
+                continue
+            out += [self.decode(run), special]
+            run = []
+        return "".join(out) + self.decode(run)
+
+    def special_text(self, token_id: int) -> str | None:
+        """A special token's text (None for an ordinary token)."""
+        if 0 <= token_id < self.vocab_size and (self.sp.is_control(token_id) or self.sp.is_unknown(token_id)):
+            return self.sp.id_to_piece(token_id)
+        return None
+
     def token_bytes(self, token_id: int) -> bytes:
         """The token's exact bytes; an id the tokenizer does not define (a padded embedding row) has none."""
         token_id = int(token_id)
@@ -133,7 +152,8 @@ class HFTokenizer(Tokenizer):
             raise FileNotFoundError(f"tokenizer model not found: {path}")
         self.tok = HFTok.from_file(str(path))
         vocab = self.tok.get_vocab(with_added_tokens=True)
-        self._special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        self._special_ids = {i: t.content for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+        self._special = set(self._special_ids.values())
         byte_level = "ByteLevel" in json_kind(path)
         table = _byte_level_decoder()
         self._bytes = [b""] * (max(vocab.values()) + 1)
@@ -217,6 +237,9 @@ class HFTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def special_text(self, token_id: int) -> str | None:
+        return self._special_ids.get(token_id)
 
 
 def _sibling_configs(directory: Path) -> dict[str, dict]:

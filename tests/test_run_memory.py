@@ -120,9 +120,41 @@ def test_conflicts_with_several_stages_point_to_one_forced_pipeline(tmp_path):
 
 def test_stale_stages_are_the_consumers_only():
     assert force.stale_after({"pretrain"}) == {"select", "rpt", "cnt", "rl", "sft", "eval", "report", "hf_export"}
-    assert force.stale_after({"cnt"}) == {"rl", "sft", "eval", "report", "hf_export"}
+    assert force.stale_after({"cnt"}) >= {"rl", "sft", "eval", "report", "hf_export"}
     assert force.stale_after({"eval"}) == {"report"} and force.stale_after({"report"}) == set()
     assert "prep" in force.stale_after({"hf_import"}) and "prep" not in force.stale_after({"select"})
+
+
+def test_staleness_follows_the_checkpoints_each_stage_starts_from_in_the_runs_config():
+    """Without a config every possible source counts (an SFT could have started from rpt); with one, only the
+    checkpoints a stage starts from: an SFT from the import does not go stale with rpt, an rpt from the SFT does go
+    stale with it, and cnt (matched to rpt) goes with rpt."""
+    from_hf = schema.load(_compose(["sft.init_from=hf", "rpt.init_from=hf", "rl_task.train_on=[hf]",
+                                    "hf.source=sft"]))
+    assert force.stale_after({"rpt"}, from_hf) == {"cnt", "eval", "report"}
+    assert force.stale_after({"sft"}, from_hf) == {"eval", "report", "hf_export"}
+    from_sft = schema.load(_compose(["sft.init_from=hf", "rpt.init_from=sft"]))
+    assert {"rpt", "cnt", "rl"} <= force.stale_after({"sft"}, from_sft) and "sft" not in force.stale_after(
+        {"rpt"}, from_sft)
+    assert "sft" in force.stale_after({"rpt"})  # the static graph: every source a stage may start from
+
+
+def test_forcing_rpt_after_an_sft_from_the_import_keeps_the_sft_and_redoes_cnt(tmp_path):
+    """The reported sequence: `rpt sft sft.init_from=hf`, cnt finished, then `rpt rpt rpt.init_from=sft
+    rpt.steps=.. force=true`: allowed (cnt, matched to rpt, goes stale with it instead of refusing the change), and the
+    sft checkpoint rpt starts from stays where it is."""
+    rd = _fake_run(tmp_path)
+    write_text(rd.checkpoints("sft") / "latest", "step_000004")
+    before = schema.load(_compose(["sft.init_from=hf", "rpt.init_from=hf"]))
+    _finished(rd, before, "sft", "rpt", "cnt")
+    now = schema.load(_compose(["sft.init_from=hf", "rpt.init_from=sft", "rpt.steps=7", "rpt.lr=1e-5"]))
+    with pytest.raises(run_memory.RunConflict):
+        run_memory.check(now, rd, unchecked=set())  # unforced: refused
+    forced = {"rpt"}
+    run_memory.check(now, rd, unchecked=forced | force.stale_after(forced, now))
+    force.start_over(rd, forced, ["stage=rpt", "force=true"], now)
+    assert (rd.checkpoints("sft") / "latest").exists() and rd.is_done("sft")
+    assert not rd.is_done("rpt") and not rd.is_done("cnt") and not (rd.checkpoints("cnt") / "latest").exists()
 
 
 def _fake_run(tmp_path) -> RunDir:

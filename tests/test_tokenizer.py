@@ -192,6 +192,31 @@ def test_chat_template_option_changes_the_prompt_ids_around_the_context(tmp_path
         render_prompt(tokenizer, template, tokenizer.encode(" 12"), chat_template=True)
 
 
+@pytest.mark.parametrize("style", ["qwen_instruct", "r1"])
+def test_rollout_dumps_show_the_prompt_as_the_model_saw_it(tmp_path, style, tokenizer):
+    """``decode_shown`` writes special tokens out (the chat frame, bos), as transformers' decode with
+    ``skip_special_tokens=False`` does, where ``decode`` gives them no bytes; a long prompt is dumped as its head
+    and tail, so the instruction and chat frame at the start and the context's end both show."""
+    from hf_fixtures import write_tokenizer
+
+    from rpt.tasks.base import render_prompt
+    from rpt.tokenizer import load_tokenizer
+    from rpt.train.rl_metrics import head_and_tail
+
+    write_tokenizer(tmp_path, style)
+    tok = load_tokenizer(tmp_path)
+    ids = render_prompt(tok, "Predict the next token.\n{context}", tok.encode(" 12 - 5 + 30 ="), chat_template=True)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path).decode(ids, skip_special_tokens=False)
+    assert tok.decode_shown(ids) == theirs and tok.decode(ids) != theirs
+    sp = tokenizer.encode("1 + 2 = 3")
+    assert tokenizer.decode_shown([tokenizer.bos_id, *sp]) == tokenizer.sp.id_to_piece(tokenizer.bos_id) + \
+        tokenizer.decode(sp)
+    long = "A" * 500 + "middle" + "Z" * 500
+    shown = head_and_tail(long, 600)
+    assert shown.startswith("A" * 300) and shown.endswith("Z" * 300) and "[... 406 characters ...]" in shown
+    assert head_and_tail("short", 600) == "short"
+
+
 def test_no_chat_template_is_a_clear_error(tmp_path):
     from hf_fixtures import write_tokenizer
 

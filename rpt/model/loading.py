@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rpt import checkpoint
+from rpt.errors import MissingInput
 from rpt.model.build import build_model
 from rpt.model.footprint import check_fits, model_vocab
 from rpt.model.hf_config import check_imported_shape
@@ -16,7 +17,8 @@ def checkpoint_dir(rd, source: str) -> Path:
         return Path(source)
     step_dir = checkpoint.latest_step_dir(rd.checkpoints(source))
     if step_dir is None:
-        raise FileNotFoundError(f"no checkpoint for {source!r} under {rd.checkpoints(source)}")
+        raise MissingInput(f"no checkpoint for {source!r} under {rd.checkpoints(source)}: run the stage that makes it, "
+                           f"or start from another (a stage name or a checkpoint directory)")
     return step_dir
 
 

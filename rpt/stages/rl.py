@@ -9,6 +9,7 @@ is refused with the starts it does have, instead of training the others first an
 from __future__ import annotations
 
 from rpt import checkpoint
+from rpt.errors import MissingInput
 from rpt.eval.validation import Validator
 from rpt.model.loading import checkpoint_dir
 from rpt.reward.answer import AnswerFormat
@@ -33,7 +34,7 @@ def check_starts(train_on, rd) -> None:
             missing.append(source)
     if missing:
         have = [s for s in CANDIDATES if checkpoint.latest_step_dir(rd.checkpoints(s)) is not None]
-        raise FileNotFoundError(
+        raise MissingInput(
             f"rl_task.train_on={list(train_on)}: this run ({rd.path}) has no finished checkpoint for {missing}; it has "
             f"{have or 'none'}. A run that imported its base (hf_import) trains from it: rl_task.train_on=[hf,rpt]")
 

@@ -113,6 +113,18 @@ def resource_metrics(run, rollouts: Rollouts, update_s: float) -> dict:
     return out
 
 
+PROMPT_CHARS = 600  # a dumped prompt's head and tail (its instruction, chat frame and the context's end)
+
+
+def head_and_tail(text: str, chars: int) -> str:
+    """``text`` whole when at most ``chars`` long, else its first and last ``chars // 2`` characters around a
+    marker saying how many were left out."""
+    if len(text) <= chars:
+        return text
+    half = chars // 2
+    return f"{text[:half]} [... {len(text) - 2 * half} characters ...] {text[-half:]}"
+
+
 def sample_rows(run, collected, step: int) -> list[dict]:
     """Up to ``logging.samples`` of this rank's kept rollouts, half the best and half the worst by reward (rank 0's
     are the ones logged)."""
@@ -123,8 +135,8 @@ def sample_rows(run, collected, step: int) -> list[dict]:
     rows = []
     for i in chosen:
         item = collected.items[i // G]
-        prompt = tok.decode(run.task.prompt_ids(item))
-        rows.append({"step": step, "context": prompt[-300:], "response": collected.texts[i],
+        prompt = tok.decode_shown(run.task.prompt_ids(item))  # as the model saw it: a chat template shows
+        rows.append({"step": step, "context": head_and_tail(prompt, PROMPT_CHARS), "response": collected.texts[i],
                      "answer": collected.answers[i], "reference": run.task.reference(item),
                      "reward": float(collected.rewards[i]), "truncated": bool(collected.rollouts.truncated[i])})
     return rows
