@@ -175,6 +175,23 @@ def test_generation_stops_at_eos(tiny_model, tokenizer):
 
 
 
+@pytest.mark.parametrize("engine", ["lean", "megatron"])
+def test_a_rollout_past_the_models_context_is_refused(tiny_model, tokenizer, engine):
+    """The model's context (model.max_position_embeddings: 512 here; an imported model's own) caps prompt plus
+    response for every engine, as vLLM's max_model_len does: exactly at the context it runs, one past is refused."""
+    from rpt.errors import Refusal
+
+    context = tiny_model.max_sequence_length
+    prompt = tokenizer.encode("1 + 2 = ")
+    params = sampling(context - len(prompt), 0.0, eos_id=-1, pad_id=tokenizer.pad_id, engine=engine)
+    if engine == "lean":  # (the megatron engine recomputes the whole sequence per token: 3x slower here)
+        at_cap = generate(tiny_model, [prompt], params, 0, "cpu")
+        assert at_cap.response_lens.tolist() == [context - len(prompt)]
+    params = replace(params, max_new_tokens=context - len(prompt) + 1)
+    with pytest.raises(Refusal, match=f"exceeds the model's context of {context} tokens"):
+        generate(tiny_model, [prompt], params, 0, "cpu")
+
+
 def test_sampling_params_come_from_the_rollout_config(tokenizer):
     """Training and eval sample the same way: engine, top_p and the stop rule come from ``RolloutConfig``; eval
     overrides only length and temperature."""

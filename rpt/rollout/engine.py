@@ -33,6 +33,7 @@ import torch
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from rpt.config_rl import ENGINES, VLLMConfig, vllm_installed
+from rpt.errors import Refusal
 from rpt.model.cpu_compat import megatron_cuda_calls
 from rpt.reward.answer import AnswerFormat, BoxedAnswerStop
 from rpt.rollout import lean_decoder
@@ -195,6 +196,17 @@ def plan_chunks(prompt_lens: list[int], runs: list[int], max_new_tokens: int, ma
 
 
 @torch.inference_mode()
+def check_context(model, longest_prompt: int, max_new_tokens: int) -> None:
+    """Refuse rollouts longer than the model's context (``model.max_position_embeddings``, the checkpoint's own after
+    ``hf_import``; vLLM's ``max_model_len`` is the same number), for every engine alike: past it a model's positions
+    mean nothing it was trained on, and vLLM would refuse the request."""
+    context = getattr(model, "max_sequence_length", None)
+    if context is not None and longest_prompt + max_new_tokens > context:
+        raise Refusal(f"a rollout of a {longest_prompt}-token prompt plus up to {max_new_tokens} new tokens exceeds "
+                      f"the model's context of {context} tokens (model.max_position_embeddings): shorten the prompts "
+                      f"(select.max_context_tokens) or the responses (rollout.max_new_tokens, eval.max_new_tokens)")
+
+
 def generate(model, prompts: list[list[int]], sampling: SamplingParams, seed: int, device) -> Rollouts:
     """Complete every prompt once (replicate prompts G times beforehand for G samples each), as ``sampling``
     says, within its row and KV-token budget; a pure function of (weights, prompts, sampling, seed)."""
@@ -203,6 +215,7 @@ def generate(model, prompts: list[list[int]], sampling: SamplingParams, seed: in
         return Rollouts.concat([], sampling.pad_id)
     if min(len(p) for p in prompts) < 1:
         raise ValueError("generate: every prompt needs at least one token")
+    check_context(model, max(len(p) for p in prompts), sampling.max_new_tokens)
     if resolve_engine(sampling.engine) == "vllm":
         from rpt.rollout import vllm_engine
 
