@@ -7,6 +7,7 @@ layout is read from Slurm's variables."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,12 +25,14 @@ from tests.helpers import stage_rows
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "launch" / "slurm" / "rpt.sbatch"
 JOB_ID = "4242"
-PRETRAIN = ["experiment=smoke", "pretrain.steps=30", "pretrain.log_every=1", "pretrain.checkpoint_every=1000"]
+# log_every=4: a preemption lands between two rows, so the resumed run must carry the loss window over
+PRETRAIN = ["experiment=smoke", "pretrain.steps=12", "pretrain.log_every=4", "pretrain.checkpoint_every=1000"]
 
 # Slurm's srun, as far as the job script uses it: --nodes x --ntasks-per-node tasks, each in its own session (as
 # slurmstepd starts them: outside the batch script's process group), with SLURM_PROCID/LOCALID/NTASKS set,
-# --export=ALL,K=V, --output with %t; signals it receives go on to every task; --kill-on-bad-exit=1 kills the
-# other tasks (SIGKILL) once one exits non-zero; the exit status is the worst task's (128+N for a signal N).
+# --export=ALL,K=V, --output with %t; USR1/USR2/INT it receives go on to every task, while TERM or HUP make it
+# SIGKILL them (real srun's "forcing job termination"); --kill-on-bad-exit=1 kills the other tasks (SIGKILL) once
+# one exits non-zero; the exit status is the worst task's (128+N for a signal N).
 SRUN = '''#!{python}
 import os, signal, subprocess, sys, time
 args, opts = sys.argv[1:], {{}}
@@ -56,8 +59,15 @@ def forward(signum, frame):
         if t.poll() is None:
             t.send_signal(signum)
 
-for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+def force_termination(signum, frame):  # srun: "forcing job termination", the tasks get SIGKILL
+    for t in tasks:
+        if t.poll() is None:
+            t.kill()
+
+for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
     signal.signal(sig, forward)
+for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, force_termination)
 while any(t.poll() is None for t in tasks):
     if opts.get("kill-on-bad-exit") == "1" and any(t.returncode for t in tasks if t.returncode is not None):
         for t in tasks:
@@ -67,13 +77,40 @@ while any(t.poll() is None for t in tasks):
 sys.exit(max(t.returncode if t.returncode >= 0 else 128 - t.returncode for t in tasks))
 '''
 
+# Slurm's scontrol, as far as the job script uses it: `show hostnames`, `show job` (JobState as Slurm 22.05 shows
+# it while the batch script still runs: COMPLETING after any cancel, requeue or preemption; StdErr: the job's output
+# file, where slurmstepd writes why the job was signalled) and `requeue`, which fails as Slurm's does when Slurm
+# requeued the job already (SCONTROL_REQUEUE_ERROR).
 SCONTROL = '''#!/usr/bin/env bash
 echo "$*" >> "$SCONTROL_CALLS"
 if [[ "$1 $2" == "show hostnames" ]]; then tr ',' '\\n' <<< "$3"; fi
-if [[ "$1 $2" == "show job" && -n "${SCONTROL_END_TIME:-}" ]]; then
+if [[ "$1 $2" == "show job" ]]; then
   echo "JobId=$3 JobName=rpt"
-  echo "   StartTime=2030-01-01T00:00:00 EndTime=$SCONTROL_END_TIME Deadline=N/A"
+  echo "   JobState=${SCONTROL_JOB_STATE:-RUNNING} Reason=None Dependency=(null)"
+  [[ -n "${SCONTROL_END_TIME:-}" ]] && echo "   StartTime=2030-01-01T00:00:00 EndTime=$SCONTROL_END_TIME Deadline=N/A"
+  echo "   StdErr=${SCONTROL_STDERR:-/dev/null}"
 fi
+if [[ "$1" == requeue && -n "${SCONTROL_REQUEUE_ERROR:-}" ]]; then echo "$SCONTROL_REQUEUE_ERROR" >&2; exit 1; fi
+exit 0
+'''
+
+# A stand-in rank for the tests of the script's own decisions (seconds, not a training run): run as
+# `$PYTHON -m rpt.cli ...`, it logs "ready" and every signal it gets to rank.<SLURM_PROCID>; on USR1 or TERM it does
+# what rpt does (rank 0 writes the requeue marker, every rank exits 99). RANK_DIES_OF=USR1 makes it die of that
+# signal at once, as a task does before rpt has installed its handlers.
+RANK = '''#!/usr/bin/env bash
+log="$RANK_LOG_DIR/rank.$SLURM_PROCID"
+[[ -n "${RANK_DIES_OF:-}" ]] && kill -s "$RANK_DIES_OF" $$
+stop() {
+  echo "$1" >> "$log"
+  [[ "$SLURM_PROCID" == 0 ]] && echo '{"step": 1}' > "$RPT_REQUEUE_MARKER"
+  sleep 0.5  # every rank has its signal before the first exit (srun --kill-on-bad-exit kills the rest)
+  exit 99
+}
+trap 'stop USR1' USR1
+trap 'stop TERM' TERM
+echo ready >> "$log"
+for _ in $(seq 600); do sleep 0.1; done
 '''
 
 
@@ -87,16 +124,22 @@ def latest_step(run_dir: Path, stage: str) -> int:
     return int((run_dir / "checkpoints" / stage / "latest").read_text().strip().split("_")[1])
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A directory with the stand-in executables and one prepared run (tokenizer + data) to copy."""
-    home = tmp_path_factory.mktemp("cluster")
+def write_stand_ins(home: Path) -> Path:
+    """``home``/bin with the stand-in srun, scontrol and rank; returns ``home``."""
     bin_dir = home / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(SRUN.format(python=sys.executable))
     (bin_dir / "scontrol").write_text(SCONTROL)
+    (bin_dir / "rank").write_text(RANK)
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
+    return home
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A directory with the stand-in executables and one prepared run (tokenizer + data) to copy."""
+    home = write_stand_ins(tmp_path_factory.mktemp("cluster"))
     subprocess.run([sys.executable, "-m", "rpt.cli", "prep", "experiment=smoke", f"run.root={home / 'runs'}",
                     "run.name=prepared"], cwd=home, check=True, capture_output=True, timeout=300)
     return home
@@ -114,7 +157,7 @@ def clean_env() -> dict:
 
 def job_env(cluster: Path, restart: int = 0, **extra) -> dict:
     return {**clean_env(), "PATH": f"{cluster / 'bin'}:{os.environ['PATH']}", "PYTHON": sys.executable,
-            "SLURM_JOB_ID": JOB_ID, "SLURM_NNODES": "1", "GPUS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "1",
+            "SLURM_JOB_ID": JOB_ID, "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "1",
             "SLURM_JOB_NODELIST": "localhost", "SLURM_RESTART_COUNT": str(restart), "MASTER_PORT": str(free_port()),
             "OMP_NUM_THREADS": "1", "SCONTROL_CALLS": str(cluster / "scontrol.calls"),
             "SRUN_TASK_PIDS": str(cluster / "srun.pids"), **extra}
@@ -136,20 +179,50 @@ def finish(job: subprocess.Popen, cluster: Path) -> str:
     return out + logs
 
 
-@pytest.mark.e2e
-@pytest.mark.multiprocess
-def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exactly(cluster):
+@functools.cache
+def real_slurm() -> str | None:
+    """Why the real-Slurm tests (tests/test_slurm_real.py) cannot run here, or None when they can: sinfo answers and
+    the cluster is launch/slurm/local_cluster.sh's (ClusterName=rpt-local), or RPT_SLURM_TESTS=1 says another one
+    is fine to submit test jobs to."""
+    if not shutil.which("sinfo"):
+        return "no sinfo: start the local test cluster with `launch/slurm/local_cluster.sh start`"
+    try:  # a configured Slurm whose controller is down makes sinfo retry for long: 5 s is plenty for a live one
+        up = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=5)
+        if up.returncode != 0 or not up.stdout.strip():
+            return f"sinfo does not answer: {up.stderr.strip()[:200]}"
+        config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=5).stdout
+    except subprocess.TimeoutExpired:
+        return "sinfo does not answer within 5 s"
+    if "rpt-local" not in config and os.environ.get("RPT_SLURM_TESTS") != "1":
+        return "Slurm answers but is not the local test cluster (set RPT_SLURM_TESTS=1 to submit test jobs to it)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def reference(cluster) -> Path:
+    """The uninterrupted run (PRETRAIN through the job script and the stand-ins) that every preempted one must
+    reproduce."""
     reference = new_run(cluster, "reference")
     job = sbatch(cluster, "reference", job_env(cluster))
     out = finish(job, cluster)
     assert job.returncode == 0 and not requeues(cluster), out
-    assert [r["step"] for r in stage_rows(reference, "pretrain")] == list(range(1, 31))
+    assert [r["step"] for r in stage_rows(reference, "pretrain")] == [4, 8, 12]
+    return reference
 
+
+@pytest.mark.e2e
+@pytest.mark.multiprocess
+@pytest.mark.skipif(real_slurm() is None, reason="a real Slurm answers: tests/test_slurm_real.py runs the USR1 → "
+                    "checkpoint → requeue → resume on it instead of the stand-ins")
+def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exactly(cluster, reference):
+    """The stand-in srun as slurmstepd would: USR1 to every task once the first row is out (step 4 of 12, so the
+    ranks stop between two rows of log_every=4: the resumed row must average the same steps)."""
+    (cluster / "scontrol.calls").unlink(missing_ok=True)
     run = new_run(cluster, "preempted")
     job = sbatch(cluster, "preempted", job_env(cluster))
     deadline = time.time() + 240
-    while time.time() < deadline and job.poll() is None:  # a row for step 2 is out: the signal lands mid-stage
-        if (run / "metrics.jsonl").exists() and len(stage_rows(run, "pretrain")) >= 2:
+    while time.time() < deadline and job.poll() is None:  # a row for step 4 is out: the signal lands mid-stage
+        if (run / "metrics.jsonl").exists() and len(stage_rows(run, "pretrain")) >= 1:
             for pid in (cluster / "srun.pids").read_text().split():  # what slurmstepd does at USR1@120
                 os.kill(int(pid), signal.SIGUSR1)
             break
@@ -158,8 +231,8 @@ def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exa
     assert job.returncode == 0, out  # the script requeued and ended cleanly
     assert requeues(cluster) == [f"requeue {JOB_ID}"], out
     stopped = latest_step(run, "pretrain")
-    assert 2 <= stopped < 30, out  # a checkpoint at the step the ranks agreed on, although checkpoint_every=1000
-    assert [r["step"] for r in stage_rows(run, "pretrain")] == list(range(1, stopped + 1))
+    assert 4 <= stopped < 12, out  # a checkpoint at the step the ranks agreed on, although checkpoint_every=1000
+    assert [r["step"] for r in stage_rows(run, "pretrain")] == list(range(4, stopped + 1, 4))
     assert not (run / "done" / "pretrain.json").exists()
     assert not (cluster / "logs" / f"rpt-{JOB_ID}.requeue").exists()  # the marker is consumed by the requeue
 
@@ -170,23 +243,101 @@ def test_usr1_to_the_tasks_checkpoints_requeues_and_the_requeued_job_resumes_exa
     assert stage_rows(run, "pretrain") == stage_rows(reference, "pretrain")
 
 
-@pytest.mark.e2e
-@pytest.mark.multiprocess
-def test_term_to_the_job_script_reaches_every_rank(cluster):
-    """A signal for the batch shell only (a preemption's SIGTERM, `--signal=B:...`) goes on through srun."""
-    run = new_run(cluster, "terminated")
-    (cluster / "scontrol.calls").unlink(missing_ok=True)
-    job = sbatch(cluster, "terminated", job_env(cluster))
-    deadline = time.time() + 240
-    while time.time() < deadline and job.poll() is None:
-        if (run / "metrics.jsonl").exists() and len(stage_rows(run, "pretrain")) >= 1:
-            job.send_signal(signal.SIGTERM)
-            break
+def rank_job(home: Path, **extra) -> tuple[subprocess.Popen, Path]:
+    """The job script with stand-in ranks (two tasks) in ``home``; returns the job and the ranks' log directory."""
+    logs = home / "ranks"
+    logs.mkdir(exist_ok=True)
+    env = job_env(home, PYTHON=str(home / "bin" / "rank"), RANK_LOG_DIR=str(logs), **extra)
+    job = subprocess.Popen(["bash", str(SBATCH), "pretrain"], cwd=home, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    return job, logs
+
+
+def wait_ready(job: subprocess.Popen, logs: Path) -> None:
+    deadline = time.time() + 30
+    while not all((logs / f"rank.{r}").exists() for r in (0, 1)):
+        assert job.poll() is None and time.time() < deadline, job.communicate()[0]
         time.sleep(0.05)
-    out = finish(job, cluster)
-    assert job.returncode == 0 and requeues(cluster) == [f"requeue {JOB_ID}"], out
-    assert 1 <= latest_step(run, "pretrain") < 30
-    assert not (run / "done" / "pretrain.json").exists()
+
+
+def signal_ranks(home: Path, sig: int) -> None:
+    """What slurmstepd does for a step signal (--signal=USR1@120, scancel): signal every task."""
+    for pid in (home / "srun.pids").read_text().split():
+        os.kill(int(pid), sig)
+
+
+def test_term_to_the_job_script_reaches_every_rank_as_usr1(tmp_path):
+    """A TERM for the batch shell only (`--signal=B:TERM@60`, `scancel --batch`) must reach the ranks as a
+    checkpoint request: srun takes a TERM as "kill the step" (the stand-in kills them as it does), so the script
+    passes on USR1 instead, then requeues."""
+    home = write_stand_ins(tmp_path)
+    job, logs = rank_job(home)
+    wait_ready(job, logs)
+    job.send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 0 and requeues(home) == [f"requeue {JOB_ID}"], out
+    assert [(logs / f"rank.{r}").read_text().split() for r in (0, 1)] == [["ready", "USR1"]] * 2
+
+
+@pytest.mark.parametrize("why, requeued", [("", False), (" DUE TO TIME LIMIT", True), (" DUE TO PREEMPTION", True)])
+def test_a_plain_scancel_is_not_requeued_but_a_time_limit_or_preemption_is(tmp_path, why, requeued):
+    """scancel, a time limit and a preemption all send SIGTERM to the tasks and the script, and all show
+    JobState=COMPLETING meanwhile (Slurm 22.05); what tells them apart is slurmstepd's line in the job's output. A
+    cancelled job must stay cancelled: requeueing it would restart it (Slurm accepts the requeue)."""
+    home = write_stand_ins(tmp_path)
+    output = home / "rpt-4242.out"
+    output.write_text(f"slurmstepd: error: *** JOB {JOB_ID} ON node1 CANCELLED AT 2030-01-01T00:00:00 DUE TO JOB "
+                      "REQUEUE ***\n")  # an earlier launch's: only this launch's part of the file counts
+    job, logs = rank_job(home, SCONTROL_STDERR=str(output))
+    wait_ready(job, logs)
+    with output.open("a") as f:
+        f.write(f"slurmstepd: error: *** JOB {JOB_ID} ON node1 CANCELLED AT 2030-01-01T00:01:00{why} ***\n")
+    signal_ranks(home, signal.SIGTERM)
+    job.send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=60)
+    assert requeues(home) == ([f"requeue {JOB_ID}"] if requeued else []), out
+    assert (job.returncode == 0) == requeued, out  # a cancelled job ends with its tasks' status
+    assert requeued or "was cancelled: not requeueing" in out
+
+
+@pytest.mark.parametrize("sig", ["USR1", "TERM"])
+def test_a_rank_killed_by_the_signal_during_start_up_is_requeued(tmp_path, sig):
+    """A signal that lands before rpt has installed its handlers kills the task (status 138 or 143): nothing is
+    lost, so the job is requeued rather than failed."""
+    home = write_stand_ins(tmp_path)
+    job, _ = rank_job(home, RANK_DIES_OF=sig)
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 0 and requeues(home) == [f"requeue {JOB_ID}"], out
+    assert f"died of SIG{sig}" in out
+
+
+def test_a_job_that_slurm_requeued_already_ends_cleanly(tmp_path):
+    """`scontrol requeue` from outside (or a preemption in requeue mode) requeues the job before the ranks have
+    checkpointed; the script's own requeue then fails ("Job is pending execution"), which must not fail the job."""
+    home = write_stand_ins(tmp_path)
+    job, logs = rank_job(home, SCONTROL_JOB_STATE="COMPLETING",
+                         SCONTROL_REQUEUE_ERROR=f"Job is pending execution for job {JOB_ID}")
+    wait_ready(job, logs)
+    signal_ranks(home, signal.SIGTERM)
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 0 and "already requeued by Slurm" in out, out
+
+
+def test_tasks_per_node_come_from_slurm_and_the_script_asks_for_no_gpus(tmp_path):
+    """The task count is Slurm's (--ntasks-per-node), else the GPUs per node, else SLURM_NTASKS over the nodes; the
+    header must not demand GPUs, which a CPU node refuses ("Invalid generic resource specification")."""
+    def tasks_per_node(**extra) -> str:
+        env = {**clean_env(), "DRY_RUN": "1", "PYTHON": sys.executable, **extra}
+        out = subprocess.run(["bash", str(SBATCH), "pretrain"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, check=True).stdout
+        return out.split("--ntasks-per-node ")[1].split()[0]
+
+    assert tasks_per_node(SLURM_NTASKS_PER_NODE="2", SLURM_GPUS_PER_NODE="8") == "2"
+    assert tasks_per_node(SLURM_GPUS_PER_NODE="h100:4") == "4"
+    assert tasks_per_node(GPUS_PER_NODE="0", SLURM_NTASKS="6", SLURM_NNODES="3") == "2"
+    assert tasks_per_node() == "8"
+    header = [line for line in SBATCH.read_text().splitlines() if line.startswith("#SBATCH")]
+    assert header and not any("gpus" in line or "gres" in line for line in header)
 
 
 def test_job_script_passes_the_job_end_to_the_tasks(cluster, tmp_path):
@@ -208,23 +359,59 @@ def test_job_script_passes_the_job_end_to_the_tasks(cluster, tmp_path):
 @pytest.mark.e2e
 def test_time_budget_stops_early_with_a_checkpoint_and_the_requeue_status(cluster, tmp_path):
     """An hour left and a 2-hour budget: the stage stops after its first step (never before one), checkpoints,
-    writes the requeue marker and exits 99; the same launch without the budget runs to the end."""
+    writes the requeue marker and exits 99, saying it was the time budget; the same launch without the budget runs
+    to the end, and its rows (log_every=3: the stop falls between two) equal an uninterrupted run's."""
     run = new_run(cluster, "budget")
     marker = tmp_path / "requeue.marker"
     env = {**clean_env(), "RPT_DEADLINE": str(time.time() + 3600), "RPT_REQUEUE_MARKER": str(marker)}
-    cmd = [sys.executable, "-m", "rpt.cli", "pretrain", f"run.root={cluster / 'runs'}", "run.name=budget",
-           "experiment=smoke", "pretrain.steps=4", "pretrain.log_every=1", "pretrain.checkpoint_every=1000"]
-    stopped = subprocess.run([*cmd, "run.save_before_minutes=120"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=300)
+
+    def pretrain(name: str, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "rpt.cli", "pretrain", f"run.root={cluster / 'runs'}", f"run.name={name}",
+               "experiment=smoke", "pretrain.steps=4", "pretrain.log_every=3", "pretrain.checkpoint_every=1000"]
+        return subprocess.run([*cmd, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    stopped = pretrain("budget", "run.save_before_minutes=120")
     assert stopped.returncode == 99, stopped.stderr[-3000:]
-    assert "time budget" in stopped.stderr
+    assert "checkpointed at step 1 on the time budget" in stopped.stderr, stopped.stderr[-3000:]
+    assert "preemption signal" not in stopped.stderr
     assert latest_step(run, "pretrain") == 1
     assert json.loads(marker.read_text())["step"] == 1
     assert not (run / "done" / "pretrain.json").exists()
-    done = subprocess.run([*cmd, "run.save_before_minutes=0"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = pretrain("budget", "run.save_before_minutes=0")
     assert done.returncode == 0, done.stderr[-3000:]
     assert latest_step(run, "pretrain") == 4 and (run / "done" / "pretrain.json").exists()
+    new_run(cluster, "budget_reference")
+    assert pretrain("budget_reference").returncode == 0
+    assert [r["step"] for r in stage_rows(run, "pretrain")] == [3, 4]
+    assert stage_rows(run, "pretrain") == stage_rows(cluster / "runs" / "budget_reference", "pretrain")
+
+
+@pytest.mark.e2e
+def test_a_signal_during_start_up_is_a_checkpoint_request_not_death(cluster, tmp_path):
+    """`python -m rpt.cli` installs its USR1/TERM handlers before its imports (seconds of them): a USR1 that lands
+    during `import hydra` makes the first training step end in a checkpoint and exit 99; before, it killed the task.
+    The resumed pipeline then ends naming the run, not a report it did not write."""
+    run = new_run(cluster, "early")
+    code = ("import builtins, os, runpy, signal, sys\n"
+            "real_import = builtins.__import__\n"
+            "def hooked(name, *args, **kwargs):\n"
+            "    if name == 'hydra' and not hasattr(builtins, 'signalled'):\n"
+            "        builtins.signalled = True\n"
+            "        os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = hooked\n"
+            "sys.argv = ['rpt', *sys.argv[1:]]\n"
+            "runpy.run_module('rpt.cli', run_name='__main__', alter_sys=True)\n")
+    args = ["pipeline", f"run.root={cluster / 'runs'}", "run.name=early", "experiment=smoke", "stages=[prep,pretrain]",
+            "pretrain.steps=3", "pretrain.checkpoint_every=1000"]
+    early = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=clean_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert early.returncode == 99, early.stderr[-3000:]
+    assert "received SIGUSR1" in early.stderr and latest_step(run, "pretrain") == 1
+    done = subprocess.run([sys.executable, "-m", "rpt.cli", *args], cwd=tmp_path, env=clean_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"pipeline finished: {run}" in done.stderr and "report.md" not in done.stderr
 
 
 def test_job_deadline_comes_from_rpt_deadline_then_slurm():

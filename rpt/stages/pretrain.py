@@ -34,7 +34,10 @@ def train_language_model(ctx, model_cfg, pc, stage: str) -> dict:
     trainable = build_trainable(model_cfg, model_vocab(model_cfg, tok.vocab_size), rt, pc, pc.steps)
     dataset = build_gpt_dataset(str(rd.data / "pretrain"), tok, cfg.data.seq_length,
                                 pc.steps * pc.micro_batch_size * rt.dp_size, cfg.run.seed, str(rd.data / "cache"))
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}  # since the last logged row
+    # the losses since the last logged row live in the loop state, which every checkpoint saves: a stage stopped
+    # between two rows (a preemption) resumes with them, so its next row averages the same steps as an
+    # uninterrupted run's; the throughput counts only this launch's steps (a timing, not a metric to reproduce)
+    speed = {"tokens": 0, "t0": time.perf_counter()}
 
     def step_fn(step: int, state: dict) -> tuple[dict | None, dict]:
         batch = batch_for_step(dataset, step, pc.micro_batch_size, rt.dp_rank, rt.dp_size).to(rt.device)
@@ -42,17 +45,19 @@ def train_language_model(ctx, model_cfg, pc, stage: str) -> dict:
         loss = lm_loss(trainable.model, batch)
         loss.backward()
         _, grad_norm = trainable.step()
-        window["loss"] += dp_mean(loss.item())
-        window["steps"] += 1
-        window["tokens"] += batch[:, 1:].numel() * rt.dp_size
+        window = {"loss": state["loss_window"]["loss"] + dp_mean(loss.item()),
+                  "steps": state["loss_window"]["steps"] + 1}
+        speed["tokens"] += batch[:, 1:].numel() * rt.dp_size
         if (step + 1) % pc.log_every and step + 1 != pc.steps:
-            return None, state
+            return None, {**state, "loss_window": window}
         row = {"loss": window["loss"] / window["steps"], "grad_norm": grad_norm, "lr": trainable.lr,
-               "tokens_per_s": window["tokens"] / (time.perf_counter() - window["t0"])}
-        window.update(loss=0.0, steps=0, tokens=0, t0=time.perf_counter())
-        return row, state
+               "tokens_per_s": speed["tokens"] / (time.perf_counter() - speed["t0"])}
+        speed.update(tokens=0, t0=time.perf_counter())
+        return row, {**state, "loss_window": {"loss": 0.0, "steps": 0}}
 
-    history = run_loop(ctx, LoopSpec(stage, pc.steps, pc.checkpoint_every, postfix=("loss",)), trainable, step_fn)
+    spec = LoopSpec(stage, pc.steps, pc.checkpoint_every, postfix=("loss",),
+                    state={"loss_window": {"loss": 0.0, "steps": 0}})
+    history = run_loop(ctx, spec, trainable, step_fn)
     return {"steps": pc.steps, "final_loss": history[-1]["loss"] if history else None,
             "parameters": sum(p.numel() for p in trainable.model.parameters()),
             "checkpoint": str(latest_step_dir(rd.checkpoints(stage)))}

@@ -3,6 +3,10 @@
 once), or when the job's time is nearly spent; the Slurm script requeues the job, and the requeued job resumes by
 itself (finished stages are skipped, the interrupted one continues from the checkpoint just written).
 
+The handlers are installed first thing (``python -m rpt.cli`` does it before its imports, which take seconds): a
+signal during start-up sets the flag, and the first training step then ends in a checkpoint, instead of the
+default action killing the task. This module therefore imports nothing heavy at the top.
+
 The signal handler only sets a flag (signal-safe). After each step the loop calls ``end_of_step``, which
 all-reduces "signalled or out of time" once, so every rank stops at the same step and writes one consistent
 checkpoint. Before exiting, the main rank writes the requeue marker named by ``RPT_REQUEUE_MARKER`` (the Slurm
@@ -29,10 +33,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rpt import checkpoint
-from rpt.distributed import barrier, world_any
-from rpt.rundir import write_json
-
 log = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 99  # exit status meaning "checkpointed on a preemption signal or the time budget: requeue me"
@@ -43,9 +43,9 @@ _requested = False
 
 
 class Preempted(SystemExit):
-    def __init__(self, stage: str, step: int):
+    def __init__(self, stage: str, step: int, reason: str = "a preemption signal"):
         super().__init__(EXIT_REQUEUE)
-        self.stage, self.step = stage, step
+        self.stage, self.step, self.reason = stage, step, reason
 
 
 def _handler(signum, frame):
@@ -57,6 +57,12 @@ def _handler(signum, frame):
 def install() -> None:
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, _handler)
+
+
+def uninstall() -> None:
+    """Back to the default actions (a process that trains nothing, e.g. a sweep's launcher, dies of them)."""
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _interrupt(signum, frame):
@@ -84,6 +90,8 @@ def ctrl_c_checkpoints() -> Iterator[None]:
 def should_stop(out_of_time: bool = False) -> bool:
     """True on every rank once any rank has received the signal or is ``out_of_time`` (a world collective: every
     rank calls it)."""
+    from rpt.distributed import world_any
+
     return world_any(_requested or out_of_time)
 
 
@@ -137,6 +145,9 @@ class TimeBudget:
 
 
 def _write_requeue_marker(stage: str, step: int, is_main: bool) -> None:
+    from rpt.distributed import barrier
+    from rpt.rundir import write_json
+
     marker = os.environ.get(MARKER_ENV)
     if marker and is_main:
         write_json(marker, {"stage": stage, "step": step, "time": time.time()})
@@ -150,11 +161,17 @@ def end_of_step(stage: str, step: int, total: int, every: int, ckpt_dir, trainab
     ``loop_state``, e.g. a data cursor) when due: every ``every`` steps, at each of ``keep_steps`` (kept for good),
     at the end, on a preemption signal or when the time ``budget`` runs out; on those two also write the requeue
     marker, close ``metrics`` and raise ``Preempted``."""
-    stop = should_stop(budget is not None and budget.out_of_time())
+    from rpt import checkpoint
+
+    out_of_time = budget is not None and budget.out_of_time()
+    stop = should_stop(out_of_time)
     if step % every == 0 or step == total or step in keep_steps or stop:
         checkpoint.save(ckpt_dir, step, trainable, {"wandb_id": metrics.wandb_id, "loop_state": loop_state or {}},
                         keep_steps=keep_steps)
     if stop:
         metrics.close()
         _write_requeue_marker(stage, step, is_main)
-        raise Preempted(stage, step)
+        # why, as this rank saw it: its own signal, its own clock, or another rank's (the stop is agreed on)
+        reason = ("a preemption signal" if _requested else "the time budget (run.save_before_minutes)"
+                  if out_of_time else "another rank's signal or time budget")
+        raise Preempted(stage, step, reason)

@@ -1,0 +1,131 @@
+"""launch/slurm/rpt.sbatch under a real Slurm: the one launch/slurm/local_cluster.sh starts on this machine (CI's
+.ci/run starts it before `make test`). What the stand-ins of tests/test_slurm.py cannot show: how slurmctld,
+slurmstepd and srun really deliver signals, requeue and restart a job. Skipped, with the reason, where no such
+Slurm answers; the stand-in tests run either way (their USR1 → requeue → resume test only where this one cannot).
+
+Kept short (the suite has a time budget): two jobs of two tasks each, one after the other (the local node has two
+CPUs). The local cluster holds a requeued job for 6 s, not Slurm's default 121 s (`AuthInfo=cred_expire=5`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import stage_rows
+from tests.test_slurm import PRETRAIN, ROOT, clean_env, cluster, real_slurm, reference  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.multiprocess,
+              pytest.mark.skipif(real_slurm() is not None, reason=f"no real Slurm: {real_slurm()}")]
+
+README_LINES = [  # literal: tests/test_readme_coverage.py reads them
+    "sbatch --ntasks-per-node=2 --cpus-per-task=1 launch/slurm/rpt.sbatch pipeline run.name=smoke experiment=smoke",
+    "launch/slurm/local_cluster.sh start",
+]
+README_SBATCH = README_LINES[0]
+SCRIPT = str(ROOT / "launch" / "slurm" / "rpt.sbatch")
+
+
+def env() -> dict:
+    """What the job inherits from sbatch (--export=ALL by default): this interpreter, one thread per task."""
+    return {**clean_env(), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+            "PATH": f"{Path(sys.executable).parent}:{clean_env()['PATH']}"}
+
+
+def submit(cwd: Path, words: list[str]) -> str:
+    (cwd / "logs").mkdir(exist_ok=True)
+    proc = subprocess.run(["sbatch", "--parsable", *words], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def job(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as a dict (JobState, Restarts, ExitCode, ...)."""
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    return dict(word.split("=", 1) for word in out.split() if "=" in word)
+
+
+def wait_for(what, timeout: float, job_id: str, cwd: Path):
+    """Poll ``what()`` until it is truthy; on a timeout, fail showing the job and its output."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.2)
+    subprocess.run(["scancel", job_id], timeout=30)
+    pytest.fail(f"timed out: {job(job_id)}\n{tail(output(cwd, job_id))}")
+
+
+def output(cwd: Path, job_id: str) -> str:
+    """The job's output file and its ranks' logs, whole."""
+    logs = sorted((cwd / "logs").glob(f"rpt-{job_id}*"))
+    return "\n".join(f"== {p.name}\n{p.read_text()}" for p in logs)
+
+
+def tail(text: str) -> str:
+    return text[-4000:]
+
+
+def rows(run: Path, stage: str = "pretrain") -> list[dict]:
+    return stage_rows(run, stage) if (run / "metrics.jsonl").exists() else []
+
+
+def test_the_readme_sbatch_line_runs_through_a_usr1_requeue_to_the_report(cluster, reference, tmp_path):  # noqa: F811
+    """The README's sbatch line (smoke sizes, this interpreter) on the real scheduler: Slurm's USR1 to the tasks
+    (what --signal=USR1@120 does, sent now with `scancel --signal=USR1`) lands mid-pretrain; the ranks checkpoint,
+    the script requeues, Slurm restarts the job and it resumes: the pipeline reaches its report, and every
+    non-timing pretrain metric equals the uninterrupted run's."""
+    shutil.copytree(cluster / "runs" / "prepared", tmp_path / "runs" / "smoke")  # prep done: the pipeline skips it
+    words = README_SBATCH.split()[1:]
+    job_id = submit(tmp_path, [SCRIPT if w == "launch/slurm/rpt.sbatch" else w for w in words] + PRETRAIN[1:])
+    run = tmp_path / "runs" / "smoke"
+    wait_for(lambda: rows(run), 240, job_id, tmp_path)  # the row of step 4 of 12
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=30)
+    wait_for(lambda: job(job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 420, job_id,
+             tmp_path)
+    info, out = job(job_id), output(tmp_path, job_id)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1" and info["ExitCode"] == "0:0", tail(out)
+    assert "checkpointed for requeue" in out and "requeueing job" in out and "(restart 1)" in out, tail(out)
+    assert "on a preemption signal" in out, tail(out)
+    assert (run / "report" / "report.md").exists() and (run / "done" / "report.json").exists()
+    assert rows(run) == stage_rows(reference, "pretrain")
+
+
+def test_the_time_limit_signals_first_and_requeues_and_a_plain_scancel_ends_the_job(cluster, tmp_path):  # noqa: F811
+    """`--time=1 --signal=USR1@45`: Slurm signals the tasks before the limit (during start-up or training), they
+    checkpoint and the job is requeued, not killed. The requeued job, given time, trains on from that checkpoint;
+    then a plain `scancel` stops it for good: CANCELLED, not requeued (the script checks why it was signalled)."""
+    shutil.copytree(cluster / "runs" / "prepared", tmp_path / "runs" / "limited")
+    run = tmp_path / "runs" / "limited"
+    job_id = submit(tmp_path, ["--ntasks-per-node=2", "--cpus-per-task=1", "--time=1", "--signal=USR1@45", SCRIPT,
+                               "pretrain", f"run.root={tmp_path / 'runs'}", "run.name=limited", "experiment=smoke",
+                               "pretrain.steps=400", "pretrain.log_every=1", "pretrain.checkpoint_every=1000"])
+    wait_for(lambda: job(job_id).get("Restarts") == "1", 150, job_id, tmp_path)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True, timeout=30)
+    out = output(tmp_path, job_id)
+    assert "checkpointed for requeue" in out and "Killed" not in out, tail(out)
+    stopped = len(rows(run))
+    assert stopped >= 1 and (run / "checkpoints" / "pretrain" / "latest").read_text().strip() == f"step_{stopped:06d}"
+
+    wait_for(lambda: "(restart 1)" in output(tmp_path, job_id) and len(rows(run)) > stopped, 150, job_id, tmp_path)
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    wait_for(lambda: job(job_id).get("JobState") == "CANCELLED", 120, job_id, tmp_path)
+    time.sleep(8)  # longer than the local cluster's requeue hold: a requeued job would be back by now
+    info, out = job(job_id), output(tmp_path, job_id)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "1", tail(out)
+    assert "was cancelled: not requeueing" in out, tail(out)
+    assert [r["step"] for r in rows(run)] == list(range(1, len(rows(run)) + 1))  # resumed, no step run twice
+
+
+def test_starting_the_local_cluster_again_changes_nothing():
+    """The README's (and CI's) start line is idempotent: with Slurm up it only says so."""
+    proc = subprocess.run(["bash", "-c", README_LINES[1]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Slurm is up" in proc.stderr, proc.stderr
+    assert subprocess.run([str(ROOT / "launch" / "slurm" / "local_cluster.sh"), "status"], timeout=60).returncode == 0
