@@ -37,7 +37,7 @@ def load_qa_records(qa_cfg, split: str):
 
 class QADatasetTask(Task):
     def __init__(self, task_cfg, tokenizer, split: str, seed: int, chat_template: bool = False,
-                 answer: AnswerFormat = THINK):
+                 answer_format: AnswerFormat = THINK):
         qa = task_cfg.dataset
         records = load_qa_records(qa, qa.train_split if split == "train" else qa.test_split)
         missing = {qa.question_field, qa.answer_field} - set(records.column_names)
@@ -59,7 +59,7 @@ class QADatasetTask(Task):
             raise ValueError(f"rl_task.dataset: no usable question in split {split!r} of {qa.path}")
         if "{question}" not in task_cfg.template:
             raise ValueError(f"rl_task.template must contain {{question}} for a dataset task: {task_cfg.template!r}")
-        super().__init__(items, tokenizer, chat_template, answer)
+        super().__init__(items, tokenizer, chat_template, answer_format)
         self.template = task_cfg.template
 
     def prompt_text(self, item: dict) -> str:
