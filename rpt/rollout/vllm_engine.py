@@ -61,6 +61,15 @@ log = logging.getLogger(__name__)
 CPU_KV_CACHE_MB = 256  # rollout.vllm.kv_cache_mb=0 on CPU: vLLM's memory share would take GBs of host memory
 
 
+def cpu_kv_cache_mb(shape: dict, dtype: torch.dtype) -> int:
+    """The CPU engine's KV cache (rollout.vllm.kv_cache_mb=0): ``CPU_KV_CACHE_MB``, or more where one sequence of the
+    model's whole context needs more (vLLM refuses a ``max_model_len`` its cache cannot hold: an imported model's
+    8,192-token context takes 377 MB at SmolLM2-135M's shape in float32)."""
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    per_token = 2 * shape["num_layers"] * shape["num_query_groups"] * head_dim * torch.finfo(dtype).bits // 8
+    return max(CPU_KV_CACHE_MB, -(-per_token * shape["max_position_embeddings"] * 5 // 4 // 2**20))
+
+
 def model_shape(model) -> dict:
     """The rpt model config (plus ``vocab_size``) ``rpt.model.build.build_model`` recorded on ``model``."""
     shape = getattr(model, "rpt_shape", None)
@@ -98,7 +107,7 @@ class VLLMEngine:
         architecture = "Qwen2ForCausalLM" if shape["qkv_bias"] else "LlamaForCausalLM"
         config = hf_config_from_model({**shape, "tie_embeddings": False}, architecture, dtype, {})
         (Path(self._dir.name) / "config.json").write_text(json.dumps(config, indent=2))
-        kv_mb = settings.kv_cache_mb or (0 if self.cuda else CPU_KV_CACHE_MB)
+        kv_mb = settings.kv_cache_mb or (0 if self.cuda else cpu_kv_cache_mb(shape, dtype))
         memory = ({"kv_cache_memory_bytes": kv_mb * 2**20} if kv_mb
                   else {"gpu_memory_utilization": settings.memory_share})
         # on CPU, a prompt prefilled in chunks discards a sampled token and rewinds its request's seeded generator,
