@@ -168,6 +168,22 @@ class SelfDistillConfig:
 
 
 @dataclass
+class RLPConfig:
+    """RLP (arXiv 2510.01265; rpt.train.info_gain), algo=rlp: the reward of a thought is the information gain
+    log p_θ(x_t | x_<t, c_t) − log p_EMA(x_t | x_<t) of the true next token(s)."""
+
+    enabled: bool = False  # replace the task's reward by the information gain against the no-think EMA baseline
+    ema_rate: float = 0.001  # φ ← (1-λ)φ + λθ after every step (the paper's 0.999 / 0.001)
+    target_tokens: int = 1  # true continuation tokens scored (1: the paper's next token; k: the k-token span)
+    bridge: str = "\n\\boxed{"  # text between the thought (or, for the baseline, the prompt) and the target
+    chunk_tokens: int = 1024  # scored positions per output-layer chunk
+
+    def __post_init__(self):
+        if self.target_tokens < 1 or self.chunk_tokens < 1 or not 0.0 <= self.ema_rate <= 1.0:
+            raise ValueError("algo.rlp: target_tokens and chunk_tokens must be >= 1, ema_rate in [0, 1]")
+
+
+@dataclass
 class AlgoConfig:
     clip_low: float = 0.2  # PPO lower clip epsilon
     clip_high: float = 0.2  # PPO upper clip epsilon (> clip_low: clip-higher, DAPO's 0.28)
@@ -200,6 +216,7 @@ class AlgoConfig:
     # (rpt.model.shared_prefix; same numbers to float rounding, ~(G-1)/G of the prompt compute saved)
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)  # Critique-GRPO (algo=critique_grpo)
     sdpo: SelfDistillConfig = field(default_factory=SelfDistillConfig)  # SDPO self-distillation (algo=sdpo)
+    rlp: RLPConfig = field(default_factory=RLPConfig)  # RLP information-gain reward (algo=rlp)
 
     def __post_init__(self):
         from rpt.algo.advantages import ADVANTAGES
@@ -207,6 +224,8 @@ class AlgoConfig:
 
         if self.critique.enabled and self.sdpo.enabled:
             raise ValueError("algo.critique and algo.sdpo are separate algorithms: enable one")
+        if self.rlp.enabled and (self.critique.enabled or self.sdpo.enabled):
+            raise ValueError("algo.rlp is a separate algorithm from algo.critique and algo.sdpo: enable one")
         if self.tis_cap and self.critique.enabled:
             raise ValueError("algo.tis_cap cannot run with algo.critique: refinements are sampled under the critique "
                              "prompt, so their sampler log-probs do not measure the sampler-trainer gap; set one off")

@@ -256,6 +256,30 @@ def test_eval_without_sampled_next_token_rows(reference_run, tmp_path):
     assert set(before) - set(after) == {"reasoning_avg@2"} and after["reasoning_greedy"] == before["reasoning_greedy"]
 
 
+def test_rlp_trains_the_rpt_stage_and_its_ema_baseline_survives_a_restart(reference_run, tmp_path):
+    """`rpt rpt algo=rlp` on the smoke run: finite information-gain rewards every step, the EMA baseline in every
+    checkpoint, and a restart from the step-1 checkpoint (as if killed after it; a new process) reproduces step 2's
+    row exactly, its EMA-dependent values included (tests/test_rlp.py has the formula and in-process tests)."""
+    import math
+    import shutil
+
+    import torch
+
+    run = tmp_path / "rlp"
+    shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns("wandb"))
+    words = ("rpt", "force=true", "algo=rlp", "rpt.steps=2", "algo.rlp.ema_rate=0.5", "rpt.eval_every=0")
+    run_command(rpt_cmd(tmp_path, "rlp", *words), cwd=tmp_path)
+    rows = stage_rows(run, "rpt")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r[k]) for r in rows for k in ("rlp_gain_mean", "rlp_logp_ema", "loss"))
+    step1 = run / "checkpoints" / "rpt" / "step_000001"
+    assert torch.load(step1 / "state.pt", weights_only=False)["extra_models"] == ["rlp_ema"]
+    (run / "checkpoints" / "rpt" / "latest").write_text("step_000001")
+    (run / "done" / "rpt.json").unlink()
+    run_command(rpt_cmd(tmp_path, "rlp", "rpt", *words[2:]), cwd=tmp_path)
+    assert stage_rows(run, "rpt") == rows
+
+
 def test_resumed_pretrain_keeps_every_metrics_row(tmp_path):
     """A pretrain resumed from the step-3 checkpoint logs steps 4-6 again and keeps rows 1-3: the same rows, with
     the same values, as the uninterrupted run (the step-3 row used to be dropped)."""

@@ -15,6 +15,7 @@ from rpt.distributed import gather_objects
 from rpt.model.footprint import model_vocab
 from rpt.model.loading import checkpoint_dir, load_eval_model
 from rpt.rollout.engine import SamplingParams, generate
+from rpt.train.info_gain import InformationGain
 from rpt.train.loop import LoopSpec, run_loop
 from rpt.train.mismatch import MismatchWatch
 from rpt.train.no_answer import NoAnswerWatch
@@ -37,8 +38,8 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
     init_model = ref_model
     if init_model is None and cfg.analysis.overlap_every:
         init_model = load_eval_model(cfg.model, rt, rd, init_source, vocab)
-    teacher_init = None  # SDPO's EMA / mixed teacher starts from the stage's initial weights
-    if cfg.algo.sdpo.enabled and cfg.algo.sdpo.teacher != "current":
+    teacher_init = None  # SDPO's EMA / mixed teacher and RLP's EMA baseline start from the stage's initial weights
+    if (cfg.algo.sdpo.enabled and cfg.algo.sdpo.teacher != "current") or cfg.algo.rlp.enabled:
         teacher_init = load_eval_model(cfg.model, rt, rd, init_source, vocab)
     run = make_setup(cfg, rt, trainable, task, loop_cfg, ref_model, init_model, validator, teacher_init)
     if cfg.analysis.mine_grams:  # from the initial policy, also when resuming
@@ -52,7 +53,8 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         metrics, cursor = rl_step(run, step, state["cursor"])
-        watch.observe(metrics["no_answer_share"])
+        if not cfg.algo.rlp.enabled:  # RLP scores the true token after any thought: no answer is needed
+            watch.observe(metrics["no_answer_share"])
         if metrics.get("token_mult_prob_error") is not None:
             mismatch.observe(step + 1, metrics["token_mult_prob_error"])
         return metrics, {"cursor": cursor}
@@ -83,7 +85,8 @@ def mine_grams(run: RLSetup, model, prompts: int) -> list[str]:
 def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, ref_model=None,
                init_model=None, validator=None, teacher_init=None) -> RLSetup:
     """The ``RLSetup`` of a ``RootConfig`` (its rollout, algo, analysis and logging sections) for one RL loop;
-    ``teacher_init``: the initial weights of SDPO's EMA / mixed teacher (None: a copy of the trainable's)."""
+    ``teacher_init``: the initial weights of SDPO's EMA / mixed teacher or RLP's EMA baseline (None: a copy of the
+    trainable's)."""
     sampling, algo, G = SamplingParams.from_rollout(cfg.rollout, task.tokenizer), cfg.algo, cfg.rollout.group_size
     feedback = []
     if algo.critique.enabled:
@@ -91,6 +94,9 @@ def make_setup(cfg: RootConfig, rt, trainable, task, loop_cfg: TrainLoopConfig, 
     if algo.sdpo.enabled:
         feedback.append(SelfDistiller(algo.sdpo, task, trainable, G, teacher_init, cfg.model, rt.dtype,
                                       algo.share_prompt))
+    if algo.rlp.enabled:
+        feedback.append(InformationGain(algo.rlp, task, trainable, G, teacher_init, cfg.model,
+                                        loop_cfg.micro_batch_size))
     return RLSetup(trainable, task, cfg.rollout, algo, loop_cfg, cfg.analysis, sampling, rt, cfg.run.seed, ref_model,
                    init_model, cfg.logging, validator, feedback=tuple(feedback))
 
