@@ -38,7 +38,7 @@ from rpt import config as config_schema
 from rpt import run_memory
 from rpt.errors import Refusal
 from rpt.log_setup import quiet_third_party
-from rpt.refusal import preflight
+from rpt.refusal import check_reward, preflight
 
 log = logging.getLogger("rpt")
 
@@ -129,6 +129,7 @@ def main_from_config(composed: DictConfig) -> None:
 
             adopt_checkpoint_shape(recalled, rd.path)
         cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
+        check_reward(cfg)  # the user's reward function, imported once per process, before torch
         quiet_third_party(cfg.run.log_level)
         for name in cfg.stages:
             if name not in STAGES:

@@ -305,6 +305,25 @@ class RLTaskConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Rewards users bring (rpt/reward/custom.py): package.module:function (on PYTHONPATH) or
+    /path/to/file.py:function, called as f(response_text, item, tokenizer) -> float, or a dict with `score` and extra
+    numbers (logged as reward/<name>); the function's score is the whole reward. None: the task's own verifier."""
+
+    fn: str | None = None  # scores the downstream tasks (rl_task: the `rl` stage, eval's downstream questions)
+    next_token_fn: str | None = None  # scores RPT's next-token task (the `rpt` stage and its validation, eval's
+    # reasoning-first next-token rows) instead of the prefix reward
+
+    def __post_init__(self):
+        from rpt.reward.custom import split_spec
+
+        for name in ("fn", "next_token_fn"):
+            if getattr(self, name) is not None:
+                split_spec(getattr(self, name), f"reward.{name}")  # the form only: the import waits for a stage
+                # that scores with it (rpt.refusal.check_reward)
+
+
+@dataclass
 class EvalConfig:
     max_positions: int | None = 300  # test positions evaluated (a seeded sample; null: every test position)
     samples: int = 4  # samples per position for the averaged accuracy (besides greedy)
@@ -430,6 +449,7 @@ class RootConfig:
                                                                         min_lr=5e-5))
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl_task: RLTaskConfig = field(default_factory=RLTaskConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
@@ -439,6 +459,10 @@ class RootConfig:
 
     def __post_init__(self):
         _one_of("rl_task", "source", self.rl_task.source, ("reasoning_gym", "dataset"))
+        if self.reward.next_token_fn and self.rollout.format_reward:
+            raise ValueError(f"reward.next_token_fn={self.reward.next_token_fn} is the whole reward, so "
+                             f"rollout.format_reward={self.rollout.format_reward} would be ignored: set "
+                             f"rollout.format_reward=0 (give the bonus in your function)")
         self.select.overlap(self.data.seq_length)  # the scoring windows' overlap fits in a window
         for section in ("rpt", "rl"):
             getattr(self, section).check(section)

@@ -76,9 +76,20 @@ def preflight(stage: str, overrides: list[str], multirun: bool, conf_dir: str, s
         schema.RunConfig(name=composed.run.name)
     except (HydraException, OmegaConfBaseException):
         return
-    schema.load(composed)  # the schema's own checks (a recalled run is checked again with its saved overrides)
+    check_reward(schema.load(composed))  # the schema's own checks (a recalled run is checked again with its saved
+    # overrides)
     run_dir = Path(composed.run.root) / composed.run.name
     aggregate = stage == "report" and composed.report.get("runs")  # a report over other runs makes its own
     if stage not in starts_a_run and not aggregate and not run_dir.is_dir():
         raise Refusal(f"there is no run {str(run_dir)!r} for `rpt {stage}`: check run.name and run.root, or start "
                       f"the run with `rpt pipeline` (or `rpt prep`, `rpt hf_import`)")
+
+
+def check_reward(cfg) -> None:
+    """Import and check ``reward.fn`` / ``reward.next_token_fn`` (once per process) when this call runs a stage
+    that scores with it, so a function that does not import or cannot take ``(response_text, item, tokenizer)``
+    is refused before any work (``rpt.reward.custom``)."""
+    from rpt.reward.custom import load, used_by
+
+    for key, spec in used_by(cfg.reward, cfg.stages if cfg.stage == "pipeline" else [cfg.stage]):
+        load(spec, key)

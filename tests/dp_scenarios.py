@@ -8,6 +8,7 @@ Each rank checks its own assertions; any failure (or a hang, caught by the calle
   ranks end with the same weights.
 - ``cov_masks``: the token covariance and the Cov / forking choices over a batch split across the two ranks equal
   those computed over the whole batch in one process.
+- ``reward_metrics``: a user's reward whose extra metric names differ between the ranks is logged alike on both.
 - ``distributed_optimizer <dir>``: megatron's distributed optimizer shards Adam's state over the two ranks, trains
   exactly like the plain optimizer, and a run checkpointed after 2 steps and resumed equals 4 uninterrupted steps.
 """
@@ -170,12 +171,44 @@ def distributed_optimizer(rt, tokenizer_file: str) -> None:
         assert torch.equal(a, b), float((a - b).abs().max())
 
 
+def rank_reward(response_text, item, tokenizer):
+    """A user's reward (``reward_metrics`` loads it from this file) whose extra numbers differ by rank."""
+    import torch.distributed as dist
+
+    return {"score": 1.0, "seen": float(item), "on_rank_0": 1.0} if dist.get_rank() == 0 else {"score": 0.0,
+                                                                                             "seen": float(item)}
+
+
+def reward_metrics(rt, tokenizer_path):
+    """A user's reward whose extra metric names differ between the ranks (``on_rank_0`` only on rank 0, and rank 1
+    scores three responses to rank 0's one): both ranks take the same collectives and log the same whole-batch
+    means."""
+    from rpt.distributed import gather_objects
+    from rpt.reward.custom import reward_metrics, take_metrics, with_reward
+    from rpt.tasks.base import Task
+
+    class Numbers(Task):
+        def prompt_ids(self, item):
+            return []
+
+        def reward(self, item, response_text):
+            return 0.0
+
+    task = with_reward(Numbers([1, 2, 3, 4], None), f"{Path(__file__).resolve()}:rank_reward")
+    mine = [1] if rt.dp_rank == 0 else [2, 3, 4]
+    assert [task.reward(item, "") for item in mine] == [1.0 - rt.dp_rank] * len(mine)
+    metrics = reward_metrics(task, take_metrics(task))
+    assert metrics == {"reward/on_rank_0": 1.0, "reward/seen": 2.5}, metrics
+    assert gather_objects(metrics) == [metrics, metrics]
+
+
 if __name__ == "__main__":
     scenario, tokenizer_path = sys.argv[1], sys.argv[2]
     runtime = _init()
     try:
         {"dynamic_sampling": dynamic_sampling, "cov_masks": cov_masks,
-         "distributed_optimizer": distributed_optimizer}[scenario](runtime, tokenizer_path)
+         "distributed_optimizer": distributed_optimizer, "reward_metrics": reward_metrics}[scenario](runtime,
+                                                                                                   tokenizer_path)
     finally:
         from rpt import runtime as rt_mod
 

@@ -39,6 +39,7 @@ from rpt.eval.scaling_curve import scaling_curve
 from rpt.model.loading import load_eval_model
 from rpt.positions import CORPUS, Positions
 from rpt.reward.answer import AnswerFormat
+from rpt.reward.custom import with_reward
 from rpt.rollout.engine import SamplingParams
 from rpt.rundir import write_json
 from rpt.tasks.downstream import build_downstream_task
@@ -79,7 +80,8 @@ def likelihood_by_bucket(items, logps, thresholds) -> dict:
 
 def test_positions(cfg, rd, tok) -> tuple[NextTokenTask, list]:
     """The test split's positions (``eval.max_positions`` of them, a seeded sample, or all when null)."""
-    nt_task = NextTokenTask.from_rollout(Positions.of_run(rd, "test"), tok, cfg.rollout)
+    nt_task = with_reward(NextTokenTask.from_rollout(Positions.of_run(rd, "test"), tok, cfg.rollout),
+                          cfg.reward.next_token_fn, "reward.next_token_fn")
     order = range(len(nt_task)) if cfg.eval.max_positions is None else \
         sorted(np.random.default_rng(cfg.run.seed).permutation(len(nt_task))[:cfg.eval.max_positions].tolist())
     return nt_task, [nt_task.items[i] for i in order]
@@ -116,8 +118,8 @@ def run(ctx) -> dict:
     if rd.is_done("rpt") and cfg.rpt.keep_steps:
         final = scores.get("rpt", {}).get("reasoning_greedy")
         scaling = scaling_curve(cfg, rt, rd, nt_task, items, greedy, tok.vocab_size, final)
-    test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template,
-                                 AnswerFormat.of(cfg.rollout))
+    test = with_reward(build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template,
+                                             AnswerFormat.of(cfg.rollout)), cfg.reward.fn)
     test_items = test.items
     downstream, diversity = {}, {}  # diversity: of each question's k samples, averaged over questions
     sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt"), ("sft", "sft")]

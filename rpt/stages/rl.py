@@ -13,6 +13,7 @@ from rpt.errors import MissingInput
 from rpt.eval.validation import Validator
 from rpt.model.loading import checkpoint_dir
 from rpt.reward.answer import AnswerFormat
+from rpt.reward.custom import with_reward
 from rpt.rollout.engine import SamplingParams
 from rpt.stages.rl_training import train
 from rpt.tasks.downstream import build_downstream_task
@@ -43,12 +44,12 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     check_starts(cfg.rl_task.train_on, ctx.rd)
     tok = Tokenizer.from_run(ctx.rd)
-    task = build_downstream_task(cfg.rl_task, tok, "train", cfg.run.seed, cfg.rollout.chat_template,
-                                 AnswerFormat.of(cfg.rollout))
+    task = with_reward(build_downstream_task(cfg.rl_task, tok, "train", cfg.run.seed, cfg.rollout.chat_template,
+                                             AnswerFormat.of(cfg.rollout)), cfg.reward.fn)
     validator = None
     if cfg.rl.eval_every:
-        test = build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template,
-                                     AnswerFormat.of(cfg.rollout))
+        test = with_reward(build_downstream_task(cfg.rl_task, tok, "test", cfg.run.seed, cfg.rollout.chat_template,
+                                                 AnswerFormat.of(cfg.rollout)), cfg.reward.fn)
         sampling = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=cfg.eval.max_new_tokens)
         validator = Validator(test, cfg.rl.eval_size, sampling, cfg.run.seed, ctx.rt)
     summary = {}

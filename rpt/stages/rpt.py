@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from rpt.eval.validation import Validator
 from rpt.positions import Positions
+from rpt.reward.custom import with_reward
 from rpt.rollout.engine import SamplingParams
 from rpt.stages.rl_training import train
 from rpt.tasks.next_token import NextTokenTask
@@ -16,10 +17,13 @@ def run(ctx) -> dict:
     cfg, rd = ctx.cfg, ctx.rd
     rd.require("select")
     tok = Tokenizer.from_run(rd)
-    task = NextTokenTask.from_rollout(Positions.of_run(rd, "train"), tok, cfg.rollout, cfg.rollout.format_reward)
+    reward = cfg.reward.next_token_fn  # a user's reward instead of the prefix reward (rpt/reward/custom.py)
+    task = with_reward(NextTokenTask.from_rollout(Positions.of_run(rd, "train"), tok, cfg.rollout,
+                                                  cfg.rollout.format_reward), reward, "reward.next_token_fn")
     validator = None
     if cfg.rpt.eval_every:
-        validation = NextTokenTask.from_rollout(Positions.of_run(rd, "validation"), tok, cfg.rollout)
+        validation = with_reward(NextTokenTask.from_rollout(Positions.of_run(rd, "validation"), tok, cfg.rollout),
+                                 reward, "reward.next_token_fn")
         sampling = SamplingParams.from_rollout(cfg.rollout, tok, max_new_tokens=cfg.eval.max_new_tokens)
         validator = Validator(validation, cfg.rpt.eval_size, sampling, cfg.run.seed, ctx.rt,
                               cfg.select.difficulty_thresholds)

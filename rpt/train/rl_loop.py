@@ -24,6 +24,7 @@ from rpt.algo.advantages import all_equal_groups, compute_advantages
 from rpt.analysis.planning import planning_token_mask
 from rpt.config import AlgoConfig, AnalysisConfig, RolloutConfig, TrainLoopConfig
 from rpt.distributed import dp_max, dp_mean_of, dp_sum
+from rpt.reward.custom import reward_metrics, take_metrics
 from rpt.rollout.engine import Rollouts, SamplingParams, generate
 from rpt.train.feedback import FeedbackAlgorithm, first_of
 from rpt.train.phase_timer import PhaseTimer
@@ -114,6 +115,7 @@ def collect(run: RLSetup, step: int, cursor: int, timer: PhaseTimer | None = Non
     kept, kept_rewards, kept_items, kept_texts, kept_answers, answered = [], [], [], [], [], []
     sampled, truncated, all_equal, groups_seen, n_kept = [], [], 0, 0, 0
     kept_refined = []
+    extras: dict[str, list[float]] = {}  # a user's reward's extra metrics (rpt/reward/custom.py)
     for refill in range(algo.max_refills + 1 if dynamic else 1):
         items = run.task.items_for_step(cursor, per_rank * rt.dp_size, run.seed)[rt.dp_rank::rt.dp_size]
         cursor += 1
@@ -123,7 +125,9 @@ def collect(run: RLSetup, step: int, cursor: int, timer: PhaseTimer | None = Non
                           step_seed(run.seed, step, refill, rt.dp_rank), rt.device)
         with timer.phase("reward"):
             texts = [tok.decode(drawn.response_ids(i)) for i in range(len(prompts))]
+            take_metrics(run.task)  # (scoring outside this draw, e.g. validation or refinement, is not its metrics)
             rewards = torch.tensor([run.task.reward(items[i // G], text) for i, text in enumerate(texts)])
+            take_metrics(run.task, into=extras)
         sampled.append(rewards)
         truncated.append(drawn.truncated.cpu())
         refined = torch.zeros(len(texts), dtype=torch.bool)
@@ -158,7 +162,8 @@ def collect(run: RLSetup, step: int, cursor: int, timer: PhaseTimer | None = Non
              "reward_std": max(dp_mean_of(sampled.double() ** 2) - mean**2, 0.0) ** 0.5,
              "accuracy": dp_mean_of(run.task.is_correct(sampled).float()),
              "truncated_share": dp_mean_of(torch.cat(truncated).float()),
-             "no_answer_share": 1.0 - dp_mean_of(torch.tensor(answered, dtype=torch.float32))}
+             "no_answer_share": 1.0 - dp_mean_of(torch.tensor(answered, dtype=torch.float32)),
+             **reward_metrics(run.task, extras)}
     return Collected(rollouts, rewards, kept_items[:per_rank], kept_texts[:per_rank * G],
                      kept_answers[:per_rank * G], stats, cursor, torch.cat(kept_refined)[:per_rank * G])
 
