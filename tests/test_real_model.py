@@ -48,8 +48,9 @@ def test_the_readme_real_model_lines_run_and_the_export_loads_in_transformers_an
     run = tmp_path / "runs" / "smol"
     config = (run / "config.yaml").read_text()
     assert "name: SmolLM2-135M-Instruct" in config and "max_position_embeddings: 8192" in config
-    rows = [json.loads(line) for path in sorted((run / "rollouts" / "rpt").glob("step_*.jsonl")) for line in path.open()]
-    assert rows and all(r["context"].startswith("<|im_start|>") for r in rows)  # the chat frame, as the model saw it
+    dumps = sorted((run / "rollouts" / "rpt").glob("step_*.jsonl"))
+    rows = [json.loads(line) for path in dumps for line in path.open()]
+    assert rows and all(r["context"].startswith("Text: The cat sat on the") for r in rows)  # the prompt, whole head
     exported = run / "hf" / "rpt"
     assert json.loads((exported / "config.json").read_text())["max_position_embeddings"] == 8192
     model = transformers.AutoModelForCausalLM.from_pretrained(exported)
