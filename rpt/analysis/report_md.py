@@ -14,6 +14,7 @@ from rpt.analysis.samples import samples_section
 from rpt.analysis.scaling import full_test_section
 from rpt.analysis.training_curves import rl_stage_section
 from rpt.config import RootConfig
+from rpt.reward.answer import AnswerFormat
 from rpt.rundir import read_json, write_text
 
 BUCKETS = ("easy", "medium", "hard")
@@ -183,6 +184,7 @@ def build_report(cfg: RootConfig, rd) -> Path:
     samples = samples_section(rd.path / "rollouts", stages, cfg.report.samples_per_kind, cfg.report.sample_chars)
     warn = warnings_section(rd)  # at the top: a stage that could not learn must not read as a result
     ds_from = f" from step {cfg.algo.dynamic_sampling_from_step}" if cfg.algo.dynamic_sampling_from_step else ""
+    answer_rule = AnswerFormat.of(cfg.rollout).describe().replace("\\boxed{}", "`\\boxed{…}`")
     text = f"""# RPT run `{rd.path.name}`
 
 {warn}Model `{cfg.model.name}` ({cfg.model.num_layers} layers, width {cfg.model.hidden_size}); corpus
@@ -200,8 +202,8 @@ optimizer step(s) per rollout.
 nested (a "hard" position is also "medium" and "easy"). `hf` = the imported base model (`hf_import`), `base` = the
 base pretrained in this run. "direct" = greedy next token with no reasoning, over the whole vocabulary;
 "direct_corpus" = the same over the tokens the corpus holds (format tokens such as `<think>` excluded);
-"reasoning" = the model writes `<think> … </think> \\boxed{{…}}` first and the box is scored with the
-prefix-matching reward. Cells: accuracy [95% interval] (n). The intervals treat positions as independent, which
+"reasoning" = the model reasons first and states {answer_rule}, scored with the prefix-matching
+reward. Cells: accuracy [95% interval] (n). The intervals treat positions as independent, which
 they are not (they cluster by document); compare seeds with the aggregate report's paired intervals.
 {AVG_AT_K_NOTE}
 
