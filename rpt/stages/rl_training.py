@@ -14,6 +14,7 @@ from rpt.config import RootConfig, TrainLoopConfig
 from rpt.distributed import gather_objects
 from rpt.model.footprint import model_vocab
 from rpt.model.loading import checkpoint_dir, load_eval_model
+from rpt.reward.custom import CustomReward
 from rpt.rollout.engine import SamplingParams, generate
 from rpt.train.info_gain import InformationGain
 from rpt.train.loop import LoopSpec, run_loop
@@ -49,11 +50,13 @@ def train(ctx, task, stage_name: str, init_source: str, loop_cfg: TrainLoopConfi
                  len(run.grams), run.grams[:20])
 
     watch = NoAnswerWatch(stage_name, cfg.rollout, loop_cfg.steps)
+    # RLP scores the true token after any thought, a user's reward reads what it likes: neither needs a box
+    answer_needed = not cfg.algo.rlp.enabled and not isinstance(task.reward, CustomReward)
     mismatch = MismatchWatch(stage_name, cfg.rollout)
 
     def step_fn(step: int, state: dict) -> tuple[dict, dict]:
         metrics, cursor = rl_step(run, step, state["cursor"])
-        if not cfg.algo.rlp.enabled:  # RLP scores the true token after any thought: no answer is needed
+        if answer_needed:
             watch.observe(metrics["no_answer_share"])
         if metrics.get("token_mult_prob_error") is not None:
             mismatch.observe(step + 1, metrics["token_mult_prob_error"])
