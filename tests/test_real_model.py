@@ -28,7 +28,6 @@ README_LINES = [
     "rpt hf_import experiment=smollm2_cpu run.name=smol hf.path=$GGUF",
     "rpt pipeline run.name=smol data.source=corpus/stdlib.jsonl",
     "rpt hf_export run.name=smol hf.source=rpt",
-    "make test-real",
 ]
 SHORT = ["data.max_docs=6", "rpt.steps=2", "rpt.checkpoint_every=2", "eval.max_positions=4", "rl_task.test_size=2",
          "logging=disabled"]  # seconds instead of the documented run's minutes
