@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.environ.get("RPT_TEST_REAL") != "1", reason="opt-in tier: make test-real")
+opt_in = pytest.mark.skipif(os.environ.get("RPT_TEST_REAL") != "1", reason="opt-in tier: make test-real")
 
 # The README's "A real model on a laptop" lines (tests/test_readme_coverage.py checks the README shows them).
 README_LINES = [
@@ -33,6 +33,7 @@ SHORT = ["data.max_docs=6", "rpt.steps=2", "rpt.checkpoint_every=2", "eval.max_p
          "logging=disabled"]  # seconds instead of the documented run's minutes
 
 
+@opt_in
 def test_the_readme_real_model_lines_run_and_the_export_loads_in_transformers_and_vllm(tmp_path):
     transformers = pytest.importorskip("transformers")
     import torch
