@@ -134,3 +134,33 @@ def policy_weights(run):
     return [p.detach().clone() for p in run.trainable.model.module.parameters()]
 
 
+def assert_extra_model_resumes_exactly(make_run, extra_model, keys, tmp_path) -> None:
+    """Two RL steps uninterrupted equal one step, a checkpoint, a fresh setup (``make_run()``) whose extra model
+    (``extra_model(run)``: SDPO's EMA teacher, RLP's EMA baseline) is scrambled, loading it, and one more step: the
+    metrics ``keys``, the policy and the extra model all equal, so the extra model is part of the checkpoint."""
+    import torch
+
+    from rpt import checkpoint
+    from rpt.train.rl_loop import rl_step
+
+    whole, rows, cursor = make_run(), [], 0
+    for step in range(2):
+        m, cursor = rl_step(whole, step, cursor)
+        rows.append(m)
+    first = make_run()
+    _, cursor = rl_step(first, 0, 0)
+    step_dir = checkpoint.save(tmp_path, 1, first.trainable, {"loop_state": {"cursor": cursor}})
+    resumed = make_run()
+    torch.manual_seed(99)  # only the checkpoint may restore the extra model
+    for p in extra_model(resumed).parameters():
+        p.data.normal_()
+    state = checkpoint.load(step_dir, resumed.trainable)
+    m, _ = rl_step(resumed, 1, state["extra"]["loop_state"]["cursor"])
+    for key in keys:
+        assert m[key] == rows[1][key], key
+    for a, b in zip(policy_weights(resumed), policy_weights(whole), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(extra_model(resumed).parameters(), extra_model(whole).parameters(), strict=True):
+        assert torch.equal(a, b)
+
+

@@ -14,14 +14,13 @@ import math
 import pytest
 import torch
 
-from rpt import checkpoint
 from rpt.model.forward import full_logits
 from rpt.rollout.rollouts import Rollouts
 from rpt.tasks.next_token import NextTokenTask
 from rpt.train.info_gain import InformationGain
 from rpt.train.rl_loop import collect, rl_step
 from rpt.train.rl_update import build_batch
-from tests.helpers import policy_weights, rl_cfg, rl_setup
+from tests.helpers import assert_extra_model_resumes_exactly, policy_weights, rl_cfg, rl_setup
 
 FAST = ["rpt.lr=0.01", "rpt.min_lr=0.01", "rpt.warmup_steps=0"]
 
@@ -132,28 +131,9 @@ def test_ema_baseline_resumes_exactly(tmp_path, runtime, tokenizer):
     """Two steps uninterrupted equal one step, a checkpoint, a fresh setup (its EMA scrambled) loading it, and one
     more step: the EMA baseline, which sets step 2's rewards, is part of the checkpoint."""
     extra = [*FAST, "algo.rlp.ema_rate=0.5"]
-    whole = rlp_setup(runtime, tokenizer, extra)
-    rows, cursor = [], 0
-    for step in range(2):
-        m, cursor = rl_step(whole, step, cursor)
-        rows.append(m)
-
-    first = rlp_setup(runtime, tokenizer, extra)
-    _, cursor = rl_step(first, 0, 0)
-    step_dir = checkpoint.save(tmp_path, 1, first.trainable, {"loop_state": {"cursor": cursor}})
-    resumed = rlp_setup(runtime, tokenizer, extra)
-    torch.manual_seed(99)  # only the checkpoint may restore the baseline
-    for p in resumed.feedback_of(InformationGain).ema.parameters():
-        p.data.normal_()
-    state = checkpoint.load(step_dir, resumed.trainable)
-    m, _ = rl_step(resumed, 1, state["extra"]["loop_state"]["cursor"])
-    for key in ("loss", "grad_norm", "rlp_gain_mean", "rlp_logp_ema", "entropy"):
-        assert m[key] == rows[1][key], key
-    for a, b in zip(policy_weights(resumed), policy_weights(whole), strict=True):
-        assert torch.equal(a, b)
-    emas = (run.feedback_of(InformationGain).ema for run in (resumed, whole))
-    for a, b in zip(*(e.parameters() for e in emas), strict=True):
-        assert torch.equal(a, b)
+    assert_extra_model_resumes_exactly(lambda: rlp_setup(runtime, tokenizer, extra),
+                                       lambda run: run.feedback_of(InformationGain).ema,
+                                       ("loss", "grad_norm", "rlp_gain_mean", "rlp_logp_ema", "entropy"), tmp_path)
 
 
 def test_the_ema_is_kept_in_float32(runtime, tokenizer):

@@ -8,13 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rpt import checkpoint
 from rpt.algo.sdpo import full_divergence, topk_tail_divergence
 from rpt.model.forward import full_logits
 from rpt.train.rl_loop import collect, rl_step
 from rpt.train.rl_update import build_batch
 from rpt.train.self_distill import SelfDistiller, TeacherTargets
-from tests.helpers import DigitTask, policy_weights, rl_cfg, rl_setup
+from tests.helpers import DigitTask, assert_extra_model_resumes_exactly, policy_weights, rl_cfg, rl_setup
 
 
 @pytest.mark.parametrize("kind", ["kl", "js"])
@@ -146,28 +145,9 @@ def test_ema_teacher_resumes_exactly(tmp_path, runtime, tokenizer):
     the EMA teacher (which drives step 2's loss) is part of the checkpoint."""
     overrides = ["algo=sdpo", "algo.sdpo.teacher=ema", "algo.sdpo.teacher_rate=0.5", "rpt.lr=0.01",
                  "rpt.min_lr=0.01", "rpt.warmup_steps=0"]
-    whole = rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
-    rows, cursor = [], 0
-    for step in range(2):
-        m, cursor = rl_step(whole, step, cursor)
-        rows.append(m)
-
-    first = rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
-    _, cursor = rl_step(first, 0, 0)
-    step_dir = checkpoint.save(tmp_path, 1, first.trainable, {"loop_state": {"cursor": cursor}})
-    resumed = rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer))
-    torch.manual_seed(99)  # scramble the fresh teacher: only the checkpoint may restore it
-    for p in resumed.feedback_of(SelfDistiller).teacher.parameters():
-        p.data.normal_()
-    state = checkpoint.load(step_dir, resumed.trainable)
-    m, _ = rl_step(resumed, 1, state["extra"]["loop_state"]["cursor"])
-    for key in ("loss", "grad_norm", "reward_mean", "sdpo_credit_mean", "entropy"):
-        assert m[key] == rows[1][key], key
-    for a, b in zip(policy_weights(resumed), policy_weights(whole), strict=True):
-        assert torch.equal(a, b)
-    teachers = (run.feedback_of(SelfDistiller).teacher for run in (resumed, whole))
-    for a, b in zip(*(t.parameters() for t in teachers), strict=True):
-        assert torch.equal(a, b)
+    assert_extra_model_resumes_exactly(lambda: rl_setup(rl_cfg(overrides), runtime, tokenizer, DigitTask(tokenizer)),
+                                       lambda run: run.feedback_of(SelfDistiller).teacher,
+                                       ("loss", "grad_norm", "reward_mean", "sdpo_credit_mean", "entropy"), tmp_path)
 
 
 def test_bad_sdpo_settings_are_refused():
