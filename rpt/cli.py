@@ -64,6 +64,10 @@ def refusing(kinds: tuple[type[BaseException], ...], debug: bool) -> Iterator[No
         logging.shutdown()
         message = " ".join(str(err).split("\n")) if str(err).count("\n") < 2 else str(err)
         print(f"rpt: {message}", file=sys.stderr)
+        from rpt.train import submitit_job
+
+        if submitit_job.active():  # a sweep point: an exception Hydra records as its failure, so the sweep ends
+            raise RuntimeError(f"rpt: {message}") from None  # (a SystemExit leaves submitit no result: it waits)
         sys.exit(EXIT_REFUSED)
 
 
@@ -117,6 +121,10 @@ def given_overrides() -> list[str]:
 def main_from_config(composed: DictConfig) -> None:
     from rpt import force
     from rpt.rundir import RunDir
+    from rpt.train import preemption, submitit_job
+
+    if submitit_job.active():  # a sweep point: rpt's handlers replace submitit's before anything slow is imported
+        preemption.install()
 
     debug = str(composed.run.log_level).upper() == "DEBUG"
     with refusing((ValueError,), debug):  # any mistake found while reading the config: one line, nothing done
@@ -179,6 +187,12 @@ def _run(cfg, rd, remembers: bool, recalled, forced: set[str]) -> None:
         if remembers and rt.is_main:
             force.finished(rd)
     except preemption.Preempted as stop:
+        from rpt.train import submitit_job
+
+        if submitit_job.active():  # a sweep point of hydra/launcher=rpt_slurm: requeue it here, or fail it plainly
+            log.warning("stage %s checkpointed at step %d on %s; requeueing the submitit job", stop.stage, stop.step,
+                        stop.reason)
+            submitit_job.requeue(stop, rt.is_main, preemption.timed_out(stop))  # NotRequeued: the sweep learns it
         log.warning("stage %s checkpointed at step %d on %s; exiting with %d for requeue "
                     "(re-run the same command to resume)", stop.stage, stop.step, stop.reason,
                     preemption.EXIT_REQUEUE)

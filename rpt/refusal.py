@@ -68,7 +68,10 @@ def preflight(stage: str, overrides: list[str], multirun: bool, conf_dir: str, s
 
     check_overrides(overrides, conf_dir)
     if multirun:
-        check_distinct(overrides, conf_dir)  # also refuses a job whose run.name is not one directory
+        try:
+            check_distinct(overrides, conf_dir)  # also refuses a job whose run.name is not one directory
+        except (HydraException, OmegaConfBaseException):  # a misspelled key: Hydra says so, before any submission
+            return
         return
     try:
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):

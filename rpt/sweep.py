@@ -54,10 +54,23 @@ def job_run_dirs(overrides: list[str], config_dir: str, config_name: str = "conf
                 cfg = _compose(job, config_name)
                 HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.choices.<group>} for this job
                 RunConfig(name=cfg.run.name)  # refuses a name that is not one directory, before Hydra makes it
+                _check_schema(cfg)  # a value the schema refuses: here, not in the job after its queue wait
                 found.append((Path(cfg.run.root) / cfg.run.name, job))
         finally:
             HydraConfig.instance().cfg = None
         return found
+
+
+def _check_schema(cfg) -> None:
+    """The schema's checks on one job's config (ValueError naming the value), as a single run's preflight does."""
+    from omegaconf import open_dict
+
+    from rpt.config import load
+
+    app = cfg.copy()
+    with open_dict(app):
+        del app["hydra"]
+    load(app)
 
 
 def _swept_keys(jobs: list[list[str]]) -> list[str]:

@@ -446,3 +446,110 @@ def test_rank_layout_of_an_srun_task():
     assert slurm_rank_env(batch_shell) == {}
     with pytest.raises(RuntimeError, match="MASTER_ADDR"):  # several tasks that could never meet
         slurm_rank_env({k: v for k, v in task.items() if not k.startswith("MASTER")})
+
+
+# hydra/launcher=rpt_slurm (submitit): what a task of such a job does on a signal, with submitit's own handlers bound
+# first as submitit.core._submit binds them, and the stand-in scontrol (no Slurm needed; tests/test_slurm_real.py
+# runs the whole sweep on a real one)
+SUBMITIT_TASK = '''
+import os, signal, sys
+from submitit import JobEnvironment
+from submitit.core.utils import DelayedSubmission
+
+class Task:  # checkpointable, as hydra-submitit's launcher is
+    def __call__(self):
+        return 0
+    def checkpoint(self):
+        return DelayedSubmission(self)
+
+env = JobEnvironment()
+delayed = DelayedSubmission(Task())
+delayed.set_timeout(10, int(sys.argv[1]))
+delayed.dump(env.paths.submitted_pickle)
+env._handle_signals(env.paths, delayed)
+from rpt.train import preemption, submitit_job
+preemption.install()
+os.kill(os.getpid(), signal.SIGUSR2)
+os.kill(os.getpid(), signal.SIGUSR2)  # twice: this re-entered submitit's handler (AssertionError mid-step)
+print("flag", preemption._requested, preemption._received)
+stop = preemption.Preempted("pretrain", 7)
+try:
+    submitit_job.requeue(stop, is_main=True, timed_out=preemption.timed_out(stop))
+except submitit_job.NotRequeued as err:
+    print("not requeued:", err)
+print("countdown", DelayedSubmission.load(env.paths.submitted_pickle)._timeout_countdown)
+'''
+
+
+def submitit_task(tmp_path: Path, countdown: int, **extra) -> tuple[subprocess.CompletedProcess, list[str]]:
+    home = write_stand_ins(tmp_path)
+    folder = home / "submitit" / JOB_ID
+    folder.mkdir(parents=True)
+    env = {**clean_env(), "PATH": f"{home / 'bin'}:{os.environ['PATH']}", "SUBMITIT_EXECUTOR": "slurm",
+           "SUBMITIT_FOLDER": str(folder), "SLURM_JOB_ID": JOB_ID, "SLURM_PROCID": "0", "SLURM_NTASKS": "1",
+           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost",
+           "SCONTROL_CALLS": str(home / "scontrol.calls"), **extra}
+    proc = subprocess.run([sys.executable, "-c", SUBMITIT_TASK, str(countdown)], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=home)
+    return proc, requeues(home)
+
+
+def test_submitit_usr2_twice_is_one_checkpoint_request_and_one_counted_requeue(tmp_path):
+    """In a task of the Hydra/submitit launcher rpt handles submitit's USR2 itself: two in a row set the
+    checkpoint flag (no AssertionError, no exit from inside the step), and after the checkpoint the job is requeued
+    once with one of the launcher's timeouts counted in submitit's pickle, which the requeued job loads."""
+    proc, calls = submitit_task(tmp_path, 3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "flag True ['SIGUSR2', 'SIGUSR2']" in proc.stdout and "countdown 2" in proc.stdout, proc.stdout
+    assert calls == [f"requeue {JOB_ID}"] and "not requeued" not in proc.stdout
+
+
+@pytest.mark.parametrize("countdown, stderr_line, why", [
+    (0, "", "timed out too many times"),
+    (3, f"slurmstepd: error: *** JOB {JOB_ID} ON vm CANCELLED AT 2026-12-07T22:27:10 ***", "was cancelled"),
+])
+def test_a_submitit_job_that_is_not_requeued_fails_plainly(tmp_path, countdown, stderr_line, why):
+    """Out of timeouts, or cancelled by a plain scancel (slurmstepd's JOB line, not the STEP line that
+    `scancel --signal=TERM` also writes): not requeued, and NotRequeued is an ordinary exception, which Hydra records
+    as the point's failure and submitit writes as its result, so the sweep process ends instead of waiting."""
+    err = tmp_path / "job.err"
+    err.write_text(f"slurmstepd: error: *** STEP {JOB_ID}.0 ON vm CANCELLED AT 2026-12-07T22:27:09 ***\n"
+                   f"{stderr_line}\n")
+    proc, calls = submitit_task(tmp_path, countdown, SCONTROL_STDERR=str(err))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not requeued:" in proc.stdout and why in proc.stdout and calls == [], proc.stdout
+    from rpt.train.submitit_job import NotRequeued
+
+    assert issubclass(NotRequeued, Exception)  # not SystemExit: run_job and process_job catch it
+
+
+@pytest.mark.parametrize("mistake, rc, said", [
+    ("pretrain.stepz=3", 1, "Could not override 'pretrain.stepz'"),
+    ("run.save_before_minutes=-1", 2, "rpt: run.save_before_minutes must be >= 0"),
+])
+def test_a_sweep_with_a_config_mistake_is_refused_before_any_submission(tmp_path, mistake, rc, said):
+    """`--multirun hydra/launcher=rpt_slurm` with a key the config lacks (Hydra's own words) or a value the schema
+    refuses (one `rpt:` line): no traceback, and no job submitted (no submitit folder) to fail after its queue wait."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "rpt"), "pretrain", "--multirun",
+                           "hydra/launcher=rpt_slurm", f"run.root={tmp_path}", "run.name=a,b", mistake],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == rc and said in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "multirun").exists(), proc.stderr[-3000:]
+
+
+def test_a_refusal_in_a_sweep_point_is_an_error_the_sweep_sees_not_an_exit(monkeypatch, capsys):
+    """A mistake found only in the job (e.g. against the run's memory): the one `rpt:` line, then, in a submitit
+    task, an ordinary exception (Hydra records the point as failed and submitit writes its result, so the sweep
+    process ends) instead of SystemExit(2), which left submitit no result and the sweep waiting forever."""
+    from rpt.cli import refusing
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SUBMITIT_FOLDER", "/nonexistent")
+    with pytest.raises(RuntimeError, match="rpt: run.name 'a/b' must be one directory"):
+        with refusing((ValueError,), debug=False):
+            raise ValueError("run.name 'a/b' must be one directory")
+    assert "rpt: run.name 'a/b' must be one directory" in capsys.readouterr().err
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    with pytest.raises(SystemExit):
+        with refusing((ValueError,), debug=False):
+            raise ValueError("run.name 'a/b' must be one directory")

@@ -3,8 +3,9 @@
 slurmstepd and srun really deliver signals, requeue and restart a job. Skipped, with the reason, where no such
 Slurm answers; the stand-in tests run either way (their USR1 → requeue → resume test only where this one cannot).
 
-Kept short (the suite has a time budget): two jobs of two tasks each, one after the other (the local node has two
-CPUs). The local cluster holds a requeued job for 6 s, not Slurm's default 121 s (`AuthInfo=cred_expire=5`).
+Kept short (the suite has a time budget): three jobs of two tasks each, one after the other (the local node has two
+CPUs): the job script's two, and one sweep point of the Hydra/submitit launcher (hydra/launcher=rpt_slurm). The
+local cluster holds a requeued job for 6 s, not Slurm's default 121 s (`AuthInfo=cred_expire=5`).
 """
 
 from __future__ import annotations
@@ -129,3 +130,89 @@ def test_starting_the_local_cluster_again_changes_nothing():
     proc = subprocess.run(["bash", "-c", README_LINES[1]], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "Slurm is up" in proc.stderr, proc.stderr
     assert subprocess.run([str(ROOT / "launch" / "slurm" / "local_cluster.sh"), "status"], timeout=60).returncode == 0
+
+
+SWEEP = ["hydra/launcher=rpt_slurm", "hydra.launcher.tasks_per_node=2", "hydra.launcher.gpus_per_node=0",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]  # the local node: 2 CPUs, no GPU
+
+
+def sweep_job(tmp_path: Path, sweep: subprocess.Popen) -> str:
+    """The Slurm id of the sweep's only job (its submitit folder's name), once submitted."""
+    folder = tmp_path / "runs" / "multirun" / ".submitit"
+    deadline = time.time() + 60
+    while time.time() < deadline and sweep.poll() is None:
+        jobs = [p.name for p in folder.glob("*") if p.is_dir()] if folder.exists() else []
+        if jobs:
+            return jobs[0]
+        time.sleep(0.2)
+    sweep.kill()
+    pytest.fail(f"no job submitted: {(tmp_path / 'sweep.out').read_text()[-4000:]}")
+
+
+def test_the_hydra_launcher_requeues_on_term_and_a_doubled_usr2_and_a_plain_scancel_ends_the_sweep(
+        cluster, tmp_path):  # noqa: F811
+    """hydra/launcher=rpt_slurm (submitit) on the real scheduler: a TERM to the tasks (not a preemption: Slurm does
+    not requeue) checkpoints and rpt requeues the job itself, where it used to exit 99 and FAIL the array task with
+    the sweep process waiting forever; submitit's USR2 twice in a row checkpoints and requeues once, counting one
+    timeout, where the second used to re-enter submitit's handler (AssertionError mid-step); a plain scancel then
+    ends the sweep process with the reason instead of leaving it waiting. Every step runs once across the launches."""
+    shutil.copytree(cluster / "runs" / "prepared", tmp_path / "runs" / "swept")
+    run = tmp_path / "runs" / "swept"
+    rpt = str(Path(sys.executable).parent / "rpt")
+    sweep = subprocess.Popen([rpt, "pretrain", "--multirun", *SWEEP, f"run.root={tmp_path / 'runs'}",
+                              "run.name=swept", "experiment=smoke", "pretrain.steps=100000", "pretrain.log_every=1",
+                              "pretrain.checkpoint_every=100000"], cwd=tmp_path, env=env(),
+                             stdout=(tmp_path / "sweep.out").open("w"), stderr=subprocess.STDOUT)
+    try:
+        job_id = sweep_job(tmp_path, sweep)
+        logs = tmp_path / "runs" / "multirun" / ".submitit" / job_id
+
+        def out() -> str:
+            return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*_log.err")))
+
+        def trains_after(restarts: str, steps: int):
+            return lambda: job(job_id).get("Restarts") == restarts and len(rows(run)) > steps + 3
+
+        wait_for(lambda: len(rows(run)) > 3, 120, job_id, tmp_path)
+        subprocess.run(["scancel", "--signal=TERM", job_id], check=True, timeout=30)
+        wait_for(lambda: job(job_id).get("Restarts") == "1", 120, job_id, tmp_path)
+        stopped = len(rows(run))
+        assert "requeued: it resumes from this checkpoint" in out(), out()
+        wait_for(trains_after("1", stopped), 150, job_id, tmp_path)
+
+        for _ in range(2):
+            subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        wait_for(lambda: job(job_id).get("Restarts") == "2", 120, job_id, tmp_path)
+        stopped = len(rows(run))
+        assert "A temporary saved file" not in out() and "2 timeout(s) left" in out(), out()
+        wait_for(trains_after("2", stopped), 150, job_id, tmp_path)
+
+        subprocess.run(["scancel", job_id], check=True, timeout=30)
+        sweep.wait(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    text = (tmp_path / "sweep.out").read_text()
+    assert sweep.returncode != 0 and "was cancelled" in text and "not requeued" in text, text[-4000:]
+    wait_for(lambda: job(job_id).get("JobState") == "CANCELLED", 60, job_id, tmp_path)
+    assert job(job_id)["Restarts"] == "2"
+    assert [r["step"] for r in rows(run)] == list(range(1, len(rows(run)) + 1))  # resumed, no step run twice
+
+
+def test_a_hydra_launcher_sweep_submits_one_job_per_point_and_each_reaches_its_report(tmp_path):
+    """`rpt pipeline --multirun hydra/launcher=rpt_slurm` with two points (smoke sizes, 2 tasks each, run one after
+    the other on the local node): one Slurm array task per point, each runs the whole pipeline to its own report,
+    and the sweep process returns 0 once both are done (about 45 s)."""
+    rpt = str(Path(sys.executable).parent / "rpt")
+    with (tmp_path / "sweep.out").open("w") as out:
+        proc = subprocess.run([rpt, "pipeline", "--multirun", *SWEEP, f"run.root={tmp_path / 'runs'}",
+                               "run.name=pa,pb", "experiment=smoke"], cwd=tmp_path, env=env(), stdout=out,
+                              stderr=subprocess.STDOUT, timeout=420)
+    text = (tmp_path / "sweep.out").read_text()
+    assert proc.returncode == 0, text[-4000:]
+    folders = sorted(p.name for p in (tmp_path / "runs" / "multirun" / ".submitit").iterdir()
+                     if p.is_dir() and "_" in p.name)  # <array job>_<task>: one per point
+    assert len(folders) == 2 and folders[0].endswith("_0") and folders[1].endswith("_1"), folders
+    for name in ("pa", "pb"):
+        run = tmp_path / "runs" / name
+        assert (run / "report" / "report.md").exists() and (run / "done" / "report.json").exists(), text[-4000:]

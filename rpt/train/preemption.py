@@ -3,6 +3,9 @@
 once), or when the job's time is nearly spent; the Slurm script requeues the job, and the requeued job resumes by
 itself (finished stages are skipped, the interrupted one continues from the checkpoint just written).
 
+In a task of the Hydra/submitit launcher (``hydra/launcher=rpt_slurm``) submitit's warning signal (USR2) is one
+of these signals too, and the job requeues itself instead of relying on a job script (rpt/train/submitit_job.py).
+
 The handlers are installed first thing (``python -m rpt.cli`` does it before its imports, which take seconds): a
 signal during start-up sets the flag, and the first training step then ends in a checkpoint, instead of the
 default action killing the task. This module therefore imports nothing heavy at the top.
@@ -40,6 +43,7 @@ EXIT_INTERRUPTED = 130  # a second Ctrl-C: stopped at once (128 + SIGINT, as a s
 DEADLINE_ENV = ("RPT_DEADLINE", "SLURM_JOB_END_TIME")  # where the job's end time is read, first found wins
 MARKER_ENV = "RPT_REQUEUE_MARKER"  # file the main rank writes before exiting for requeue (set by the job script)
 _requested = False
+_received: list[str] = []  # names of the signals received, in order
 
 
 class Preempted(SystemExit):
@@ -51,18 +55,34 @@ class Preempted(SystemExit):
 def _handler(signum, frame):
     global _requested
     _requested = True
+    _received.append(signal.Signals(signum).name)
     log.warning("received %s: will checkpoint after this step and exit for requeue", signal.Signals(signum).name)
 
 
+def _signals() -> list[signal.Signals]:
+    """USR1 and TERM; in a task of a hydra-submitit job also submitit's warning signal (USR2), which rpt then
+    handles instead of submitit (rpt/train/submitit_job.py)."""
+    from rpt.train import submitit_job
+
+    return [signal.SIGUSR1, signal.SIGTERM] + ([submitit_job.preempt_signal()] if submitit_job.active() else [])
+
+
 def install() -> None:
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
+    for sig in _signals():
         signal.signal(sig, _handler)
 
 
 def uninstall() -> None:
     """Back to the default actions (a process that trains nothing, e.g. a sweep's launcher, dies of them)."""
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
+    for sig in _signals():
         signal.signal(sig, signal.SIG_DFL)
+
+
+def timed_out(stop: Preempted) -> bool:
+    """Whether ``stop`` came from the job's time limit: submitit's warning signal or the time budget."""
+    from rpt.train import submitit_job
+
+    return stop.reason.startswith("the time budget") or submitit_job.preempt_signal().name in _received
 
 
 def _interrupt(signum, frame):
