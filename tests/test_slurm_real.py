@@ -107,7 +107,9 @@ def test_the_time_limit_signals_first_and_requeues_and_a_plain_scancel_ends_the_
     run = tmp_path / "runs" / "limited"
     job_id = submit(tmp_path, ["--ntasks-per-node=2", "--cpus-per-task=1", "--time=1", "--signal=USR1@45", SCRIPT,
                                "pretrain", f"run.root={tmp_path / 'runs'}", "run.name=limited", "experiment=smoke",
-                               "pretrain.steps=400", "pretrain.log_every=1", "pretrain.checkpoint_every=1000"])
+                               "pretrain.steps=20000", "pretrain.log_every=1", "pretrain.checkpoint_every=100000"])
+    # (steps enough that the signal, 15 s after the start, lands in training on a fast machine too: 400 steps took
+    # 10 s on CI's and ended before it)
     wait_for(lambda: job(job_id).get("Restarts") == "1", 150, job_id, tmp_path)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True, timeout=30)
     out = output(tmp_path, job_id)
