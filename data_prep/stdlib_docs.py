@@ -13,7 +13,7 @@ import argparse
 import importlib
 import inspect
 import json
-import sys
+import logging
 import warnings
 from pathlib import Path
 
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     docs = documents(args.max_chars)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
-    print(f"{len(docs)} documents, {sum(map(len, docs))} characters -> {args.out}", file=sys.stderr)
+    logging.getLogger(__name__).warning("%d documents, %d characters -> %s", len(docs), sum(map(len, docs)), args.out)
 
 
 if __name__ == "__main__":

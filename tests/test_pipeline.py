@@ -273,7 +273,7 @@ def test_rlp_trains_the_rpt_stage_and_its_ema_baseline_survives_a_restart(refere
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r[k]) for r in rows for k in ("rlp_gain_mean", "rlp_logp_ema", "loss"))
     step1 = run / "checkpoints" / "rpt" / "step_000001"
-    assert torch.load(step1 / "state.pt", weights_only=False)["extra_models"] == ["rlp_ema"]
+    assert torch.load(step1 / "state.pt", weights_only=True)["extra_models"] == ["rlp_ema"]
     (run / "checkpoints" / "rpt" / "latest").write_text("step_000001")
     (run / "done" / "rpt.json").unlink()
     run_command(rpt_cmd(tmp_path, "rlp", "rpt", *words[2:]), cwd=tmp_path)
