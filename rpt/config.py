@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 # the RL sections live in their own module (rpt/config_rl.py) and are part of this schema
+from rpt.config_lm_eval import LMEvalConfig
 from rpt.config_rl import (  # noqa: F401
     ENGINES,
     OPTIMIZERS,
@@ -28,6 +29,7 @@ from rpt.config_rl import (  # noqa: F401
     AlgoConfig,
     CntConfig,
     CritiqueConfig,
+    RewardConfig,
     RolloutConfig,
     SelfDistillConfig,
     TrainLoopConfig,
@@ -305,25 +307,6 @@ class RLTaskConfig:
 
 
 @dataclass
-class RewardConfig:
-    """Rewards users bring (rpt/reward/custom.py): package.module:function (on PYTHONPATH) or
-    /path/to/file.py:function, called as f(response_text, item, tokenizer) -> float, or a dict with `score` and extra
-    numbers (logged as reward/<name>); the function's score is the whole reward. None: the task's own verifier."""
-
-    fn: str | None = None  # scores the downstream tasks (rl_task: the `rl` stage, eval's downstream questions)
-    next_token_fn: str | None = None  # scores RPT's next-token task (the `rpt` stage and its validation, eval's
-    # reasoning-first next-token rows) instead of the prefix reward
-
-    def __post_init__(self):
-        from rpt.reward.custom import split_spec
-
-        for name in ("fn", "next_token_fn"):
-            if getattr(self, name) is not None:
-                split_spec(getattr(self, name), f"reward.{name}")  # the form only: the import waits for a stage
-                # that scores with it (rpt.refusal.check_reward)
-
-
-@dataclass
 class EvalConfig:
     max_positions: int | None = 300  # test positions evaluated (a seeded sample; null: every test position)
     samples: int = 4  # samples per position for the averaged accuracy (besides greedy)
@@ -451,6 +434,7 @@ class RootConfig:
     rl_task: RLTaskConfig = field(default_factory=RLTaskConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig)  # stage lm_eval (rpt/config_lm_eval.py)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     hf: HFConfig = field(default_factory=HFConfig)
@@ -464,6 +448,9 @@ class RootConfig:
                              f"rollout.format_reward={self.rollout.format_reward} would be ignored: set "
                              f"rollout.format_reward=0 (give the bonus in your function)")
         self.select.overlap(self.data.seq_length)  # the scoring windows' overlap fits in a window
+        if self.algo.rlp.enabled and "rlp" in self.stages_to_run():
+            raise ValueError("algo=rlp makes the `rpt` stage RLP already; stage `rlp` trains RLP beside an `rpt` "
+                             "stage with the prefix reward: drop algo=rlp, or drop rlp from `stages`")
         for section in ("rpt", "rl"):
             getattr(self, section).check(section)
         self._check_vllm_shape()
@@ -494,10 +481,14 @@ class RootConfig:
                              f"{head_dim}: change model.num_attention_heads (and num_query_groups) or use "
                              f"rollout.engine=lean")
 
+    def stages_to_run(self) -> list[str]:
+        """The stages this invocation runs: ``stages`` under `pipeline`, else the one named."""
+        return self.stages if self.stage == "pipeline" else [self.stage]
+
     def rl_sections(self) -> list[str]:
-        """The RL loop sections (``rpt``, ``rl``) this invocation will train."""
-        stages = self.stages if self.stage == "pipeline" else [self.stage]
-        return [s for s in ("rpt", "rl") if s in stages]
+        """The RL loop sections (``rpt``, ``rl``) this invocation will train (stage `rlp` trains with ``rpt``'s)."""
+        stages = self.stages_to_run()
+        return [s for s in ("rpt", "rl") if s in stages or (s == "rpt" and "rlp" in stages)]
 
 
 def load(cfg: DictConfig) -> RootConfig:

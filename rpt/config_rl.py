@@ -1,5 +1,5 @@
 """The RL sections of the config schema: rollout sampling and prompt templates, the algorithm (policy loss,
-advantage, the entropy remedies, Critique-GRPO, SDPO) and the RL training loop.
+advantage, the entropy remedies, Critique-GRPO, SDPO, RLP), the RL training loop and the rewards users bring.
 
 Split from ``rpt/config.py`` (which re-exports every name here and composes them into ``RootConfig``) only to
 keep each file readable; the rules are the same: typed fields with one-line docs, validation in
@@ -316,3 +316,22 @@ class CntConfig:
         _one_of("cnt", "match", self.match, ("steps", "flops"))
         if self.micro_batch_size < 1:
             raise ValueError(f"cnt.micro_batch_size must be >= 1, got {self.micro_batch_size}")
+
+
+@dataclass
+class RewardConfig:
+    """Rewards users bring (rpt/reward/custom.py): package.module:function (on PYTHONPATH) or
+    /path/to/file.py:function, called as f(response_text, item, tokenizer) -> float, or a dict with `score` and extra
+    numbers (logged as reward/<name>); the function's score is the whole reward. None: the task's own verifier."""
+
+    fn: str | None = None  # scores the downstream tasks (rl_task: the `rl` stage, eval's downstream questions)
+    next_token_fn: str | None = None  # scores RPT's next-token task (the `rpt` stage and its validation, eval's
+    # reasoning-first next-token rows) instead of the prefix reward
+
+    def __post_init__(self):
+        from rpt.reward.custom import split_spec
+
+        for name in ("fn", "next_token_fn"):
+            if getattr(self, name) is not None:
+                split_spec(getattr(self, name), f"reward.{name}")  # the form only: the import waits for a stage
+                # that scores with it (rpt.refusal.check_reward)

@@ -34,21 +34,24 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "proxy": ("prep",),
     "select": ("prep", "pretrain", "proxy", "hf_import"),
     "rpt": ("prep", "select", "pretrain", "hf_import", "sft"),
+    "rlp": ("prep", "select", "pretrain", "hf_import", "sft"),
     "cnt": ("prep", "select", "pretrain", "hf_import", "rpt"),  # matched to rpt's steps or compute
-    "rl": ("prep", "pretrain", "rpt", "cnt", "hf_import"),
-    "sft": ("prep", "pretrain", "rpt", "cnt", "hf_import"),
-    "eval": ("prep", "select", "pretrain", "rpt", "cnt", "rl", "sft", "hf_import"),
-    "report": ("prep", "pretrain", "select", "rpt", "cnt", "rl", "sft", "eval", "hf_import"),
-    "hf_export": ("pretrain", "rpt", "cnt", "rl", "sft", "hf_import"),
+    "rl": ("prep", "pretrain", "rpt", "rlp", "cnt", "hf_import"),
+    "sft": ("prep", "pretrain", "rpt", "rlp", "cnt", "hf_import"),
+    "eval": ("prep", "select", "pretrain", "rpt", "rlp", "cnt", "rl", "sft", "hf_import"),
+    "lm_eval": ("pretrain", "rpt", "rlp", "cnt", "rl", "sft", "hf_import"),
+    "report": ("prep", "pretrain", "select", "rpt", "rlp", "cnt", "rl", "sft", "eval", "hf_import"),
+    "hf_export": ("pretrain", "rpt", "rlp", "cnt", "rl", "sft", "hf_import"),
 }
 # stage -> its metrics.jsonl "stage" names and checkpoints/ + rollouts/ folders (patterns)
-LOOP_NAMES = {"pretrain": "pretrain", "proxy": "proxy", "rpt": "rpt", "cnt": "cnt", "rl": "rl_*", "sft": "sft",
-              "hf_import": "hf"}
+LOOP_NAMES = {"pretrain": "pretrain", "proxy": "proxy", "rpt": "rpt", "rlp": "rlp", "cnt": "cnt", "rl": "rl_*",
+              "sft": "sft", "hf_import": "hf"}
 PENDING = "force_pending.json"
+LM_EVAL_OUTPUTS = ("eval/lm_eval.json", "eval/lm_eval_samples", "report/lm_eval.md")  # stage lm_eval's
 
 
-CHECKPOINT_OF = {"pretrain": "pretrain", "proxy": "proxy", "hf": "hf_import", "rpt": "rpt", "cnt": "cnt",
-                 "sft": "sft"}  # a start setting's value -> the stage whose checkpoint it names
+CHECKPOINT_OF = {"pretrain": "pretrain", "proxy": "proxy", "hf": "hf_import", "rpt": "rpt", "rlp": "rlp",
+                 "cnt": "cnt", "sft": "sft"}  # a start setting's value -> the stage whose checkpoint it names
 
 
 def _starts(*sources) -> set[str]:
@@ -66,14 +69,14 @@ def _starts(*sources) -> set[str]:
 def inputs_of(stage: str, cfg=None) -> set[str]:
     """The stages whose outputs ``stage`` reads under ``cfg`` (``INPUTS[stage]`` without a config, or for the
     stages that read every earlier one: eval, report)."""
-    if cfg is None or stage in ("hf_import", "prep", "pretrain", "proxy", "eval", "report"):
+    if cfg is None or stage in ("hf_import", "prep", "pretrain", "proxy", "eval", "lm_eval", "report"):
         return set(INPUTS[stage])
     common = {"prep", "hf_import"}
     if stage == "select":
         sel = cfg.select
         scorer = sel.heldout_scorer or ("pretrain" if sel.proxy == "proxy" else sel.proxy)
         return common | _starts(sel.proxy, scorer)
-    if stage == "rpt":
+    if stage in ("rpt", "rlp"):
         return common | {"select"} | _starts(cfg.rpt.init_from)
     if stage == "cnt":
         return common | {"select", "rpt"} | _starts(cfg.rpt.init_from)
@@ -104,12 +107,21 @@ def stale_after(stages: set[str], cfg=None) -> set[str]:
 def outputs(rd: RunDir, stage: str) -> list[Path]:
     """What ``stage`` wrote into the run (existing paths), besides its marker and metrics rows."""
     rel = {"prep": ["data"] + ([] if rd.checkpoints("hf").exists() else ["tokenizer"]),
-           "hf_import": ["tokenizer"], "select": ["positions"], "eval": ["eval"], "hf_export": ["hf"]}.get(stage, [])
+           "hf_import": ["tokenizer"], "select": ["positions"], "eval": _eval_outputs(rd), "hf_export": ["hf"],
+           "lm_eval": list(LM_EVAL_OUTPUTS)}.get(stage, [])
     found = [rd.path / r for r in rel]
     if stage in LOOP_NAMES:
         for folder in ("checkpoints", "rollouts"):
             found += sorted((rd.path / folder).glob(LOOP_NAMES[stage]))
     return [p for p in found if p.exists()]
+
+
+def _eval_outputs(rd: RunDir) -> list[str]:
+    """``eval/`` whole, or, when stage lm_eval's results lie in it, every entry but those (its own stage's)."""
+    theirs = {Path(p).name for p in LM_EVAL_OUTPUTS if p.startswith("eval/")}
+    if not any((rd.eval / name).exists() for name in theirs):
+        return ["eval"]
+    return [f"eval/{p.name}" for p in sorted(rd.eval.iterdir()) if p.name not in theirs]
 
 
 def _aside_dir(rd: RunDir) -> Path:

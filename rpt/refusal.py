@@ -56,6 +56,21 @@ def check_overrides(overrides: list[str], conf_dir: str | Path) -> None:
             node = node[part]
 
 
+def composition_error(err: Exception) -> Refusal:
+    """Hydra's or OmegaConf's error for overrides that do not compose (``rpt.stepz=3``: a key the config lacks;
+    ``model.hidden_size=abc``: a value of the wrong type; a syntax error) as one line: its first sentence, the
+    first line of its cause, and close matches for a missing key."""
+    first = " ".join(str(err).split("\n")[0].split()).rstrip(".")
+    cause = err.__cause__ or err.__context__
+    said = " ".join(str(cause).strip().split("\n")[0].split()) if cause is not None else ""
+    if said and said.rstrip(".") != first:
+        first += ": " + said
+        key, parent = getattr(cause, "key", None), getattr(cause, "parent_node", None)
+        if isinstance(key, str) and parent is not None and hasattr(parent, "keys") and key not in parent:
+            first += _suggest(key, [str(k) for k in parent.keys()])
+    return Refusal(first)
+
+
 def preflight(stage: str, overrides: list[str], multirun: bool, conf_dir: str, starts_a_run: tuple[str, ...]) -> None:
     """Every refusal that needs no run directory, before Hydra makes one. Overrides that do not compose are left
     for Hydra to report in its own words."""
@@ -96,3 +111,12 @@ def check_reward(cfg) -> None:
 
     for key, spec in used_by(cfg.reward, cfg.stages if cfg.stage == "pipeline" else [cfg.stage]):
         load(spec, key)
+
+
+def check_lm_eval(cfg) -> None:
+    """When this call runs the ``lm_eval`` stage: every task of ``lm_eval.tasks`` resolves in lm-eval and every local
+    data file it reads exists (``rpt.eval.harness_tasks``), before any stage or model loads."""
+    if "lm_eval" in (cfg.stages if cfg.stage == "pipeline" else [cfg.stage]):
+        from rpt.eval.harness_tasks import resolve_tasks
+
+        resolve_tasks(cfg.lm_eval.tasks, cfg.lm_eval.include_path, cfg.lm_eval.data_files)

@@ -45,12 +45,15 @@ FIXES: dict[str, tuple[str, ...]] = {
     "proxy": ("model", "proxy", "run.seed"),
     "select": ("select",),
     "rpt": ("rpt", "algo", "rollout", "analysis", "reward.next_token_fn", "run.seed"),
+    "rlp": ("rpt", "algo", "rollout", "analysis", "reward.next_token_fn", "run.seed"),  # rpt's, with RLP's reward
     "cnt": ("rpt", "cnt", "rollout", "run.seed"),
     "rl": ("rl", "rl_task", "algo", "rollout", "analysis", "reward.fn", "run.seed"),
     "sft": ("sft", "rl.steps", "rl.prompts_per_step", "rollout.group_size", "rl_task.source", "rl_task.task",
             "rl_task.task_kwargs", "rl_task.train_size", "rl_task.operators", "rl_task.template", "rl_task.mix",
             "rl_task.dataset", "run.seed"),
     "eval": ("eval", "reward"),
+    "lm_eval": ("lm_eval", "rollout.chat_template", "rollout.answer_format", "rollout.think_close",
+                "eval.max_new_tokens"),  # the last four: what lm_eval's unset settings follow
     "report": ("report",),
     "hf_export": ("hf.source", "hf.export_dir", "hf.architecture"),
 }

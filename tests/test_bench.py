@@ -33,6 +33,8 @@ def test_bench_emits_every_figure(tmp_path):
     for key in ("train_tok_s", "hf_train_tok_s", "train_speedup_vs_hf"):
         assert result["train"][key] > 0, key
     assert result["scoring"]["scoring_tok_s"] > 0 and result["scoring"]["plain_forward_tok_s"] > 0
+    for part in ("rollout", "rollout_ragged", "train", "scoring", "scoring_processes", "trl_grpo_step"):
+        assert result[part]["peak_memory_mib"] > 0, part  # the high-water mark after each part
     procs = result["scoring_processes"]
     assert procs["scoring_tok_s_1proc"] > 0 and procs["scoring_tok_s_2proc"] > 0 and procs["speedup_2proc_vs_1"] > 0
     assert result["rollout"]["engine"] == "LeanDecoder" and result["rollout"]["megatron_decode_tok_s"] > 0

@@ -143,6 +143,13 @@ def test_a_task_scored_by_the_users_function_keeps_its_extra_numbers(user_module
             custom.with_reward(build_downstream_task(cfg.rl_task, tokenizer, "train", 0), spec)
 
 
+LENGTH_CREDIT_MODULE = '''
+def length_credit(response_text, item, tokenizer):
+    """A reward no prefix match gives: the response's length, capped, and how many target tokens the item stores."""
+    return {"score": min(len(response_text), 20) / 20, "target_tokens": float(len(item["target"]))}
+'''
+
+
 NEXT_TOKEN_MODULE = '''
 def soft_prefix(response_text, item, tokenizer):
     """Credit for the share of the true continuation's first token that the response's last word spells."""
@@ -245,6 +252,20 @@ def test_a_users_dataset_and_reward_file_train_the_rl_stage(tmp_path):
     for sample in samples:  # the logged reward is the user's score of the logged response
         expected = score(sample["response"], {"answer": sample["reference"]}, None)
         assert sample["reward"] == pytest.approx(expected)
+    # RPT's next-token task scored by the user's function from another file (reward.next_token_fn), same run
+    (home / "next_token.py").write_text(LENGTH_CREDIT_MODULE)
+    rpt("select", *base)
+    rpt("rpt", *base, "rpt.steps=2", "logging.sample_every=1", "logging.samples=4",
+        f"reward.next_token_fn={home / 'next_token.py'}:length_credit")
+    assert "no parseable answer" not in (run / "done" / "rpt.json").read_text()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["stage"] == "rpt" and "reward_mean" in r]
+    assert len(rows) == 2 and all(r["reward/target_tokens"] >= 1 for r in rows)
+    samples = [json.loads(line) for path in sorted((run / "rollouts" / "rpt").glob("step_*.jsonl"))
+               for line in path.open()]
+    assert samples and {s["reward"] for s in samples} - {0.0, 1.0}  # the function's, not the prefix reward's
+    for sample in samples:
+        assert sample["reward"] == pytest.approx(min(len(sample["response"]), 20) / 20)
 
 
 def _user_score(home: Path, tmp_path: Path):

@@ -48,6 +48,13 @@ def test_the_readme_real_model_lines_run_and_the_export_loads_in_transformers_an
     run = tmp_path / "runs" / "smol"
     config = (run / "config.yaml").read_text()
     assert "name: SmolLM2-135M-Instruct" in config and "max_position_embeddings: 8192" in config
+    # `rpt bench model=smollm2_135m` (docs/benchmarks.md) times the shape the import read from the checkpoint
+    import yaml
+
+    imported = yaml.safe_load(config)["model"]
+    preset = yaml.safe_load((Path(__file__).parent.parent / "conf" / "model" / "smollm2_135m.yaml").read_text())
+    for key in set(preset) - {"defaults", "name"}:  # norm_epsilon: 1e-5 in config.json, its float32 in the GGUF
+        assert preset[key] == (pytest.approx(imported[key]) if key == "norm_epsilon" else imported[key]), key
     dumps = sorted((run / "rollouts" / "rpt").glob("step_*.jsonl"))
     rows = [json.loads(line) for path in dumps for line in path.open()]
     assert rows and all(r["context"].startswith("Text: The cat sat on the") for r in rows)  # the prompt, whole head

@@ -119,7 +119,12 @@ def test_conflicts_with_several_stages_point_to_one_forced_pipeline(tmp_path):
 
 
 def test_stale_stages_are_the_consumers_only():
-    assert force.stale_after({"pretrain"}) == {"select", "rpt", "cnt", "rl", "sft", "eval", "report", "hf_export"}
+    assert force.stale_after({"pretrain"}) == {"select", "rpt", "rlp", "cnt", "rl", "sft", "eval", "report",
+                                               "hf_export", "lm_eval"}
+    # RLP beside RPT (experiment=rlp_compare): neither reads the other, cnt is matched to rpt alone, rl reads rlp
+    three_way = schema.load(_compose(["experiment=rlp_compare"]))
+    assert force.stale_after({"rlp"}, three_way) == {"rl", "eval", "report", "lm_eval"}
+    assert "rlp" not in force.stale_after({"rpt"}, three_way) and "rlp" not in force.stale_after({"cnt"}, three_way)
     assert force.stale_after({"cnt"}) >= {"rl", "sft", "eval", "report", "hf_export"}
     assert force.stale_after({"eval"}) == {"report"} and force.stale_after({"report"}) == set()
     assert "prep" in force.stale_after({"hf_import"}) and "prep" not in force.stale_after({"select"})
@@ -131,8 +136,8 @@ def test_staleness_follows_the_checkpoints_each_stage_starts_from_in_the_runs_co
     stale with it, and cnt (matched to rpt) goes with rpt."""
     from_hf = schema.load(_compose(["sft.init_from=hf", "rpt.init_from=hf", "rl_task.train_on=[hf]",
                                     "hf.source=sft"]))
-    assert force.stale_after({"rpt"}, from_hf) == {"cnt", "eval", "report"}
-    assert force.stale_after({"sft"}, from_hf) == {"eval", "report", "hf_export"}
+    assert force.stale_after({"rpt"}, from_hf) == {"cnt", "eval", "report", "lm_eval"}
+    assert force.stale_after({"sft"}, from_hf) == {"eval", "report", "hf_export", "lm_eval"}
     from_sft = schema.load(_compose(["sft.init_from=hf", "rpt.init_from=sft"]))
     assert {"rpt", "cnt", "rl"} <= force.stale_after({"sft"}, from_sft) and "sft" not in force.stale_after(
         {"rpt"}, from_sft)

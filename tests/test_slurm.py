@@ -46,13 +46,6 @@ for pair in opts.get("export", "ALL").split(",")[1:]:
 per_node = int(opts["ntasks-per-node"])
 ntasks = int(opts.get("nodes", 1)) * per_node
 tasks = []
-for rank in range(ntasks):
-    task_env = {{**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank % per_node), "SLURM_NTASKS": str(ntasks),
-                "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_NODEID": str(rank // per_node), "SLURM_STEP_ID": "0"}}
-    out = open(opts["output"].replace("%t", str(rank)), "a")
-    tasks.append(subprocess.Popen(args, env=task_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-with open(os.environ["SRUN_TASK_PIDS"], "w") as f:
-    f.write(" ".join(str(t.pid) for t in tasks))
 
 def forward(signum, frame):
     for t in tasks:
@@ -64,10 +57,17 @@ def force_termination(signum, frame):  # srun: "forcing job termination", the ta
         if t.poll() is None:
             t.kill()
 
-for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):  # before any task starts, as srun's own
     signal.signal(sig, forward)
 for sig in (signal.SIGTERM, signal.SIGHUP):
     signal.signal(sig, force_termination)
+for rank in range(ntasks):
+    task_env = {{**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank % per_node), "SLURM_NTASKS": str(ntasks),
+                "SLURM_STEP_NUM_TASKS": str(ntasks), "SLURM_NODEID": str(rank // per_node), "SLURM_STEP_ID": "0"}}
+    out = open(opts["output"].replace("%t", str(rank)), "a")
+    tasks.append(subprocess.Popen(args, env=task_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+with open(os.environ["SRUN_TASK_PIDS"], "w") as f:
+    f.write(" ".join(str(t.pid) for t in tasks))
 while any(t.poll() is None for t in tasks):
     if opts.get("kill-on-bad-exit") == "1" and any(t.returncode for t in tasks if t.returncode is not None):
         for t in tasks:
@@ -97,8 +97,12 @@ exit 0
 # A stand-in rank for the tests of the script's own decisions (seconds, not a training run): run as
 # `$PYTHON -m rpt.cli ...`, it logs "ready" and every signal it gets to rank.<SLURM_PROCID>; on USR1 or TERM it does
 # what rpt does (rank 0 writes the requeue marker, every rank exits 99). RANK_DIES_OF=USR1 makes it die of that
-# signal at once, as a task does before rpt has installed its handlers.
+# signal at once, as a task does before rpt has installed its handlers. As the script's config check
+# (`$PYTHON -m rpt.cli check ...`) it writes `checking` and passes, after RANK_CHECK_SECONDS.
 RANK = '''#!/usr/bin/env bash
+if [[ "$3" == check ]]; then
+  touch "$RANK_LOG_DIR/checking"; sleep "${RANK_CHECK_SECONDS:-0}"; echo "ok: checked"; exit 0
+fi
 log="$RANK_LOG_DIR/rank.$SLURM_PROCID"
 [[ -n "${RANK_DIES_OF:-}" ]] && kill -s "$RANK_DIES_OF" $$
 stop() {
@@ -321,6 +325,103 @@ def test_a_job_that_slurm_requeued_already_ends_cleanly(tmp_path):
     signal_ranks(home, signal.SIGTERM)
     out, _ = job.communicate(timeout=60)
     assert job.returncode == 0 and "already requeued by Slurm" in out, out
+
+
+README_LINES = [  # literal: tests/test_readme_coverage.py reads them
+    "rpt check pipeline run.name=smoke experiment=smoke",
+]
+
+
+def rpt_lines(out: str) -> list[str]:
+    """The lines of a job's output that are not the job script's own (``[<time>] ...``)."""
+    return [line for line in out.splitlines() if line.strip() and not line.startswith("[")]
+
+
+def test_rpt_check_passes_a_good_call_and_refuses_a_mistake_in_one_line_writing_nothing(tmp_path):
+    """The README's line before `sbatch`: the config the job will run with is checked in seconds, without the queue
+    wait, and a mistake Hydra finds (a key the config lacks) is one `rpt:` line with the likely fix, status 2."""
+    rpt = str(Path(sys.executable).parent / "rpt")
+    words = README_LINES[0].split()[1:]
+    ok = subprocess.run([rpt, *words], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: "), ok.stderr[-3000:]
+    typo = subprocess.run([rpt, *words, "rpt.stepz=3"], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert typo.returncode == 2 and not typo.stdout, typo.stderr[-3000:]
+    assert typo.stderr.splitlines() == ["rpt: Could not override 'rpt.stepz': Key 'stepz' not in 'TrainLoopConfig' "
+                                        "(did you mean steps?)"], typo.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # nothing written, no run directory
+
+
+def test_a_config_mistake_ends_the_job_in_one_line_before_srun_and_is_not_requeued(tmp_path):
+    """The job script checks the config once on the batch host (`rpt check`) before `srun`: a value of the wrong
+    type ends the job there, its output one `rpt:` line with the job's status 2, no task started and no requeue
+    (before, every rank found it after the queue wait and the output said only "finished with status 1")."""
+    home = write_stand_ins(tmp_path)
+    job = sbatch(home, "typo", job_env(home), "model.hidden_size=abc")
+    out, _ = job.communicate(timeout=120)
+    assert job.returncode == 2, out
+    assert rpt_lines(out) == ["rpt: Error merging override model.hidden_size=abc: Value 'abc' of type 'str' could "
+                              "not be converted to Integer"], out
+    assert not (home / "srun.pids").exists() and requeues(home) == [], out  # srun never ran
+    assert not (home / "runs").exists() and "Traceback" not in out
+
+
+def test_a_signal_during_the_config_check_requeues_without_starting_the_tasks(tmp_path):
+    """A USR1 or TERM for the script (`--signal=B:USR1@120`, a preemption) while it checks the config: nothing has
+    started, so no `srun`, and the job is requeued."""
+    home = write_stand_ins(tmp_path)
+    job, logs = rank_job(home, RANK_CHECK_SECONDS="2")
+    deadline = time.time() + 30
+    while not (logs / "checking").exists():  # the check runs (the script's traps are set before it)
+        assert job.poll() is None and time.time() < deadline, job.communicate()[0]
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 0 and requeues(home) == [f"requeue {JOB_ID}"], out
+    assert "SIGUSR1 came before the tasks started" in out and not (home / "srun.pids").exists(), out
+
+
+# `$PYTHON -m rpt.cli ...` with a USR1 that lands while the interpreter finalizes, after the work: first what
+# CPython's finalization does (every signal handler set from Python back to the default action; SIG_IGN is kept),
+# then the signal (in the tasks, not in the script's config check). The atexit hook is registered before rpt runs,
+# so it runs after rpt's own.
+FINALIZING = '''#!{python}
+import atexit, os, runpy, signal, sys
+
+def finalizing():
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        if callable(signal.getsignal(sig)):
+            signal.signal(sig, signal.SIG_DFL)
+    print("finalizing: sending SIGUSR1", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGUSR1)
+
+if sys.argv[3:4] != ["check"]:
+    atexit.register(finalizing)
+sys.argv = ["rpt", *sys.argv[3:]]  # after `-m rpt.cli`
+runpy.run_module("rpt.cli", run_name="__main__", alter_sys=True)
+'''
+
+
+@pytest.mark.e2e
+@pytest.mark.multiprocess
+def test_a_usr1_while_a_finished_task_exits_neither_kills_it_nor_requeues_the_job(cluster, tmp_path):
+    """A USR1 that lands after the stage finished, while a task's Python finalizes, killed it with status 138
+    (CPython had reset rpt's handler), and the script requeued the job as "died of SIGUSR1 ... (start-up)". rpt now
+    ignores the signals once its work is over: the tasks exit 0 and the job ends as finished."""
+    new_run(cluster, "finalizing")
+    python = tmp_path / "python"
+    python.write_text(FINALIZING.format(python=sys.executable))
+    python.chmod(0o755)
+    env = job_env(cluster, PYTHON=str(python), SLURM_JOB_ID="4243", SCONTROL_CALLS=str(tmp_path / "scontrol.calls"))
+    job = subprocess.Popen(["bash", str(SBATCH), "prep", f"run.root={cluster / 'runs'}", "run.name=finalizing",
+                            "experiment=smoke"], cwd=cluster, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    out, _ = job.communicate(timeout=300)
+    logs = [(cluster / "logs" / f"rpt-4243-{rank}.log").read_text() for rank in (0, 1)]
+    assert job.returncode == 0 and requeues(tmp_path) == [], out + "".join(log[-3000:] for log in logs)
+    assert "finished with status 0" in out and "died of" not in out, out
+    for log in logs:
+        assert "stage prep: already finished" in log and "finalizing: sending SIGUSR1" in log, log[-3000:]
 
 
 def test_tasks_per_node_come_from_slurm_and_the_script_asks_for_no_gpus(tmp_path):

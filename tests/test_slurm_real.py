@@ -120,11 +120,30 @@ def test_the_time_limit_signals_first_and_requeues_and_a_plain_scancel_ends_the_
     wait_for(lambda: "(restart 1)" in output(tmp_path, job_id) and len(rows(run)) > stopped, 150, job_id, tmp_path)
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     wait_for(lambda: job(job_id).get("JobState") == "CANCELLED", 120, job_id, tmp_path)
-    time.sleep(8)  # longer than the local cluster's requeue hold: a requeued job would be back by now
+    # A job the script requeued would never show CANCELLED: Slurm takes it from COMPLETING straight to PENDING and
+    # counts the restart at once (Restarts=2), not after the requeue hold. Still CANCELLED a moment later: for good.
+    time.sleep(1)
     info, out = job(job_id), output(tmp_path, job_id)
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "1", tail(out)
     assert "was cancelled: not requeueing" in out, tail(out)
     assert [r["step"] for r in rows(run)] == list(range(1, len(rows(run)) + 1))  # resumed, no step run twice
+
+
+def test_a_job_with_a_config_mistake_fails_at_once_in_one_line_and_is_not_requeued(tmp_path):
+    """A typo'd key through the README's sbatch line: the script's check on the batch host refuses it before
+    `srun`, so the job's output file holds rpt's one line (not "finished with status 1" with the error in every
+    rank's log), no rank log exists, and the job ends FAILED with status 2, not requeued (a few seconds)."""
+    words = [SCRIPT if w == "launch/slurm/rpt.sbatch" else w for w in README_SBATCH.split()[1:]]
+    job_id = submit(tmp_path, [*words, f"run.root={tmp_path / 'runs'}", "rpt.stepz=3"])
+    wait_for(lambda: job(job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 120, job_id,
+             tmp_path)
+    info, out = job(job_id), output(tmp_path, job_id)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0" and info["Restarts"] == "0", tail(out)
+    said = [line for line in out.splitlines()[1:] if line.strip() and not line.startswith("[")]  # not the script's
+    assert said == ["rpt: Could not override 'rpt.stepz': Key 'stepz' not in 'TrainLoopConfig' (did you mean "
+                    "steps?)"], tail(out)
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == [f"rpt-{job_id}.out"], tail(out)  # no task started
+    assert not (tmp_path / "runs").exists()
 
 
 def test_starting_the_local_cluster_again_changes_nothing():
@@ -134,8 +153,13 @@ def test_starting_the_local_cluster_again_changes_nothing():
     assert subprocess.run([str(ROOT / "launch" / "slurm" / "local_cluster.sh"), "status"], timeout=60).returncode == 0
 
 
-SWEEP = ["hydra/launcher=rpt_slurm", "hydra.launcher.tasks_per_node=2", "hydra.launcher.gpus_per_node=0",
-         "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]  # the local node: 2 CPUs, no GPU
+def sweep_on_the_local_node(tasks: int) -> list[str]:
+    """hydra/launcher=rpt_slurm on the local node (2 CPUs, no GPU): ``tasks`` one-CPU tasks per sweep point."""
+    return ["hydra/launcher=rpt_slurm", f"hydra.launcher.tasks_per_node={tasks}", "hydra.launcher.gpus_per_node=0",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]
+
+
+SWEEP = sweep_on_the_local_node(2)  # two ranks: the first requeues, every one checkpoints
 
 
 def sweep_job(tmp_path: Path, sweep: subprocess.Popen) -> str:
@@ -202,12 +226,13 @@ def test_the_hydra_launcher_requeues_on_term_and_a_doubled_usr2_and_a_plain_scan
 
 
 def test_a_hydra_launcher_sweep_submits_one_job_per_point_and_each_reaches_its_report(tmp_path):
-    """`rpt pipeline --multirun hydra/launcher=rpt_slurm` with two points (smoke sizes, 2 tasks each, run one after
-    the other on the local node): one Slurm array task per point, each runs the whole pipeline to its own report,
-    and the sweep process returns 0 once both are done (about 45 s)."""
+    """`rpt pipeline --multirun hydra/launcher=rpt_slurm` with two points (smoke sizes, one task each, so both run
+    at once on the local node's 2 CPUs; the test above runs two ranks per point): one Slurm array task per point,
+    each runs the whole pipeline to its own report, and the sweep process returns 0 once both are done."""
     rpt = str(Path(sys.executable).parent / "rpt")
     with (tmp_path / "sweep.out").open("w") as out:
-        proc = subprocess.run([rpt, "pipeline", "--multirun", *SWEEP, f"run.root={tmp_path / 'runs'}",
+        proc = subprocess.run([rpt, "pipeline", "--multirun", *sweep_on_the_local_node(1),
+                               f"run.root={tmp_path / 'runs'}",
                                "run.name=pa,pb", "experiment=smoke"], cwd=tmp_path, env=env(), stdout=out,
                               stderr=subprocess.STDOUT, timeout=420)
     text = (tmp_path / "sweep.out").read_text()

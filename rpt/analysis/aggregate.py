@@ -30,6 +30,7 @@ import statistics
 from pathlib import Path
 
 from rpt.analysis.intervals import fmt_accuracy
+from rpt.analysis.lm_eval_md import lm_eval_aggregate_section
 from rpt.analysis.paired import BUCKETS, downstream_paired_table, paired_headline, paired_table
 from rpt.analysis.run_comparison import comparison_curves, comparison_table
 from rpt.rundir import read_json, write_text
@@ -238,6 +239,7 @@ Per run:
 
 {ds_runs}
 
+{lm_eval_aggregate_section(root, names)}
 ## Missing cells
 {note_md}
 """

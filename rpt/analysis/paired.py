@@ -32,6 +32,12 @@ COMPARISONS = (
     (("rpt", "reasoning_greedy"), ("cnt", "reasoning_greedy"), "RPT reasoning first − CNT reasoning first"),
     (("rpt", "reasoning_greedy"), ("cnt", "direct_corpus"), "RPT reasoning first − CNT direct (corpus tokens)"),
     (("cnt", "direct_corpus"), ("base", "direct_corpus"), "CNT direct − base direct (corpus tokens)"),
+    # RLP (stage `rlp`, experiment=rlp_compare): the same positions, the same start, the same loop settings
+    (("rlp", "reasoning_greedy"), ("base", "reasoning_greedy"), "RLP reasoning first − base reasoning first: "
+                                                                "what RLP added to reasoning"),
+    (("rpt", "reasoning_greedy"), ("rlp", "reasoning_greedy"), "RPT reasoning first − RLP reasoning first"),
+    (("rlp", "reasoning_greedy"), ("cnt", "direct_corpus"), "RLP reasoning first − CNT direct (corpus tokens)"),
+    (("rlp", "direct"), ("base", "direct"), "RLP direct − base direct"),
 )
 # downstream (the same test questions for every checkpoint of a run): the control the paper and RLP compare against
 DOWNSTREAM_COMPARISONS = (
@@ -40,7 +46,11 @@ DOWNSTREAM_COMPARISONS = (
     ("rl_cnt", "rl_pretrain", "CNT → RL − base → RL"),
     ("rpt", "base", "RPT − base (before RL)"),
     ("rpt", "cnt", "RPT − CNT (before RL)"),
+    ("rl_rlp", "rl_pretrain", "RLP → RL − base → RL"),
+    ("rl_rpt", "rl_rlp", "RPT → RL − RLP → RL"),
+    ("rl_rlp", "rl_cnt", "RLP → RL − CNT → RL"),
 )
+OPTIONAL_MODELS = {"rlp"}  # a stage only some recipes run: its comparisons go unnamed when no run has it
 HEADLINE_COMPARISONS = 2  # the headline takes the first of these with data (old files have no direct_corpus)
 
 
@@ -201,10 +211,11 @@ def paired_table(evals: dict[str, dict], buckets=BUCKETS) -> str:
     lines = ["| comparison | bucket | per run (points) | mean | 95% t-interval over seeds | "
              "95% document bootstrap | runs |", "|---|---|---|---|---|---|---|"]
     absent = []
+    models = {m for ev in evals.values() for m in list(ev.get("results", {})) + list(ev.get("scores", {}))}
     for comparison in COMPARISONS:
         a, b, label = _resolved(comparison, base)
         rows = [(bk, s) for bk in buckets if (s := comparison_summary(evals, a, b, bk)) is not None]
-        absent += [label] if not rows else []
+        absent += [label] if not rows and not ({a[0], b[0]} & (OPTIONAL_MODELS - models)) else []
         for bk, s in rows:
             per_run = ", ".join(f"`{r}` {pts(v)}" for r, v in s["diffs"].items())
             lines.append(f"| {label} | {bk} | {per_run} | {pts(s['mean'])} | {fmt_ci(s['t'])} | "

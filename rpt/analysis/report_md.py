@@ -9,6 +9,7 @@ from pathlib import Path
 from rpt.analysis import plots
 from rpt.analysis.heldout_md import contamination_section, likelihood_table
 from rpt.analysis.intervals import AVG_AT_K_NOTE, accuracy_interval, fmt_accuracy
+from rpt.analysis.lm_eval_md import lm_eval_section
 from rpt.analysis.reasoning_patterns import rules_markdown
 from rpt.analysis.samples import samples_section
 from rpt.analysis.scaling import full_test_section
@@ -155,7 +156,7 @@ def training_warnings(rd) -> list[str]:
     """The warnings RL stages recorded in their summaries (``no_answer_warning``, ``rpt.train.no_answer``); the
     `rl` stage's summary holds one entry per starting checkpoint."""
     found = []
-    for stage in ("rpt", "rl"):
+    for stage in ("rpt", "rlp", "rl"):
         summary = rd.summary(stage) if rd.is_done(stage) else {}
         parts = [summary] + [v for v in summary.values() if isinstance(v, dict)]
         found += [part[key] for part in parts for key in ("no_answer_warning", "mismatch_warning") if part.get(key)]
@@ -179,7 +180,7 @@ def build_report(cfg: RootConfig, rd) -> Path:
     scaling_md = full_test_section(read_json(scaling_path), rd.report) if scaling_path.exists() else ""
     ds = read_json(rd.eval / "downstream.json")
     accuracy_png = accuracy_plot(rd, nt)
-    stages = ["rpt"] + [f"rl_{s}" for s in cfg.rl_task.train_on]
+    stages = ["rpt"] + (["rlp"] if rd.is_done("rlp") else []) + [f"rl_{s}" for s in cfg.rl_task.train_on]
     training = "\n".join(rl_stage_section(rd, s, cfg.analysis.law_fit_fraction)[0] for s in stages)
     samples = samples_section(rd.path / "rollouts", stages, cfg.report.samples_per_kind, cfg.report.sample_chars)
     warn = warnings_section(rd)  # at the top: a stage that could not learn must not read as a result
@@ -222,6 +223,7 @@ prompts × G={cfg.rollout.group_size}). Cells: accuracy [95% Wilson interval] (n
 
 {diversity_table(ds)}
 {concentration_section(rd)}
+{lm_eval_section(rd.path)}
 ## Training: reward, entropy, the entropy law, planning vs execution
 Planning tokens are those inside the strategic grams {list(cfg.analysis.strategic_grams)}; a token is forking when
 its entropy exceeds {cfg.analysis.forking_threshold} nats; the overlap is between the top-{cfg.analysis.overlap_rho}

@@ -15,6 +15,7 @@ def hf_peer(model, mc: dict, dtype):
     from rpt.model.hf import export_hf
 
     with tempfile.TemporaryDirectory() as tmp:
-        export_hf(model, mc, tmp)
+        # Qwen2's layout always has QKV biases: a bias-free model (SmolLM2, Llama) goes out as Llama
+        export_hf(model, mc, tmp, "Qwen2ForCausalLM" if mc["qkv_bias"] else "LlamaForCausalLM")
         hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=dtype)
     return hf.to(next(model.parameters()).device)

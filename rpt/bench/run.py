@@ -19,6 +19,7 @@ from rpt.bench.timing import Timing, ratio_spread
 from rpt.bench.train import bench_train
 from rpt.bench.trl_peer import bench_trl_grpo_step
 from rpt.model.build import build_model
+from rpt.peak_memory import MIB, peak_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def run_bench(cfg, rt) -> dict:
         else:
             raise ValueError(f"bench.parts: unknown part {name!r} (rollout, rollout_ragged, train, scoring, "
                              "scoring_processes, memory, rpt_step, trl_grpo_step)")
+        if isinstance(result.get(name), dict):  # the high-water mark so far (CPU: the process's, never reset)
+            result[name]["peak_memory_mib"] = peak_memory_bytes(rt.device, reset=True) / MIB
     if "rpt_step_s" in result.get("rpt_step", {}) and "trl_grpo_step_s" in result.get("trl_grpo_step", {}):
         ours, trl = (Timing(tuple(result[part][f"{part}_times_s"])) for part in ("rpt_step", "trl_grpo_step"))
         result["rpt_step"]["rpt_step_speedup_vs_trl"] = trl.median / ours.median

@@ -49,8 +49,8 @@ from typing import Any
 from rpt.errors import Refusal
 
 SIGNATURE = "(response_text, item, tokenizer) -> float or {'score': float, <name>: number, ...}"
-USES = {"rpt": ("next_token_fn",), "rl": ("fn",), "eval": ("fn", "next_token_fn")}  # the stages that score with
-# each key (what they fix in rpt.run_memory.FIXES)
+# the stages that score with each key (what they fix in rpt.run_memory.FIXES; rlp logs it beside its own reward)
+USES = {"rpt": ("next_token_fn",), "rlp": ("next_token_fn",), "rl": ("fn",), "eval": ("fn", "next_token_fn")}
 
 
 def used_by(reward_cfg, stages) -> list[tuple[str, str]]:

@@ -100,7 +100,7 @@ def run(ctx) -> dict:
     next_token, scores, likelihood, patterns = {}, {}, {}, {}  # patterns: share of greedy reasoning-first responses
     corpus_tokens = corpus_token_mask(rd.path / CORPUS, tok)
     imported = checkpoint.latest_step_dir(rd.checkpoints("hf")) is not None
-    for source in [s for s in ("hf", "pretrain", "rpt", "cnt") if rd.is_done(s) or (s == "hf" and imported)]:
+    for source in [s for s in ("hf", "pretrain", "rpt", "rlp", "cnt") if rd.is_done(s) or (s == "hf" and imported)]:
         model = load_eval_model(cfg.model, rt, rd, source, tok.vocab_size)
         label = "base" if source == "pretrain" else source
         greedy_rewards, greedy_texts = sample_completions(model, nt_task, items, 1, greedy, cfg.run.seed, rt.device)
@@ -122,7 +122,7 @@ def run(ctx) -> dict:
                                              AnswerFormat.of(cfg.rollout)), cfg.reward.fn)
     test_items = test.items
     downstream, diversity = {}, {}  # diversity: of each question's k samples, averaged over questions
-    sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("cnt", "cnt"), ("sft", "sft")]
+    sources = [("base", "pretrain"), ("hf", "hf"), ("rpt", "rpt"), ("rlp", "rlp"), ("cnt", "cnt"), ("sft", "sft")]
     sources += [(f"rl_{s}", f"rl_{s}") for s in cfg.rl_task.train_on]
     for label, source in sources:
         if checkpoint.latest_step_dir(rd.checkpoints(source)) is None:

@@ -19,14 +19,14 @@ from rpt.stages.rl_training import train
 from rpt.tasks.downstream import build_downstream_task
 from rpt.tokenizer import Tokenizer
 
-CANDIDATES = ("hf", "pretrain", "rpt", "cnt")  # stages whose checkpoints `rl` can start from
+CANDIDATES = ("hf", "pretrain", "rpt", "rlp", "cnt")  # stages whose checkpoints `rl` can start from
 
 
 def check_starts(train_on, rd) -> None:
     """Refuse a ``rl_task.train_on`` entry with no checkpoint, naming the starts this run has."""
     missing = []
     for source in train_on:
-        if source in ("pretrain", "rpt", "cnt") and not rd.is_done(source):
+        if source in ("pretrain", "rpt", "rlp", "cnt") and not rd.is_done(source):
             missing.append(source)
             continue
         try:

@@ -89,7 +89,7 @@ def run(ctx) -> dict:
     sc = cfg.sft
     steps = sc.steps if sc.steps is not None else cfg.rl.steps
     per_step = cfg.rl.prompts_per_step * cfg.rollout.group_size
-    if sc.init_from in ("pretrain", "rpt", "cnt") and not Path(sc.init_from).is_dir():
+    if sc.init_from in ("pretrain", "rpt", "rlp", "cnt") and not Path(sc.init_from).is_dir():
         rd.require(sc.init_from)
     tok = Tokenizer.from_run(rd)
     demos = build_demonstrations(cfg, tok)

@@ -78,6 +78,17 @@ def uninstall() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+def exiting() -> None:
+    """Ignore the signals from here on: the call's work is over and the process only exits (``rpt.cli.main``
+    registers this with ``atexit``). CPython's finalization resets every handler set from Python to the default
+    action, but leaves SIG_IGN alone: a USR1 or TERM that landed then killed a task whose stage had finished with
+    status 138/143, which the job script took for a signal during start-up and requeued. Ignored, the task exits
+    with its own status (there is nothing left to checkpoint)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _signals():
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def timed_out(stop: Preempted) -> bool:
     """Whether ``stop`` came from the job's time limit: submitit's warning signal or the time budget."""
     from rpt.train import submitit_job
